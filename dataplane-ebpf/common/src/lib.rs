@@ -1,0 +1,10 @@
+//! Types shared between Strait's eBPF programs and userspace.
+//!
+//! Everything here is `repr(C)` with explicit padding, no `bool`, no enums and
+//! no `Option`, so the layout the verifier sees is the layout userspace reads.
+//! Layouts are pinned by compile-time asserts below.
+#![cfg_attr(not(test), no_std)]
+
+pub mod counter;
+
+pub use counter::{Counter, CounterKey, Direction, TrafficClass};

@@ -1,0 +1,35 @@
+//! Entry points of Strait's TC programs. Maps live in `maps`, logic in one
+//! module per concern; this file only names the attach points.
+#![no_std]
+#![no_main]
+
+mod counter;
+mod maps;
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use strait_common::Direction;
+
+/// Counts every frame entering the interface; never changes the verdict.
+#[classifier]
+pub fn strait_count_ingress(ctx: TcContext) -> i32 {
+    counter::count(&ctx, Direction::Ingress);
+    // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
+    TC_ACT_UNSPEC
+}
+
+/// Counts every frame leaving the interface; never changes the verdict.
+#[classifier]
+pub fn strait_count_egress(ctx: TcContext) -> i32 {
+    counter::count(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

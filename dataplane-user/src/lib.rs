@@ -1,0 +1,15 @@
+//! Strait's userspace dataplane: loads the eBPF programs built from
+//! `dataplane-ebpf/`, attaches them to interfaces (tcx, or clsact where tcx is
+//! missing), and owns the maps pinned under a bpffs directory so that an agent
+//! restart neither drops traffic nor loses state.
+
+pub mod bpffs;
+pub mod counter;
+mod error;
+pub mod programs;
+pub mod tc;
+
+pub use error::Error;
+
+/// Default root of everything Strait pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/strait";

@@ -1,0 +1,75 @@
+//! The embedded eBPF object and the programs in it.
+
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use strait_common::Direction;
+
+use crate::{bpffs::PinDir, Error};
+
+/// The object built by build.rs from dataplane-ebpf/programs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/strait-tc"));
+
+/// A TC program of the object, by what it does and where it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcProgram {
+    Count(Direction),
+}
+
+impl TcProgram {
+    /// The program's function name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcProgram::Count(Direction::Ingress) => "strait_count_ingress",
+            TcProgram::Count(Direction::Egress) => "strait_count_egress",
+        }
+    }
+
+    pub const fn direction(self) -> Direction {
+        match self {
+            TcProgram::Count(direction) => direction,
+        }
+    }
+}
+
+/// The loaded object: its maps are pinned in (or reused from) `pin_dir`.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PinDir,
+}
+
+impl Dataplane {
+    /// Loads the object, reusing maps already pinned in `pin_dir` so counters
+    /// and tables survive an agent restart.
+    pub fn load(pin_dir: PinDir) -> Result<Self, Error> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.root())
+            .load(OBJECT)?;
+        Ok(Dataplane { ebpf, pin_dir })
+    }
+
+    pub fn pin_dir(&self) -> &PinDir {
+        &self.pin_dir
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The program, loaded into the kernel (loading is idempotent).
+    pub fn classifier(&mut self, program: TcProgram) -> Result<&mut SchedClassifier, Error> {
+        let name = program.name();
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+}

@@ -1,0 +1,228 @@
+//! Attaching TC programs so they outlive the agent.
+//!
+//! tcx (Linux 6.6+) links are pinned in the pin directory: the program stays
+//! attached when the agent exits, and a new agent swaps its program into the
+//! same link atomically, so an upgrade never opens a window without a program.
+//! On older kernels the program is a clsact `cls_bpf` filter, which the kernel
+//! also keeps after we exit; it is found again by its name.
+
+use std::io;
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, TcAttachType,
+    },
+    sys::SyscallError,
+    util::KernelVersion,
+};
+use serde::Serialize;
+use strait_common::Direction;
+use tracing::{debug, info};
+
+use crate::{
+    programs::{Dataplane, TcProgram},
+    Error,
+};
+
+/// How to hook a program into an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// tcx where the kernel has it, clsact otherwise.
+    #[default]
+    Auto,
+    /// bpf_link based tcx (Linux 6.6+), pinned.
+    Tcx,
+    /// Legacy clsact qdisc with a direct-action cls_bpf filter.
+    Netlink,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
+
+    fn resolve(self) -> Result<AttachMode, Error> {
+        // Same rule aya applies; an unreadable version counts as old.
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        match self {
+            AttachMode::Auto if tcx => Ok(AttachMode::Tcx),
+            AttachMode::Auto => Ok(AttachMode::Netlink),
+            AttachMode::Tcx if !tcx => Err(Error::TcxUnavailable),
+            mode => Ok(mode),
+        }
+    }
+}
+
+/// What an attach did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attached {
+    pub iface: String,
+    pub direction: &'static str,
+    pub mode: AttachMode,
+    /// An earlier program was atomically replaced in its pinned tcx link.
+    pub replaced: bool,
+}
+
+const fn attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
+}
+
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+fn check_iface(iface: &str) -> Result<(), Error> {
+    let path = std::path::Path::new("/sys/class/net").join(iface);
+    if iface.is_empty() || iface.contains('/') || !path.exists() {
+        return Err(Error::NoSuchInterface(iface.to_owned()));
+    }
+    Ok(())
+}
+
+/// Attaches `program` to `iface` so that it stays attached after we exit.
+pub fn attach(
+    dp: &mut Dataplane,
+    program: TcProgram,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Attached, Error> {
+    check_iface(iface)?;
+    let direction = program.direction();
+    let mode = mode.resolve()?;
+    let link_path = dp.pin_dir().link(iface, direction.as_str());
+    let err = |source| Error::Attach {
+        iface: iface.to_owned(),
+        direction: direction.as_str(),
+        mode: mode.as_str(),
+        source,
+    };
+    let prog = dp.classifier(program)?;
+    let replaced = match mode {
+        AttachMode::Tcx => match PinnedLink::from_pin(&link_path) {
+            Ok(pinned) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| err(boxed(e)))?;
+                prog.attach_to_link(link).map_err(|e| err(boxed(e)))?;
+                debug!(%iface, direction = direction.as_str(), "replaced program in pinned tcx link");
+                true
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound =>
+            {
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        attach_type(direction),
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| err(boxed(e)))?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(|e| err(boxed(e)))?
+                    .try_into()
+                    .map_err(|e: LinkError| err(boxed(e)))?;
+                link.pin(&link_path).map_err(|e| Error::Pin {
+                    path: link_path.clone(),
+                    source: boxed(e),
+                })?;
+                false
+            }
+            Err(e) => return Err(err(boxed(e))),
+        },
+        AttachMode::Netlink => {
+            match tc::qdisc_add_clsact(iface) {
+                Ok(()) => {}
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(err(boxed(e))),
+            }
+            // Replace rather than stack: drop any filter of ours first.
+            let replaced = detach_netlink(iface, program)?;
+            let id = prog
+                .attach_with_options(
+                    iface,
+                    attach_type(direction),
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(|e| err(boxed(e)))?;
+            let link = prog.take_link(id).map_err(|e| err(boxed(e)))?;
+            // A cls_bpf filter lives in the kernel, not in our process: dropping
+            // the handle would remove it, forgetting it leaves it in place until
+            // `detach` finds it again by name.
+            std::mem::forget(link);
+            replaced
+        }
+        AttachMode::Auto => unreachable!("resolve() never returns Auto"),
+    };
+    info!(%iface, direction = direction.as_str(), mode = mode.as_str(), replaced, "attached {}", program.name());
+    Ok(Attached {
+        iface: iface.to_owned(),
+        direction: direction.as_str(),
+        mode,
+        replaced,
+    })
+}
+
+/// Removes our filter of `program` from `iface` if there is one.
+fn detach_netlink(iface: &str, program: TcProgram) -> Result<bool, Error> {
+    match tc::qdisc_detach_program(iface, attach_type(program.direction()), program.name()) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Detach {
+            iface: iface.to_owned(),
+            direction: program.direction().as_str(),
+            source: boxed(e),
+        }),
+    }
+}
+
+/// Detaches `program` from `iface`, whichever way it was attached.
+pub fn detach(
+    pin_dir: &crate::bpffs::PinDir,
+    program: TcProgram,
+    iface: &str,
+) -> Result<AttachMode, Error> {
+    let direction = program.direction().as_str();
+    let link_path = pin_dir.link(iface, direction);
+    match PinnedLink::from_pin(&link_path) {
+        Ok(pinned) => {
+            // Unpinning drops the last reference to the link: the kernel detaches it.
+            pinned.unpin().map_err(|e| Error::Detach {
+                iface: iface.to_owned(),
+                direction,
+                source: boxed(e),
+            })?;
+            info!(%iface, direction, "detached tcx link");
+            return Ok(AttachMode::Tcx);
+        }
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Detach {
+                iface: iface.to_owned(),
+                direction,
+                source: boxed(e),
+            })
+        }
+    }
+    check_iface(iface)?;
+    if detach_netlink(iface, program)? {
+        info!(%iface, direction, "detached clsact filter");
+        return Ok(AttachMode::Netlink);
+    }
+    Err(Error::NotAttached {
+        iface: iface.to_owned(),
+        direction,
+    })
+}

@@ -1,0 +1,172 @@
+//! Idempotent installation of everything the build and tests need.
+//!
+//! Each step checks first and does nothing when already satisfied, so a
+//! second run takes well under a second.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+
+/// The toolchain the eBPF programs are built with (aya-build's default).
+const EBPF_TOOLCHAIN: &str = "nightly";
+/// Debian packages the tests and demo call: `ip` (iproute2), `nsenter` and
+/// `mount` (util-linux).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+];
+
+pub fn run() -> Result<()> {
+    cmd::step("bootstrap");
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(tool, _)| !cmd::succeeds("sh", &["-c", &format!("command -v {tool}")]))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: install them as root (apt-get install {})",
+            missing.join(" ")
+        );
+    }
+    cmd::run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    cmd::run("apt-get", &args)
+}
+
+fn rust_src() -> Result<()> {
+    let installed = cmd::output(
+        "rustup",
+        &[
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    )
+    .with_context(|| {
+        format!(
+            "the {EBPF_TOOLCHAIN} toolchain is missing (rustup toolchain install {EBPF_TOOLCHAIN})"
+        )
+    })?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    cmd::run(
+        "rustup",
+        &[
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    )
+}
+
+/// bpf-linker links the BPF objects with LLVM; it must use the same LLVM as
+/// the nightly rustc that emits the bitcode, so it is built against nightly's
+/// own libLLVM, exposed under a prefix the llvm-sys build understands.
+fn bpf_linker() -> Result<()> {
+    if cmd::succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    let sysroot = cmd::output(
+        "rustc",
+        &[&format!("+{EBPF_TOOLCHAIN}"), "--print", "sysroot"],
+    )
+    .context("asking nightly rustc for its sysroot")?;
+    let nightly_lib = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&nightly_lib)
+        .with_context(|| format!("reading {}", nightly_lib.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", nightly_lib.display()))?;
+    // Kept under CARGO_HOME: bpf-linker's rpath points into it at run time.
+    let prefix = cargo_home()?.join("strait-llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let own_name = libllvm.file_name().context("libLLVM has no file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(own_name)] {
+        replace_symlink(&libllvm, &link)?;
+    }
+    let llvm_major = own_name
+        .to_str()
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|n| n.split('.').next())
+        .context("cannot read LLVM's major version from its file name")?;
+    let feature = format!("llvm-{llvm_major}");
+    let prefix_str = prefix.to_str().context("non-UTF-8 CARGO_HOME")?;
+    cmd::run(
+        "env",
+        &[
+            &format!("LLVM_PREFIX={prefix_str}"),
+            "cargo",
+            &format!("+{EBPF_TOOLCHAIN}"),
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ],
+    )
+}
+
+fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
+    }
+    symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
+
+/// The pin directories live on bpffs at /sys/fs/bpf; a fresh machine may not
+/// have it mounted. Only root can mount, and only root runs the eBPF tests.
+fn bpffs() -> Result<()> {
+    if !cmd::is_root() {
+        return Ok(());
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    cmd::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask <task>`: everything a developer or CI runs, in one place.
+mod bootstrap;
+mod cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Strait's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent; fast when done).
+    Bootstrap,
+    /// rustfmt check and clippy -D warnings over the workspace.
+    Lint,
+    /// Bootstrap, lint, build, unit tests, then the privileged netns tests.
+    Test,
+    /// Bootstrap, build, and run the demo (needs root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = cmd::workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Bootstrap => bootstrap::run(),
+        Task::Lint => {
+            bootstrap::run()?;
+            lint()
+        }
+        Task::Test => {
+            bootstrap::run()?;
+            lint()?;
+            test()
+        }
+        Task::Demo => {
+            bootstrap::run()?;
+            cmd::cargo(&["build", "--workspace", "--bins"])?;
+            cmd::run("target/debug/strait-demo", &[])
+        }
+    }
+}
+
+fn lint() -> Result<()> {
+    cmd::step("lint");
+    cmd::cargo(&["fmt", "--all", "--check"])?;
+    cmd::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn test() -> Result<()> {
+    cmd::step("build");
+    cmd::cargo(&["build", "--workspace", "--bins"])?;
+    cmd::step("unit tests");
+    cmd::cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "strait-ebpf",
+        "--exclude",
+        "strait-testbed",
+    ])?;
+    cmd::step("privileged network-namespace tests");
+    cmd::require_root("the netns tests create namespaces and load eBPF programs")?;
+    // Serial: each test owns namespaces and bpffs pins; a single thread keeps
+    // failures readable and the 2-core machines unloaded.
+    cmd::cargo(&[
+        "test",
+        "--package",
+        "strait-testbed",
+        "--",
+        "--test-threads=1",
+    ])
+}
