@@ -38,6 +38,9 @@ impl PinDir {
     /// Opens an existing pin directory without creating anything.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, Error> {
         let root = root.into();
+        if !root.exists() {
+            return Err(Error::NoPins { path: root });
+        }
         if !is_bpffs(&root)? {
             return Err(Error::NotBpffs { path: root });
         }

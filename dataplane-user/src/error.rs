@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 pub enum Error {
     #[error("{path} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs { path: PathBuf },
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -14,9 +14,9 @@ pub enum Error {
     },
     #[error("this build carries no eBPF object (it was built with AYA_BUILD_SKIP)")]
     NoObject,
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
@@ -26,13 +26,13 @@ pub enum Error {
     MissingProgram(&'static str),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         path: PathBuf,
         #[source]
@@ -42,7 +42,7 @@ pub enum Error {
     NoSuchInterface(String),
     #[error("tcx is not available on this kernel (needs Linux 6.6+); use --attach-mode netlink")]
     TcxUnavailable,
-    #[error("attaching to {iface} {direction} in {mode} mode: {source}")]
+    #[error("attaching to {iface} {direction} in {mode} mode")]
     Attach {
         iface: String,
         direction: &'static str,
@@ -50,13 +50,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("detaching from {iface} {direction}: {source}")]
+    #[error("detaching from {iface} {direction}")]
     Detach {
         iface: String,
         direction: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("no Strait pins in {path}: nothing is attached yet (see `strait-fabric attach`)")]
+    NoPins { path: PathBuf },
     #[error("nothing of ours is attached to {iface} {direction}")]
     NotAttached {
         iface: String,

@@ -83,12 +83,16 @@ fn boxed(
     Box::new(e)
 }
 
-fn check_iface(iface: &str) -> Result<(), Error> {
-    let path = std::path::Path::new("/sys/class/net").join(iface);
-    if iface.is_empty() || iface.contains('/') || !path.exists() {
-        return Err(Error::NoSuchInterface(iface.to_owned()));
+/// Fails unless `iface` exists in the current network namespace. Asks the
+/// kernel, not /sys/class/net, which shows the namespace sysfs was mounted in.
+pub fn check_iface(iface: &str) -> Result<u32, Error> {
+    let missing = || Error::NoSuchInterface(iface.to_owned());
+    let name = std::ffi::CString::new(iface).map_err(|_| missing())?;
+    // SAFETY: if_nametoindex reads the NUL-terminated string we own.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(missing()),
+        index => Ok(index),
     }
-    Ok(())
 }
 
 /// Attaches `program` to `iface` so that it stays attached after we exit.

@@ -64,3 +64,48 @@ fn io(ns: &NetNs) -> impl Fn(std::io::Error) -> Error + '_ {
         source,
     }
 }
+
+/// Sends one raw Ethernet `frame` out of `iface` in `ns` through an
+/// AF_PACKET socket: for frames the IP stack would never build (truncated
+/// headers, bad lengths), as a hostile or broken peer might send them.
+pub fn send_raw_frame(ns: &NetNs, iface: &str, frame: &[u8]) -> Result<(), Error> {
+    let ifindex = ns.ifindex(iface)?;
+    ns.enter(|| -> std::io::Result<()> {
+        // SAFETY: plain socket(2); the fd is owned below and closed on every path.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(
+            &frame[..6.min(frame.len())]
+                .iter()
+                .copied()
+                .chain([0; 6])
+                .take(6)
+                .collect::<Vec<_>>(),
+        );
+        // SAFETY: `frame` and `addr` outlive the call and their lengths are passed along.
+        let sent = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })?
+    .map_err(io(ns))
+}

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd;
 
 /// The toolchain the eBPF programs are built with (aya-build's default).
-const EBPF_TOOLCHAIN: &str = "nightly";
+pub const EBPF_TOOLCHAIN: &str = "nightly";
 /// Debian packages the tests and demo call: `ip` (iproute2), `nsenter` and
 /// `mount` (util-linux).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[

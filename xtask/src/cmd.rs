@@ -33,9 +33,9 @@ pub fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs cargo through the rustup proxy, so `+toolchain` arguments work.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(&cargo, args)
+    run("cargo", args)
 }
 
 /// Whether `program args…` runs and exits 0, quietly.

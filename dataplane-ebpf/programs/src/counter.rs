@@ -17,7 +17,7 @@ pub fn count(ctx: &TcContext, direction: Direction) {
     let key = CounterKey::new(ifindex, direction, class, ip_proto(ctx, class));
     let bytes = u64::from(ctx.len());
 
-    if let Some(counter) = COUNTERS.get_ptr_mut(&key) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: the pointer is to this CPU's slot of a per-CPU map value;
         // TC programs run with preemption disabled, so nobody else writes it.
         unsafe {
@@ -29,7 +29,7 @@ pub fn count(ctx: &TcContext, direction: Direction) {
     let first = Counter { packets: 1, bytes };
     // Another CPU may have inserted the key meanwhile: a per-CPU update from a
     // program writes only this CPU's slot, which has not counted this key yet.
-    if COUNTERS.insert(&key, &first, 0).is_err() {
+    if COUNTERS.insert(key, first, 0).is_err() {
         if let Some(overflow) = COUNTER_OVERFLOW.get_ptr_mut(0) {
             // SAFETY: per-CPU array slot of this CPU, as above.
             unsafe { *overflow += 1 };

@@ -83,6 +83,10 @@ fn main() -> Result<()> {
             direction,
             attach_mode,
         } => {
+            // Refuse before pinning anything, so a typo leaves no state behind.
+            for iface in &ifaces {
+                tc::check_iface(iface)?;
+            }
             let pin_dir = PinDir::create(&cli.pin_dir)?;
             let mut dp = Dataplane::load(pin_dir).context("loading the dataplane")?;
             for iface in &ifaces {

@@ -51,7 +51,7 @@ fn main() -> Result<()> {
     println!(
         "peer -> node: {DATAGRAMS} IPv4 and {DATAGRAMS} IPv6 UDP datagrams of {PAYLOAD} bytes sent, {got_v4} + {got_v6} received\n"
     );
-    print!("{}\n", fabric.run(&["stats"])?);
+    println!("{}", fabric.run(&["stats"])?);
 
     let snapshot = fabric.snapshot()?;
     let eth0 = pair.node.ifindex(NodePair::IFACE)?;
