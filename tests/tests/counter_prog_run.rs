@@ -123,14 +123,14 @@ fn counters_pinned_by_one_load_are_shared_by_the_next() -> TestResult {
         run_all(
             &mut first,
             TcProgram::Count(Direction::Ingress),
-            &[frame.clone()],
+            std::slice::from_ref(&frame),
         )?;
     }
     let mut second = Dataplane::load(pins.pin_dir()?)?;
     run_all(
         &mut second,
         TcProgram::Count(Direction::Ingress),
-        &[frame.clone()],
+        std::slice::from_ref(&frame),
     )?;
     let from_pins = CounterSnapshot::read_pinned(second.pin_dir())?;
     assert_eq!(
