@@ -118,8 +118,7 @@ fn bpf_linker() -> Result<()> {
     }
     let llvm_major = own_name
         .to_str()
-        .and_then(|n| n.strip_prefix("libLLVM.so."))
-        .and_then(|n| n.split('.').next())
+        .and_then(llvm_major)
         .context("cannot read LLVM's major version from its file name")?;
     let feature = format!("llvm-{llvm_major}");
     let prefix_str = prefix.to_str().context("non-UTF-8 CARGO_HOME")?;
@@ -137,6 +136,12 @@ fn bpf_linker() -> Result<()> {
             &feature,
         ],
     )
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` -> `22`.
+fn llvm_major(file_name: &str) -> Option<&str> {
+    let major = file_name.strip_prefix("libLLVM.so.")?.split('.').next()?;
+    (!major.is_empty() && major.bytes().all(|b| b.is_ascii_digit())).then_some(major)
 }
 
 fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
@@ -169,4 +174,19 @@ fn bpffs() -> Result<()> {
         return Ok(());
     }
     cmd::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llvm_major;
+
+    #[test]
+    fn llvm_major_comes_from_the_library_file_name() {
+        assert_eq!(
+            llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"),
+            Some("22")
+        );
+        assert_eq!(llvm_major("libLLVM.so.19-rust-1.86.0-nightly"), None);
+        assert_eq!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so"), None);
+    }
 }
