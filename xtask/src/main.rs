@@ -22,6 +22,8 @@ enum Task {
     Test,
     /// Bootstrap, build, and run the demo (needs root).
     Demo,
+    /// Regenerate the CRDs in charts/strait/crds/ from control/api.
+    Crdgen,
 }
 
 fn main() -> Result<()> {
@@ -39,6 +41,7 @@ fn main() -> Result<()> {
             lint()?;
             test()
         }
+        Task::Crdgen => crdgen(false),
         Task::Demo => {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
@@ -78,7 +81,29 @@ fn lint() -> Result<()> {
     ])
 }
 
+/// Writes the CRDs, or with `check` fails when the committed ones are stale.
+fn crdgen(check: bool) -> Result<()> {
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "strait-api",
+        "--bin",
+        "strait-crdgen",
+        "--",
+    ];
+    if check {
+        args.push("--check");
+    }
+    args.push(CRD_DIR);
+    cmd::cargo(&args)
+}
+
+const CRD_DIR: &str = "charts/strait/crds";
+
 fn test() -> Result<()> {
+    cmd::step("generated files are up to date");
+    crdgen(true)?;
     cmd::step("build");
     // Default members: everything but the BPF-only crate, which build.rs builds.
     cmd::cargo(&["build", "--bins"])?;

@@ -1,0 +1,59 @@
+//! Well-known names: API groups, finalizers, labels and annotations. Every
+//! controller takes them from here, so a rename is one change.
+
+/// API version shared by every Strait kind.
+pub const VERSION: &str = "v1beta1";
+
+pub mod group {
+    pub const CORE: &str = "core.strait.dev";
+    pub const AUTHENTICATION: &str = "authentication.strait.dev";
+    pub const NETWORKING: &str = "networking.strait.dev";
+    pub const IPAM: &str = "ipam.strait.dev";
+    pub const OFFLOADING: &str = "offloading.strait.dev";
+}
+
+/// The `kubectl get strait` category every kind belongs to.
+pub const CATEGORY: &str = "strait";
+
+pub mod finalizer {
+    /// Held by a ForeignCluster until every module has torn its peering down.
+    pub const FOREIGN_CLUSTER: &str = "core.strait.dev/peering-teardown";
+    /// Held by a Tenant until its namespace, identities and RBAC are removed.
+    pub const TENANT: &str = "authentication.strait.dev/tenant-cleanup";
+    /// Held by a ResourceSlice until its grant and slice identity are revoked.
+    pub const RESOURCE_SLICE: &str = "authentication.strait.dev/slice-cleanup";
+    /// Held by gateways until their tunnel and keys are gone.
+    pub const GATEWAY: &str = "networking.strait.dev/gateway-cleanup";
+    /// Held by Network and IP until their allocation is released.
+    pub const IPAM: &str = "ipam.strait.dev/release-allocation";
+    /// Held by a VirtualNode until its node is drained and its kubelet removed.
+    pub const VIRTUAL_NODE: &str = "offloading.strait.dev/virtual-node-drain";
+    /// Held by a NamespaceOffloading until remote namespaces are deleted.
+    pub const NAMESPACE_OFFLOADING: &str = "offloading.strait.dev/remote-namespaces";
+    /// Held by a ShadowPod until its pod is gone.
+    pub const SHADOW_POD: &str = "offloading.strait.dev/shadow-pod";
+}
+
+pub mod label {
+    /// Cluster ID of the remote cluster a resource belongs to. Controllers
+    /// create the ForeignCluster of any ID they find here.
+    pub const REMOTE_CLUSTER_ID: &str = "strait.dev/remote-cluster-id";
+    /// Cluster ID of the cluster that created a reflected resource.
+    pub const ORIGIN_CLUSTER_ID: &str = "strait.dev/origin-cluster-id";
+    /// Set to "strait" on everything Strait creates on its own.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "strait";
+    /// Node label of virtual nodes: `strait.dev/type=virtual-node`.
+    pub const NODE_TYPE: &str = "strait.dev/type";
+    pub const NODE_TYPE_VIRTUAL: &str = "virtual-node";
+    /// Marks a Secret as a tenant nonce.
+    pub const NONCE_SECRET: &str = "authentication.strait.dev/nonce";
+}
+
+pub mod annotation {
+    /// Set by the user to keep a resource out of reflection.
+    pub const SKIP_REFLECTION: &str = "offloading.strait.dev/skip-reflection";
+}
+
+/// Taint key on virtual nodes; only pods tolerating it are offloaded.
+pub const VIRTUAL_NODE_TAINT: &str = "virtual-node.strait.dev/not-allowed";
