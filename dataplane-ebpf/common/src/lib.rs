@@ -6,5 +6,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod counter;
+pub mod drop;
 
 pub use counter::{Counter, CounterKey, Direction, TrafficClass};
+pub use drop::DropReason;

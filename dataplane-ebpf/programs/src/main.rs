@@ -4,6 +4,11 @@
 #![no_main]
 
 mod counter;
+#[allow(
+    dead_code,
+    reason = "the first program that drops arrives with the fabric and NAT"
+)]
+mod drop;
 mod maps;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};

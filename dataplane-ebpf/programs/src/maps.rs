@@ -7,10 +7,12 @@ use aya_ebpf::{
 };
 use strait_common::{
     counter::{COUNTERS_MAP, COUNTERS_MAX_ENTRIES, COUNTER_OVERFLOW_MAP},
-    Counter, CounterKey,
+    drop::DROPS_MAP,
+    Counter, CounterKey, DropReason,
 };
 
 const _: () = assert!(matches!(COUNTERS_MAP.as_bytes(), b"STRAIT_COUNTERS"));
+const _: () = assert!(matches!(DROPS_MAP.as_bytes(), b"STRAIT_DROPS"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -23,3 +25,7 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
 /// Slot 0 counts packets that could not be counted because `COUNTERS` was full.
 #[map(name = "STRAIT_CNT_OVERFLOW")]
 pub static COUNTER_OVERFLOW: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// Packets dropped, per CPU, indexed by `DropReason`.
+#[map(name = "STRAIT_DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::SLOTS, 0);
