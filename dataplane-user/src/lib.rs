@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod counter;
 mod error;
+pub mod fabric;
 pub mod programs;
 pub mod tc;
 

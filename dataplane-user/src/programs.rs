@@ -12,6 +12,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/st
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcProgram {
     Count(Direction),
+    /// Geneve encapsulation of fabric-routed packets, at ingress.
+    GeneveEncap,
+    /// Geneve decapsulation, at the underlay's ingress.
+    GeneveDecap,
 }
 
 impl TcProgram {
@@ -20,12 +24,15 @@ impl TcProgram {
         match self {
             TcProgram::Count(Direction::Ingress) => "strait_count_ingress",
             TcProgram::Count(Direction::Egress) => "strait_count_egress",
+            TcProgram::GeneveEncap => "strait_geneve_encap",
+            TcProgram::GeneveDecap => "strait_geneve_decap",
         }
     }
 
     pub const fn direction(self) -> Direction {
         match self {
             TcProgram::Count(direction) => direction,
+            TcProgram::GeneveEncap | TcProgram::GeneveDecap => Direction::Ingress,
         }
     }
 }
@@ -55,6 +62,11 @@ impl Dataplane {
 
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
+    }
+
+    /// A map of the object, for writing.
+    pub fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))
     }
 
     /// The program, loaded into the kernel (loading is idempotent).

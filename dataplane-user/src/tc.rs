@@ -27,7 +27,9 @@ use crate::{
 };
 
 /// How to hook a program into an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// tcx where the kernel has it, clsact otherwise.
@@ -105,7 +107,7 @@ pub fn attach(
     check_iface(iface)?;
     let direction = program.direction();
     let mode = mode.resolve()?;
-    let link_path = dp.pin_dir().link(iface, direction.as_str());
+    let link_path = dp.pin_dir().link(iface, program.name());
     let err = |source| Error::Attach {
         iface: iface.to_owned(),
         direction: direction.as_str(),
@@ -198,7 +200,7 @@ pub fn detach(
     iface: &str,
 ) -> Result<AttachMode, Error> {
     let direction = program.direction().as_str();
-    let link_path = pin_dir.link(iface, direction);
+    let link_path = pin_dir.link(iface, program.name());
     match PinnedLink::from_pin(&link_path) {
         Ok(pinned) => {
             // Unpinning drops the last reference to the link: the kernel detaches it.
@@ -229,4 +231,40 @@ pub fn detach(
         iface: iface.to_owned(),
         direction,
     })
+}
+
+/// The MTU of `iface` in the current network namespace.
+pub fn interface_mtu(iface: &str) -> Result<u32, Error> {
+    check_iface(iface)?;
+    let io = |e: std::io::Error| Error::io("reading the MTU of", iface, e);
+    // SAFETY: plain socket(2); the fd is owned right below and closed on drop.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu inside `req`, which we own.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFMTU,
+            &mut req,
+        )
+    };
+    if rc < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: after a successful SIOCGIFMTU the union holds ifru_mtu.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(u32::try_from(mtu).unwrap_or(0))
 }

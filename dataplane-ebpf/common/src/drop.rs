@@ -14,20 +14,47 @@ pub enum DropReason {
     Truncated = 0,
     /// A header field with an impossible value (IHL < 5, bad version, ...).
     Malformed = 1,
+    /// Geneve with a version other than 0.
+    GeneveBadVersion = 2,
+    /// Geneve options longer than the packet.
+    GeneveBadOptions = 3,
+    /// Geneve carrying something other than IPv4 or IPv6.
+    GeneveBadProtocol = 4,
+    /// Geneve for a VNI this host does not serve.
+    UnknownVni = 5,
+    /// A route asks for an outer family this host has no address of.
+    NoLocalEndpoint = 6,
+    /// The kernel could not make room for, or remove, the outer headers.
+    AdjustRoomFailed = 7,
+    /// No underlay route to the outer destination.
+    NoUnderlayRoute = 8,
+    /// Encapsulated packet larger than the underlay MTU.
+    FragmentationNeeded = 9,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 2] = [DropReason::Truncated, DropReason::Malformed];
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Truncated,
+        DropReason::Malformed,
+        DropReason::GeneveBadVersion,
+        DropReason::GeneveBadOptions,
+        DropReason::GeneveBadProtocol,
+        DropReason::UnknownVni,
+        DropReason::NoLocalEndpoint,
+        DropReason::AdjustRoomFailed,
+        DropReason::NoUnderlayRoute,
+        DropReason::FragmentationNeeded,
+    ];
     /// Size of the drop counter array: room to append reasons without
     /// resizing a pinned map.
     pub const SLOTS: u32 = 64;
 
     pub const fn from_raw(raw: u32) -> Option<Self> {
-        match raw {
-            0 => Some(DropReason::Truncated),
-            1 => Some(DropReason::Malformed),
-            _ => None,
+        if (raw as usize) < Self::ALL.len() {
+            Some(Self::ALL[raw as usize])
+        } else {
+            None
         }
     }
 
@@ -36,6 +63,14 @@ impl DropReason {
         match self {
             DropReason::Truncated => "truncated",
             DropReason::Malformed => "malformed",
+            DropReason::GeneveBadVersion => "geneve_bad_version",
+            DropReason::GeneveBadOptions => "geneve_bad_options",
+            DropReason::GeneveBadProtocol => "geneve_bad_protocol",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::NoLocalEndpoint => "no_local_endpoint",
+            DropReason::AdjustRoomFailed => "adjust_room_failed",
+            DropReason::NoUnderlayRoute => "no_underlay_route",
+            DropReason::FragmentationNeeded => "fragmentation_needed",
         }
     }
 }

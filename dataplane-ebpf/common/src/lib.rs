@@ -7,6 +7,7 @@
 
 pub mod counter;
 pub mod drop;
+pub mod fabric;
 
 pub use counter::{Counter, CounterKey, Direction, TrafficClass};
 pub use drop::DropReason;

@@ -4,11 +4,9 @@
 #![no_main]
 
 mod counter;
-#[allow(
-    dead_code,
-    reason = "the first program that drops arrives with the fabric and NAT"
-)]
 mod drop;
+mod fabric;
+mod headers;
 mod maps;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
@@ -27,6 +25,19 @@ pub fn strait_count_ingress(ctx: TcContext) -> i32 {
 pub fn strait_count_egress(ctx: TcContext) -> i32 {
     counter::count(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
+}
+
+/// Geneve-encapsulates packets routed to the fabric (attach at ingress of
+/// pod-facing interfaces on nodes, of the tunnel-facing one on gateways).
+#[classifier]
+pub fn strait_geneve_encap(ctx: TcContext) -> i32 {
+    fabric::encap(&ctx)
+}
+
+/// Decapsulates Geneve for our VNIs (attach at ingress of the underlay).
+#[classifier]
+pub fn strait_geneve_decap(ctx: TcContext) -> i32 {
+    fabric::decap(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,16 +3,25 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use strait_common::{
     counter::{COUNTERS_MAP, COUNTERS_MAX_ENTRIES, COUNTER_OVERFLOW_MAP},
     drop::DROPS_MAP,
+    fabric::{
+        FabricCounter, LocalEndpoints, NextHop, PacketCount, VniEntry, LOCAL_MAP,
+        ROUTES_MAX_ENTRIES, ROUTES_V4_MAP, ROUTES_V6_MAP, STATS_MAP, VNIS_MAP, VNIS_MAX_ENTRIES,
+    },
     Counter, CounterKey, DropReason,
 };
 
 const _: () = assert!(matches!(COUNTERS_MAP.as_bytes(), b"STRAIT_COUNTERS"));
 const _: () = assert!(matches!(DROPS_MAP.as_bytes(), b"STRAIT_DROPS"));
+const _: () = assert!(matches!(ROUTES_V4_MAP.as_bytes(), b"STRAIT_FAB_RT4"));
+const _: () = assert!(matches!(ROUTES_V6_MAP.as_bytes(), b"STRAIT_FAB_RT6"));
+const _: () = assert!(matches!(VNIS_MAP.as_bytes(), b"STRAIT_FAB_VNIS"));
+const _: () = assert!(matches!(LOCAL_MAP.as_bytes(), b"STRAIT_FAB_LOCAL"));
+const _: () = assert!(matches!(STATS_MAP.as_bytes(), b"STRAIT_FAB_STATS"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -29,3 +38,28 @@ pub static COUNTER_OVERFLOW: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// Packets dropped, per CPU, indexed by `DropReason`.
 #[map(name = "STRAIT_DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::SLOTS, 0);
+
+/// Fabric routes for inner IPv4 destinations (LPM flag BPF_F_NO_PREALLOC = 1, required).
+#[map(name = "STRAIT_FAB_RT4")]
+pub static FABRIC_ROUTES_V4: LpmTrie<[u8; 4], NextHop> = LpmTrie::pinned(ROUTES_MAX_ENTRIES, 1);
+
+/// Fabric routes for inner IPv6 destinations.
+#[map(name = "STRAIT_FAB_RT6")]
+pub static FABRIC_ROUTES_V6: LpmTrie<[u8; 16], NextHop> = LpmTrie::pinned(ROUTES_MAX_ENTRIES, 1);
+
+/// VNIs this host decapsulates.
+#[map(name = "STRAIT_FAB_VNIS")]
+pub static FABRIC_VNIS: HashMap<u32, VniEntry> = HashMap::pinned(VNIS_MAX_ENTRIES, 0);
+
+/// Slot 0: this host's underlay addresses (outer source).
+#[map(name = "STRAIT_FAB_LOCAL")]
+pub static FABRIC_LOCAL: Array<LocalEndpoints> = Array::pinned(1, 0);
+
+/// Fabric packet counters, indexed by `FabricCounter`.
+#[map(name = "STRAIT_FAB_STATS")]
+pub static FABRIC_STATS: PerCpuArray<PacketCount> = PerCpuArray::pinned(FabricCounter::SLOTS, 0);
+
+/// Per-CPU scratch space for building outer headers (too big for the stack).
+#[map(name = "STRAIT_FAB_SCR")]
+pub static FABRIC_SCRATCH: PerCpuArray<crate::fabric::EncapScratch> =
+    PerCpuArray::with_max_entries(1, 0);

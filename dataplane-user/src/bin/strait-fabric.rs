@@ -7,6 +7,7 @@ use strait_common::Direction;
 use strait_dataplane::{
     bpffs::PinDir,
     counter::{ip_proto_name, CounterSnapshot},
+    fabric::{self, FabricConfig, FabricStats},
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
     DEFAULT_PIN_DIR,
@@ -43,6 +44,15 @@ enum Command {
         ifaces: Vec<String>,
         #[arg(long, value_enum, default_value_t = Directions::Both)]
         direction: Directions,
+    },
+    /// Load the Geneve fabric: attach decapsulation to the underlay and
+    /// encapsulation to the listed interfaces, and reconcile the pinned route
+    /// maps with the config. Safe to re-run: programs are swapped in place and
+    /// routes updated entry by entry, so traffic keeps flowing.
+    Apply {
+        /// YAML fabric config (underlay, encapInterfaces, localEndpoints, routes, internalNodes).
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Print the pinned traffic counters.
     Stats {
@@ -106,6 +116,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Apply { config } => apply_fabric(&cli.pin_dir, &config)?,
         Command::Detach { ifaces, direction } => {
             let pin_dir = PinDir::open(&cli.pin_dir)?;
             for iface in &ifaces {
@@ -123,14 +134,77 @@ fn main() -> Result<()> {
             let pin_dir = PinDir::open(&cli.pin_dir)?;
             let snapshot = CounterSnapshot::read_pinned(&pin_dir)
                 .with_context(|| format!("reading counters pinned in {}", cli.pin_dir.display()))?;
+            let fabric = FabricStats::read_pinned(&pin_dir).ok();
             if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+                let out = serde_json::json!({ "counters": snapshot, "fabric": fabric });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_table(&snapshot);
+                if let Some(fabric) = fabric {
+                    print_fabric(&fabric);
+                }
             }
         }
     }
     Ok(())
+}
+
+fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Result<()> {
+    let config = FabricConfig::from_file(config_path)?;
+    let tables = config
+        .tables()
+        .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
+    // Refuse before pinning anything, so a typo leaves no state behind.
+    for iface in std::iter::once(&config.underlay).chain(&config.encap_interfaces) {
+        tc::check_iface(iface)?;
+    }
+    let underlay_mtu = tc::interface_mtu(&config.underlay)?;
+    let mut dp = Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
+    // Routes before programs: a freshly attached encap program never runs on empty tables.
+    let applied = fabric::apply_tables(&mut dp, &tables)?;
+    let decap = tc::attach(
+        &mut dp,
+        TcProgram::GeneveDecap,
+        &config.underlay,
+        config.attach_mode,
+    )?;
+    println!(
+        "decapsulating Geneve on {} ({})",
+        decap.iface,
+        decap.mode.as_str()
+    );
+    for iface in &config.encap_interfaces {
+        let done = tc::attach(&mut dp, TcProgram::GeneveEncap, iface, config.attach_mode)?;
+        println!(
+            "steering {} into the fabric ({})",
+            done.iface,
+            done.mode.as_str()
+        );
+    }
+    println!(
+        "routes: {} written, {} removed; {} VNIs; overlay MTU {} (underlay {})",
+        applied.routes_written,
+        applied.routes_removed,
+        applied.vnis,
+        config.overlay_mtu(underlay_mtu),
+        underlay_mtu
+    );
+    Ok(())
+}
+
+fn print_fabric(stats: &FabricStats) {
+    println!();
+    println!("{:<24} {:>12} {:>14}", "FABRIC", "PACKETS", "BYTES");
+    for row in &stats.counters {
+        println!("{:<24} {:>12} {:>14}", row.name, row.packets, row.bytes);
+    }
+    let drops: Vec<_> = stats.drops.iter().filter(|(_, n)| *n > 0).collect();
+    if !drops.is_empty() {
+        println!("{:<24} {:>12}", "DROPPED", "PACKETS");
+        for (reason, n) in drops {
+            println!("{reason:<24} {n:>12}");
+        }
+    }
 }
 
 fn print_table(snapshot: &CounterSnapshot) {
