@@ -114,9 +114,13 @@ impl FabricConfig {
         underlay_mtu.saturating_sub(worst as u32)
     }
 
-    /// The map contents this config asks for, validated.
-    pub fn tables(&self) -> Result<FabricTables, ConfigError> {
-        let mut local = LocalEndpoints::default();
+    /// The map contents this config asks for, validated; `underlay_ifindex`
+    /// is the index of `underlay` in the namespace the tables are for.
+    pub fn tables(&self, underlay_ifindex: u32) -> Result<FabricTables, ConfigError> {
+        let mut local = LocalEndpoints {
+            underlay_ifindex,
+            ..LocalEndpoints::default()
+        };
         for addr in &self.local_endpoints {
             match addr {
                 IpAddr::V4(_) if local.present & LocalEndpoints::HAS_V4 != 0 => {
@@ -437,7 +441,7 @@ routes:
 
     #[test]
     fn routes_become_lpm_entries_toward_a_usable_gateway() {
-        let tables = config(NODE).tables().expect("valid");
+        let tables = config(NODE).tables(1).expect("valid");
         let hop = tables.routes_v4[&([198, 19, 0, 0], 24)];
         assert_eq!(
             (hop.family, hop.vni, &hop.endpoint[..4]),
@@ -459,7 +463,7 @@ routes:
     fn bad_configs_name_the_entry_at_fault() {
         let with = |from: &str, to: &str| {
             config(&NODE.replace(from, to))
-                .tables()
+                .tables(1)
                 .expect_err("invalid")
         };
         assert_eq!(
@@ -481,7 +485,7 @@ routes:
             .replace(", 'fd00:f::11'", "")
             .replace("[198.18.0.2]", "['fd00:f::2']");
         assert_eq!(
-            config(&v4_only).tables(),
+            config(&v4_only).tables(1),
             Err(ConfigError::NoUsableEndpoint {
                 what: "routes[0]".into()
             })
@@ -502,7 +506,7 @@ routes:
             "{NODE}  - destinations: [198.19.0.0/24]\n    gateways: [198.18.0.3]\n    vni: 7\n"
         );
         assert_eq!(
-            config(&yaml).tables(),
+            config(&yaml).tables(1),
             Err(ConfigError::DuplicateDestination("198.19.0.0/24".into()))
         );
     }

@@ -7,7 +7,9 @@
 
 pub mod bins;
 pub mod bpffs;
+pub mod capture;
 pub mod fabric;
+pub mod fabric_topology;
 pub mod netns;
 pub mod topology;
 pub mod traffic;

@@ -68,6 +68,16 @@ impl NetNs {
         ip(&["netns", "add", &name])?;
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on interfaces created later: a
+        // tentative link-local address makes the first neighbour
+        // solicitations go out without a source, and tests flake on it.
+        run(ns.command("sysctl").args([
+            "-q",
+            "-w",
+            "net.ipv6.conf.default.accept_dad=0",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+        ]))?;
         Ok(ns)
     }
 
@@ -179,9 +189,7 @@ impl Veth {
         ])?;
         for (ns, iface, addrs) in [a, b] {
             for addr in addrs {
-                // No duplicate address detection: v6 addresses are usable at once.
-                let nodad: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
-                ns.ip(&[&["addr", "add", addr, "dev", iface][..], nodad].concat())?;
+                ns.ip(&["addr", "add", addr, "dev", iface])?;
             }
             ns.ip(&["link", "set", iface, "up"])?;
         }

@@ -109,3 +109,145 @@ pub fn send_raw_frame(ns: &NetNs, iface: &str, frame: &[u8]) -> Result<(), Error
     })?
     .map_err(io(ns))
 }
+
+/// Sends `count` datagrams from `from` to `to` (in `to_ns`) one every
+/// `interval`, while a receiver thread counts arrivals, and runs
+/// `during` meanwhile (for example an agent restart). Returns
+/// (sent, received). Bounded: at most `count` datagrams and
+/// `count * interval + RECV_TIMEOUT` of time.
+pub fn udp_stream<T: Send>(
+    from: &NetNs,
+    to_ns: &NetNs,
+    to: SocketAddr,
+    count: usize,
+    interval: Duration,
+    during: impl FnOnce() -> T + Send,
+) -> Result<(usize, usize, T), Error> {
+    let receiver = to_ns.enter(|| UdpSocket::bind(to))?.map_err(io(to_ns))?;
+    receiver
+        .set_read_timeout(Some(RECV_TIMEOUT))
+        .map_err(io(to_ns))?;
+    let unspecified: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sender = from
+        .enter(|| UdpSocket::bind(unspecified))?
+        .map_err(io(from))?;
+    std::thread::scope(|scope| {
+        let counting = scope.spawn(|| {
+            let mut buf = [0u8; 64];
+            let mut seen = vec![false; count];
+            let mut received = 0;
+            // Ends on the first silence longer than RECV_TIMEOUT.
+            while let Ok((len, _)) = receiver.recv_from(&mut buf) {
+                if len == 8 {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default()) as usize;
+                    if seq < count && !seen[seq] {
+                        seen[seq] = true;
+                        received += 1;
+                    }
+                }
+                if received == count {
+                    break;
+                }
+            }
+            received
+        });
+        let sending = scope.spawn(|| {
+            let mut sent = 0;
+            for seq in 0..count as u64 {
+                if sender.send_to(&seq.to_be_bytes(), to).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(interval);
+            }
+            sent
+        });
+        let result = during();
+        let sent = sending
+            .join()
+            .map_err(|_| Error::Panicked(from.name().to_owned()))?;
+        let received = counting
+            .join()
+            .map_err(|_| Error::Panicked(to_ns.name().to_owned()))?;
+        Ok((sent, received, result))
+    })
+}
+
+/// Connects from `from` to a TCP server bound at `to` in `to_ns`, sends
+/// `bytes` bytes, and returns how many the server read and acknowledged back.
+/// Bounded by socket timeouts of `RECV_TIMEOUT`.
+pub fn tcp_transfer(
+    from: &NetNs,
+    to_ns: &NetNs,
+    to: SocketAddr,
+    bytes: usize,
+) -> Result<u64, Error> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = to_ns.enter(|| TcpListener::bind(to))?.map_err(io(to_ns))?;
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| -> std::io::Result<()> {
+            let mut conn = accept_within(&listener, RECV_TIMEOUT)?;
+            conn.set_read_timeout(Some(RECV_TIMEOUT))?;
+            let mut total: u64 = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match conn.read(&mut buf)? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+            conn.write_all(&total.to_be_bytes())
+        });
+        let client = from
+            .enter(|| -> std::io::Result<u64> {
+                let mut conn = TcpStream::connect_timeout(&to, RECV_TIMEOUT)?;
+                conn.set_read_timeout(Some(RECV_TIMEOUT))?;
+                conn.set_write_timeout(Some(RECV_TIMEOUT))?;
+                let chunk = vec![0x42u8; 64 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    conn.write_all(&chunk[..n])?;
+                    left -= n;
+                }
+                conn.shutdown(std::net::Shutdown::Write)?;
+                let mut ack = [0u8; 8];
+                conn.read_exact(&mut ack)?;
+                Ok(u64::from_be_bytes(ack))
+            })?
+            .map_err(io(from));
+        let served = server
+            .join()
+            .map_err(|_| Error::Panicked(to_ns.name().to_owned()))?;
+        served.map_err(io(to_ns))?;
+        client
+    })
+}
+
+/// accept(2) that gives up after `limit` instead of blocking forever.
+fn accept_within(
+    listener: &std::net::TcpListener,
+    limit: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false)?;
+                return Ok(conn);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

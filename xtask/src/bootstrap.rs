@@ -15,12 +15,16 @@ use crate::cmd;
 
 /// The toolchain the eBPF programs are built with (aya-build's default).
 pub const EBPF_TOOLCHAIN: &str = "nightly";
-/// Debian packages the tests and demo call: `ip` (iproute2), `nsenter` and
-/// `mount` (util-linux).
+/// Debian packages the tests and demo call, by the command that proves
+/// them installed: iproute2, util-linux (nsenter), mount, tcpdump (decodes
+/// Geneve on the underlay), procps (sysctl), iputils-ping.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    ("tcpdump", "tcpdump"),
+    ("sysctl", "procps"),
+    ("ping", "iputils-ping"),
 ];
 
 pub fn run() -> Result<()> {

@@ -60,6 +60,9 @@ pub struct LocalEndpoints {
     pub v4: [u8; 4],
     /// Bit 0: `v4` is set; bit 1: `v6` is set.
     pub present: u32,
+    /// The underlay interface: outer packets are routed out of it only.
+    pub underlay_ifindex: u32,
+    pub _pad: u32,
 }
 
 impl LocalEndpoints {
@@ -103,7 +106,7 @@ pub struct PacketCount {
 }
 
 const _: () = assert!(size_of::<NextHop>() == 24);
-const _: () = assert!(size_of::<LocalEndpoints>() == 24);
+const _: () = assert!(size_of::<LocalEndpoints>() == 32);
 const _: () = assert!(size_of::<VniEntry>() == 4);
 const _: () = assert!(size_of::<PacketCount>() == 16);
 

@@ -99,7 +99,7 @@ fn try_encap(ctx: &TcContext) -> Result<i32, DropReason> {
         check: [0; 2],
     };
     let geneve = GeneveHdr::new(ethertype, hop.vni);
-    scratch.fib = fib_params(ctx);
+    scratch.fib = fib_params(local.underlay_ifindex);
 
     if hop.family == FAMILY_V4 {
         if local.present & LocalEndpoints::HAS_V4 == 0 {
@@ -177,11 +177,12 @@ fn grow(ctx: &TcContext, room: usize, l3_flag: u32) -> Result<(), DropReason> {
         .map_err(|_| DropReason::AdjustRoomFailed)
 }
 
-fn fib_params(ctx: &TcContext) -> FibParams {
+/// Parameters of an output route lookup out of the underlay, as for a
+/// packet this host sends (the arrival interface, a pod veth, is irrelevant).
+fn fib_params(underlay_ifindex: u32) -> FibParams {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    // SAFETY: reading ifindex from the kernel-provided context.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.ifindex = underlay_ifindex;
     fib
 }
 

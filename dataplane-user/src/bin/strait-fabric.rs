@@ -151,13 +151,14 @@ fn main() -> Result<()> {
 
 fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Result<()> {
     let config = FabricConfig::from_file(config_path)?;
-    let tables = config
-        .tables()
-        .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
     // Refuse before pinning anything, so a typo leaves no state behind.
-    for iface in std::iter::once(&config.underlay).chain(&config.encap_interfaces) {
+    for iface in &config.encap_interfaces {
         tc::check_iface(iface)?;
     }
+    let underlay = tc::check_iface(&config.underlay)?;
+    let tables = config
+        .tables(underlay)
+        .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
     let underlay_mtu = tc::interface_mtu(&config.underlay)?;
     let mut dp = Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
     // Routes before programs: a freshly attached encap program never runs on empty tables.
