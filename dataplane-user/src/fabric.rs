@@ -94,7 +94,11 @@ impl FabricConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-        serde_norway::from_str(&text).map_err(|e| read_err(e.to_string()))
+        Self::from_yaml(&text).map_err(|e| read_err(e.to_string()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, serde_norway::Error> {
+        serde_norway::from_str(text)
     }
 
     /// The overlay MTU for a given underlay MTU: what pods' interfaces must use.

@@ -268,3 +268,14 @@ pub fn interface_mtu(iface: &str) -> Result<u32, Error> {
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     Ok(u32::try_from(mtu).unwrap_or(0))
 }
+
+/// Whether the kernel forwards IPv4 (`ipv6 = false`) or IPv6 packets on
+/// `iface`, in the current network namespace. The fabric's route lookups
+/// for outer packets fail on an interface that does not forward.
+pub fn forwarding_enabled(iface: &str, ipv6: bool) -> Result<bool, Error> {
+    check_iface(iface)?;
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    let path = std::path::PathBuf::from(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"));
+    let value = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    Ok(value.trim() == "1")
+}

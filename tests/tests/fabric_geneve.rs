@@ -249,3 +249,38 @@ fn agent_restarts_and_route_changes_lose_no_packet() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn the_agent_refuses_configs_it_cannot_serve_and_says_why() -> TestResult {
+    let pair = strait_testbed::NodePair::new()?;
+    let agent = Agent::new(&pair.node, "refuse")?;
+    let config = |gateway: &str, destination: &str| {
+        format!(
+            "underlay: eth0\nlocalEndpoints: [198.18.0.1]\nroutes:\n  - destinations: ['{destination}']\n    gateways: ['{gateway}']\n    vni: 5\n"
+        )
+    };
+    let refusal = |yaml: String| -> Result<String, Box<dyn std::error::Error>> {
+        let Err(e) = agent.apply(&yaml) else {
+            return Err("config accepted".into());
+        };
+        Ok(e.to_string())
+    };
+    // NodePair's namespaces do not forward: outer packets could not be routed.
+    assert!(
+        refusal(config("198.18.0.2", "198.19.0.0/24"))?.contains("ipv4 forwarding is off on eth0")
+    );
+    assert!(refusal(config("198.18.0.2", "198.19.0.1/24"))?
+        .contains("host bits are set; did you mean 198.19.0.0/24?"));
+    assert!(refusal(config("fd00:5::2", "198.19.0.0/24"))?
+        .contains("no gateway/endpoint of a family this host has a local endpoint for"));
+    assert!(refusal(
+        config("198.18.0.2", "198.19.0.0/24").replace("underlay: eth0", "underlay: eth9")
+    )?
+    .contains("no interface named eth9"));
+    assert!(!pins_exist(&agent), "a refused config pins nothing");
+    Ok(())
+}
+
+fn pins_exist(agent: &Agent<'_>) -> bool {
+    agent.pins.path().exists()
+}

@@ -30,11 +30,14 @@ pub enum DropReason {
     NoUnderlayRoute = 8,
     /// Encapsulated packet larger than the underlay MTU.
     FragmentationNeeded = 9,
+    /// IP forwarding is off on the underlay interface: the kernel refuses to
+    /// route the outer packet.
+    UnderlayForwardingDisabled = 10,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::GeneveBadVersion,
@@ -45,6 +48,7 @@ impl DropReason {
         DropReason::AdjustRoomFailed,
         DropReason::NoUnderlayRoute,
         DropReason::FragmentationNeeded,
+        DropReason::UnderlayForwardingDisabled,
     ];
     /// Size of the drop counter array: room to append reasons without
     /// resizing a pinned map.
@@ -71,6 +75,7 @@ impl DropReason {
             DropReason::AdjustRoomFailed => "adjust_room_failed",
             DropReason::NoUnderlayRoute => "no_underlay_route",
             DropReason::FragmentationNeeded => "fragmentation_needed",
+            DropReason::UnderlayForwardingDisabled => "underlay_forwarding_disabled",
         }
     }
 }

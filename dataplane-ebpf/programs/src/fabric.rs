@@ -37,6 +37,7 @@ const AF_INET6: u8 = 10;
 /// BPF_FIB_LKUP_RET_SUCCESS / _NO_NEIGH: a route exists.
 const FIB_SUCCESS: i64 = 0;
 const FIB_NO_NEIGH: i64 = 7;
+const FIB_FWD_DISABLED: i64 = 5;
 const FIB_FRAG_NEEDED: i64 = 8;
 /// Outer UDP source ports come from this range, picked by flow hash, so ECMP
 /// and RSS on the underlay spread flows while each flow keeps its path.
@@ -202,6 +203,7 @@ fn send(ctx: &TcContext, fib: &mut FibParams, inner_len: u32) -> Result<i32, Dro
     match rc {
         FIB_SUCCESS | FIB_NO_NEIGH => {}
         FIB_FRAG_NEEDED => return Err(DropReason::FragmentationNeeded),
+        FIB_FWD_DISABLED => return Err(DropReason::UnderlayForwardingDisabled),
         _ => return Err(DropReason::NoUnderlayRoute),
     }
     count(FabricCounter::Encapsulated, inner_len);

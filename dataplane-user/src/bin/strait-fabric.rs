@@ -1,9 +1,9 @@
 //! strait-fabric: the node agent of Strait's eBPF dataplane.
 use std::{ffi::CString, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use strait_common::Direction;
+use strait_common::{fabric::LocalEndpoints, Direction};
 use strait_dataplane::{
     bpffs::PinDir,
     counter::{ip_proto_name, CounterSnapshot},
@@ -159,6 +159,19 @@ fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Res
     let tables = config
         .tables(underlay)
         .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
+    for (ipv6, present) in [
+        (false, LocalEndpoints::HAS_V4),
+        (true, LocalEndpoints::HAS_V6),
+    ] {
+        if tables.local.present & present != 0 && !tc::forwarding_enabled(&config.underlay, ipv6)? {
+            let family = if ipv6 { "ipv6" } else { "ipv4" };
+            bail!(
+                "{family} forwarding is off on {underlay}: the fabric routes outer packets through it; \
+                 set net.{family}.conf.{underlay}.forwarding=1",
+                underlay = config.underlay
+            );
+        }
+    }
     let underlay_mtu = tc::interface_mtu(&config.underlay)?;
     let mut dp = Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
     // Routes before programs: a freshly attached encap program never runs on empty tables.
