@@ -17,7 +17,8 @@ use crate::cmd;
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 /// Debian packages the tests and demo call, by the command that proves
 /// them installed: iproute2, util-linux (nsenter), mount, tcpdump (decodes
-/// Geneve on the underlay), procps (sysctl), iputils-ping.
+/// Geneve on the underlay), procps (sysctl), iputils-ping, and the
+/// benchmarks' iperf3 and sockperf.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
@@ -25,6 +26,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("sysctl", "procps"),
     ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("sockperf", "sockperf"),
 ];
 
 pub fn run() -> Result<()> {

@@ -24,6 +24,11 @@ enum Task {
     Demo,
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
+    /// Run a benchmark (needs root); its last line is key=value ratios.
+    Bench {
+        /// Which benchmark: fabric.
+        name: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +47,12 @@ fn main() -> Result<()> {
             test()
         }
         Task::Crdgen => crdgen(false),
+        Task::Bench { name } => {
+            bootstrap::run()?;
+            cmd::require_root("benchmarks create network namespaces and load eBPF")?;
+            cmd::cargo(&["build", "--bins"])?;
+            cmd::run("target/debug/strait-bench", &[&name])
+        }
         Task::Demo => {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
