@@ -118,11 +118,17 @@ impl FabricConfig {
         underlay_mtu.saturating_sub(worst as u32)
     }
 
-    /// The map contents this config asks for, validated; `underlay_ifindex`
-    /// is the index of `underlay` in the namespace the tables are for.
-    pub fn tables(&self, underlay_ifindex: u32) -> Result<FabricTables, ConfigError> {
+    /// The map contents this config asks for, validated, for an underlay
+    /// interface of index `underlay_ifindex` and MTU `underlay_mtu` (in the
+    /// namespace the tables are for).
+    pub fn tables(
+        &self,
+        underlay_ifindex: u32,
+        underlay_mtu: u32,
+    ) -> Result<FabricTables, ConfigError> {
         let mut local = LocalEndpoints {
             underlay_ifindex,
+            overlay_mtu: self.overlay_mtu(underlay_mtu),
             ..LocalEndpoints::default()
         };
         for addr in &self.local_endpoints {
@@ -445,7 +451,7 @@ routes:
 
     #[test]
     fn routes_become_lpm_entries_toward_a_usable_gateway() {
-        let tables = config(NODE).tables(1).expect("valid");
+        let tables = config(NODE).tables(1, 1500).expect("valid");
         let hop = tables.routes_v4[&([198, 19, 0, 0], 24)];
         assert_eq!(
             (hop.family, hop.vni, &hop.endpoint[..4]),
@@ -467,7 +473,7 @@ routes:
     fn bad_configs_name_the_entry_at_fault() {
         let with = |from: &str, to: &str| {
             config(&NODE.replace(from, to))
-                .tables(1)
+                .tables(1, 1500)
                 .expect_err("invalid")
         };
         assert_eq!(
@@ -489,7 +495,7 @@ routes:
             .replace(", 'fd00:f::11'", "")
             .replace("[198.18.0.2]", "['fd00:f::2']");
         assert_eq!(
-            config(&v4_only).tables(1),
+            config(&v4_only).tables(1, 1500),
             Err(ConfigError::NoUsableEndpoint {
                 what: "routes[0]".into()
             })
@@ -510,7 +516,7 @@ routes:
             "{NODE}  - destinations: [198.19.0.0/24]\n    gateways: [198.18.0.3]\n    vni: 7\n"
         );
         assert_eq!(
-            config(&yaml).tables(1),
+            config(&yaml).tables(1, 1500),
             Err(ConfigError::DuplicateDestination("198.19.0.0/24".into()))
         );
     }

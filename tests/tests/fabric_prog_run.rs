@@ -39,7 +39,7 @@ fn fabric(
     let mut dp = Dataplane::load(pins.pin_dir()?)?;
     apply_tables(
         &mut dp,
-        &config.tables(pair.node.ifindex(NodePair::IFACE)?)?,
+        &config.tables(pair.node.ifindex(NodePair::IFACE)?, 1500)?,
     )?;
     Ok(dp)
 }
@@ -365,5 +365,87 @@ fn malformed_geneve_is_dropped_with_its_reason() -> TestResult {
         0,
         "nothing half-decapsulated"
     );
+    Ok(())
+}
+
+/// A TCP segment over IPv4 with the given flags and options, checksummed.
+fn ipv4_tcp(flags: u8, options: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + options.len();
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+    ip.extend_from_slice(&POD_V4);
+    ip.extend_from_slice(&REMOTE_V4);
+    let csum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut tcp = vec![0xc3, 0x50, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0];
+    tcp.push(((tcp_len / 4) as u8) << 4);
+    tcp.extend_from_slice(&[flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    tcp.extend_from_slice(options);
+    let csum = tcp_checksum(&ip, &tcp);
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// TCP checksum over the IPv4 pseudo-header, computed here independently.
+fn tcp_checksum(ip: &[u8], tcp: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(tcp);
+    internet_checksum(&pseudo)
+}
+
+#[test]
+fn syns_entering_the_fabric_get_their_mss_clamped_and_checksum_fixed() -> TestResult {
+    let pair = NodePair::new()?;
+    let pins = TestPinDir::new("mss")?;
+    let mut dp = fabric(&pair, &pins, "198.18.0.2")?;
+    // Overlay MTU for a dual-stack underlay of 1500: 1500 - 56; MSS = that - 40.
+    let clamped_mss: u16 = 1444 - 40;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let cases: [(&str, u8, Vec<u8>, u16); 4] = [
+        (
+            "SYN with MSS 1460",
+            SYN,
+            vec![2, 4, 0x05, 0xb4, 1, 1, 4, 2],
+            clamped_mss,
+        ),
+        (
+            "SYN, MSS after NOPs",
+            SYN,
+            vec![1, 1, 2, 4, 0x05, 0xb4, 0, 0],
+            clamped_mss,
+        ),
+        (
+            "SYN with a small MSS",
+            SYN,
+            vec![2, 4, 0x02, 0x00, 0, 0, 0, 0],
+            0x200,
+        ),
+        ("not a SYN", ACK, vec![2, 4, 0x05, 0xb4, 0, 0, 0, 0], 1460),
+    ];
+    for (what, flags, options, expected_mss) in cases {
+        let inner = ipv4_tcp(flags, &options);
+        let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &eth(0x0800, &inner))?;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+        let inner_out = &out[14 + 36..];
+        let mss_at = 20 + 20 + options.iter().position(|&b| b == 2).expect("MSS option") + 2;
+        let mss = u16::from_be_bytes([inner_out[mss_at], inner_out[mss_at + 1]]);
+        assert_eq!(mss, expected_mss, "{what}");
+        assert_eq!(
+            tcp_checksum(inner_out, &inner_out[20..]),
+            0,
+            "{what}: TCP checksum verifies"
+        );
+        assert_eq!(
+            internet_checksum(&inner_out[..20]),
+            0,
+            "{what}: IP header untouched"
+        );
+    }
     Ok(())
 }

@@ -62,7 +62,9 @@ pub struct LocalEndpoints {
     pub present: u32,
     /// The underlay interface: outer packets are routed out of it only.
     pub underlay_ifindex: u32,
-    pub _pad: u32,
+    /// MTU left for inner packets; TCP SYNs entering the fabric get their
+    /// MSS clamped to fit it. 0 disables clamping.
+    pub overlay_mtu: u32,
 }
 
 impl LocalEndpoints {

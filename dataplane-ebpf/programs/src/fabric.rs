@@ -30,6 +30,7 @@ use crate::{
     maps::{
         FABRIC_LOCAL, FABRIC_ROUTES_V4, FABRIC_ROUTES_V6, FABRIC_SCRATCH, FABRIC_STATS, FABRIC_VNIS,
     },
+    mss,
 };
 
 const AF_INET: u8 = 2;
@@ -81,6 +82,7 @@ fn try_encap(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let local = FABRIC_LOCAL.get(0).ok_or(DropReason::NoLocalEndpoint)?;
+    mss::clamp(ctx, ethertype, local.overlay_mtu);
     // Headers are built in a per-CPU scratch slot: the BPF stack is 512 bytes.
     let scratch = FABRIC_SCRATCH
         .get_ptr_mut(0)

@@ -8,6 +8,7 @@ mod drop;
 mod fabric;
 mod headers;
 mod maps;
+mod mss;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use strait_common::Direction;

@@ -156,8 +156,9 @@ fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Res
         tc::check_iface(iface)?;
     }
     let underlay = tc::check_iface(&config.underlay)?;
+    let underlay_mtu = tc::interface_mtu(&config.underlay)?;
     let tables = config
-        .tables(underlay)
+        .tables(underlay, underlay_mtu)
         .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
     for (ipv6, present) in [
         (false, LocalEndpoints::HAS_V4),
@@ -172,7 +173,6 @@ fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Res
             );
         }
     }
-    let underlay_mtu = tc::interface_mtu(&config.underlay)?;
     let mut dp = Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
     // Routes before programs: a freshly attached encap program never runs on empty tables.
     let applied = fabric::apply_tables(&mut dp, &tables)?;
