@@ -284,3 +284,43 @@ fn the_agent_refuses_configs_it_cannot_serve_and_says_why() -> TestResult {
 fn pins_exist(agent: &Agent<'_>) -> bool {
     agent.pins.path().exists()
 }
+
+#[test]
+fn path_mtu_discovery_works_across_the_fabric() -> TestResult {
+    let cluster = FabricCluster::new(1)?;
+    let (nodes, _gateway) = start(&cluster)?;
+    // A pod whose interface MTU ignores the overlay: the fabric must tell it.
+    let node = &cluster.nodes[0];
+    node.ns.ip(&["link", "set", "pod", "mtu", "1500"])?;
+    node.pod.ip(&["link", "set", "eth0", "mtu", "1500"])?;
+    for (target, size, expected) in [
+        (REMOTE_V4.to_string(), "1472", "mtu = 1444"),
+        (REMOTE_V6.to_string(), "1452", "mtu=1444"),
+    ] {
+        let out = node
+            .pod
+            .command("ping")
+            .args([
+                "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", size, &target,
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(expected), "ping {target} -s {size}:\n{text}");
+        // Having learnt the path MTU, a fitting ping goes through.
+        let fits = node
+            .pod
+            .command("ping")
+            .args(["-c", "1", "-W", "2", "-s", "1000", &target])
+            .output()?;
+        assert!(fits.status.success(), "ping {target} -s 1000");
+    }
+    assert!(
+        nodes[0]
+            .stats()?
+            .counter(FabricCounter::AnsweredTooBig)
+            .packets
+            >= 2
+    );
+    Ok(())
+}

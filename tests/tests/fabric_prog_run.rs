@@ -449,3 +449,85 @@ fn syns_entering_the_fabric_get_their_mss_clamped_and_checksum_fixed() -> TestRe
     }
     Ok(())
 }
+
+#[test]
+fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
+    let pair = NodePair::new()?;
+    let pins = TestPinDir::new("toobig")?;
+    let mut dp = fabric(&pair, &pins, "198.18.0.2")?;
+    let overlay_mtu: u16 = 1444;
+
+    // IPv4 with DF, 1500 bytes: destination unreachable, fragmentation needed.
+    let inner = ipv4_udp(POD_V4, REMOTE_V4, 1500 - 28);
+    let frame = eth(0x0800, &inner);
+    let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &frame)?;
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!(
+        (&out[..6], &out[6..12]),
+        (&frame[6..12], &frame[..6]),
+        "MACs swapped"
+    );
+    let ip = &out[14..34];
+    assert_eq!((ip[0], ip[9]), (0x45, 1), "IPv4 carrying ICMP");
+    assert_eq!(internet_checksum(ip), 0);
+    assert_eq!(
+        (&ip[12..16], &ip[16..20]),
+        (&[198, 18, 0, 1][..], &POD_V4[..]),
+        "from the node to the sender"
+    );
+    let icmp = &out[34..];
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, 20 + icmp.len());
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        overlay_mtu,
+        "next-hop MTU"
+    );
+    assert_eq!(internet_checksum(icmp), 0, "ICMP checksum verifies");
+    assert_eq!(&icmp[8..], &inner[..28], "quotes the header and 8 bytes");
+
+    // IPv6: packet too big.
+    let inner6 = ipv6_udp(POD_V6, REMOTE_V6, 1500 - 48);
+    let (verdict, out) = run(
+        &mut dp,
+        &pair,
+        TcProgram::GeneveEncap,
+        &eth(0x86dd, &inner6),
+    )?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let ip6 = &out[14..54];
+    assert_eq!((ip6[0] >> 4, ip6[6]), (6, 58), "IPv6 carrying ICMPv6");
+    assert_eq!(&ip6[24..40], &POD_V6, "to the sender");
+    let icmp6 = &out[54..];
+    assert_eq!(u16::from_be_bytes([ip6[4], ip6[5]]) as usize, icmp6.len());
+    assert_eq!((icmp6[0], icmp6[1]), (2, 0), "packet too big");
+    assert_eq!(
+        u32::from_be_bytes([icmp6[4], icmp6[5], icmp6[6], icmp6[7]]),
+        u32::from(overlay_mtu)
+    );
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip6[8..40]);
+    pseudo.extend_from_slice(&(icmp6.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp6);
+    assert_eq!(
+        internet_checksum(&pseudo),
+        0,
+        "ICMPv6 checksum (with pseudo-header) verifies"
+    );
+    assert_eq!(&icmp6[8..], &inner6[..48]);
+
+    // Without DF the packet cannot be answered nor fragmented here: a counted drop.
+    let mut no_df = ipv4_udp(POD_V4, REMOTE_V4, 1500 - 28);
+    no_df[6] = 0;
+    no_df[10..12].copy_from_slice(&[0, 0]);
+    let csum = internet_checksum(&no_df[..20]);
+    no_df[10..12].copy_from_slice(&csum.to_be_bytes());
+    let (verdict, _) = run(&mut dp, &pair, TcProgram::GeneveEncap, &eth(0x0800, &no_df))?;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let stats = FabricStats::read(&dp)?;
+    assert_eq!(stats.drops(DropReason::FragmentationNeeded), 1);
+    assert_eq!(stats.counter(FabricCounter::AnsweredTooBig).packets, 2);
+    assert_eq!(stats.counter(FabricCounter::Encapsulated).packets, 0);
+    Ok(())
+}

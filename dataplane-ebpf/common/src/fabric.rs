@@ -80,13 +80,17 @@ pub enum FabricCounter {
     Decapsulated = 1,
     /// Packets with no route: passed on untouched.
     NotRouted = 2,
+    /// Packets too big for the overlay, answered with ICMP so the sender
+    /// lowers its path MTU.
+    AnsweredTooBig = 3,
 }
 
 impl FabricCounter {
-    pub const ALL: [FabricCounter; 3] = [
+    pub const ALL: [FabricCounter; 4] = [
         FabricCounter::Encapsulated,
         FabricCounter::Decapsulated,
         FabricCounter::NotRouted,
+        FabricCounter::AnsweredTooBig,
     ];
     pub const SLOTS: u32 = 8;
 
@@ -95,6 +99,7 @@ impl FabricCounter {
             FabricCounter::Encapsulated => "encapsulated",
             FabricCounter::Decapsulated => "decapsulated",
             FabricCounter::NotRouted => "not_routed",
+            FabricCounter::AnsweredTooBig => "answered_too_big",
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::{
         GeneveHdr, Ipv4Hdr, Ipv6Hdr, OuterV4, OuterV6, UdpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
         IPPROTO_UDP,
     },
+    icmp,
     maps::{
         FABRIC_LOCAL, FABRIC_ROUTES_V4, FABRIC_ROUTES_V6, FABRIC_SCRATCH, FABRIC_STATS, FABRIC_VNIS,
     },
@@ -82,6 +83,32 @@ fn try_encap(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let local = FABRIC_LOCAL.get(0).ok_or(DropReason::NoLocalEndpoint)?;
+    let inner_len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    // SAFETY: reading gso_size from the kernel-provided context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    // GSO packets are segmented to their (clamped) MSS after encapsulation.
+    let too_big = local.overlay_mtu != 0 && !gso && inner_len > local.overlay_mtu;
+    if too_big {
+        let df = match ethertype {
+            ETH_P_IPV6 => true,
+            _ => {
+                let frag_off: [u8; 2] =
+                    ctx.load(ETH_HLEN + 6).map_err(|_| DropReason::Truncated)?;
+                frag_off[0] & 0x40 != 0
+            }
+        };
+        if !df {
+            // Fragmenting the inner packet is not done here (redirected
+            // packets skip the kernel's fragmentation); the drop is counted.
+            return Err(DropReason::FragmentationNeeded);
+        }
+        count(FabricCounter::AnsweredTooBig, inner_len);
+        return if ethertype == ETH_P_IPV6 {
+            icmp::too_big_v6(ctx, local, local.overlay_mtu)
+        } else {
+            icmp::too_big_v4(ctx, local, local.overlay_mtu)
+        };
+    }
     mss::clamp(ctx, ethertype, local.overlay_mtu);
     // Headers are built in a per-CPU scratch slot: the BPF stack is 512 bytes.
     let scratch = FABRIC_SCRATCH
@@ -91,7 +118,6 @@ fn try_encap(ctx: &TcContext) -> Result<i32, DropReason> {
     // program run with preemption disabled.
     let scratch = unsafe { &mut *scratch };
 
-    let inner_len = ctx.len().saturating_sub(ETH_HLEN as u32);
     // SAFETY: the context pointer the kernel passed us; the helper only reads the skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let udp = UdpHdr {
@@ -114,7 +140,7 @@ fn try_encap(ctx: &TcContext) -> Result<i32, DropReason> {
             tos: 0,
             tot_len: ((inner_len as usize + OVERHEAD_V4) as u16).to_be_bytes(),
             id: [0; 2],
-            // DF: the underlay must not fragment; oversized packets are refused below.
+            // DF: the underlay must not fragment; oversized packets were answered above.
             frag_off: 0x4000u16.to_be_bytes(),
             ttl: 64,
             protocol: IPPROTO_UDP,

@@ -7,6 +7,7 @@ mod counter;
 mod drop;
 mod fabric;
 mod headers;
+mod icmp;
 mod maps;
 mod mss;
 

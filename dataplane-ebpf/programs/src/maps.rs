@@ -63,3 +63,8 @@ pub static FABRIC_STATS: PerCpuArray<PacketCount> = PerCpuArray::pinned(FabricCo
 #[map(name = "STRAIT_FAB_SCR")]
 pub static FABRIC_SCRATCH: PerCpuArray<crate::fabric::EncapScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for building ICMP "too big" answers.
+#[map(name = "STRAIT_ICMP_SCR")]
+pub static ICMP_SCRATCH: PerCpuArray<crate::icmp::IcmpScratch> =
+    PerCpuArray::with_max_entries(1, 0);
