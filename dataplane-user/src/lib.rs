@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod counter;
 mod error;
 pub mod fabric;
+pub mod metrics;
 pub mod programs;
 pub mod tc;
 

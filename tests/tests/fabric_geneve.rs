@@ -324,3 +324,158 @@ fn path_mtu_discovery_works_across_the_fabric() -> TestResult {
     );
     Ok(())
 }
+
+/// GET `path` from the agent's metrics server inside `ns`.
+fn http_get(ns: &NetNs, port: u16, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+    let response = ns.enter(|| -> std::io::Result<String> {
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_secs(1),
+        )?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body)?;
+        Ok(body)
+    })??;
+    Ok(response)
+}
+
+/// Polls `check` every 100 ms for at most `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// The agent process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        if !eventually(Duration::from_secs(3), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_follows_its_config_file_and_exports_metrics() -> TestResult {
+    let cluster = FabricCluster::new(1)?;
+    let gateway = Agent::new(&cluster.gateway, "gw")?;
+    gateway.apply(&cluster.gateway_config())?;
+    // The node's agent runs as a daemon (one agent per host and pin directory).
+    let node = &cluster.nodes[0];
+    let agent = Agent::new(&node.ns, "daemon")?;
+    std::fs::write(&agent.config, cluster.node_config(0))?;
+    let bin = strait_testbed::bins::path("strait-fabric")?;
+    let mut cmd = node.ns.command("timeout");
+    cmd.args(["60"])
+        .arg(&bin)
+        .arg("--pin-dir")
+        .arg(agent.pins.path());
+    cmd.args([
+        "run",
+        "--metrics-address",
+        "127.0.0.1:9464",
+        "--poll-interval",
+        "200ms",
+        "--config",
+    ])
+    .arg(&agent.config);
+    let mut running = Running(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(
+            &node.ns, 9464, "/healthz"
+        )
+        .is_ok_and(|r| r.contains("200 OK"))),
+        "the agent did not come up"
+    );
+
+    assert_eq!(
+        udp_burst(&node.pod, &cluster.remote, remote(false, 7005), 10, 64)?,
+        10
+    );
+    let metrics = http_get(&node.ns, 9464, "/metrics")?;
+    assert!(
+        metrics.contains("strait_fabric_packets_total{action=\"encapsulated\"} 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE strait_drops_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strait_drops_total{reason=\"unknown_vni\"} 0"),
+        "{metrics}"
+    );
+
+    // A new route in the file is picked up without a restart.
+    let encapsulated = || {
+        agent
+            .stats()
+            .map(|s| s.counter(FabricCounter::Encapsulated).packets)
+            .unwrap_or(0)
+    };
+    let extra = SocketAddr::new(IpAddr::V4([198, 19, 128, 5].into()), 7006);
+    let with_extra = format!(
+        "{}  - destinations: [198.19.128.0/24]\n    gateways: ['198.18.0.2']\n    vni: 4242\n",
+        cluster.node_config(0)
+    );
+    std::fs::write(&agent.config, with_extra)?;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let before = encapsulated();
+            // Nobody listens there: only whether the node encapsulates it matters.
+            let sent = node.pod.enter(|| {
+                std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"ping", extra))
+            });
+            sent.is_ok() && eventually(Duration::from_millis(200), || encapsulated() > before)
+        }),
+        "the route added to the file was not applied"
+    );
+
+    // A broken edit is refused; the agent and the datapath keep going.
+    std::fs::write(&agent.config, "underlay: eth0\nroutes: [nonsense\n")?;
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        matches!(running.0.try_wait(), Ok(None)),
+        "the agent survived a bad config"
+    );
+    assert_eq!(
+        udp_burst(&node.pod, &cluster.remote, remote(false, 7007), 5, 64)?,
+        5
+    );
+
+    // Stopping the agent leaves the fabric running.
+    // SAFETY: kill(2) on the pid of our child.
+    unsafe { libc::kill(running.0.id() as i32, libc::SIGTERM) };
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            || matches!(running.0.try_wait(), Ok(Some(s)) if s.success())
+        ),
+        "clean exit on SIGTERM"
+    );
+    assert_eq!(
+        udp_burst(&node.pod, &cluster.remote, remote(false, 7008), 5, 64)?,
+        5,
+        "traffic flows without the agent"
+    );
+    Ok(())
+}

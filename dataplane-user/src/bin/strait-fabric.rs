@@ -54,6 +54,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run as the node agent: apply the fabric config, re-apply it whenever
+    /// the file changes (a bad edit is logged and the last good state kept),
+    /// and serve Prometheus metrics, until SIGTERM or SIGINT. Programs and
+    /// maps stay in place when it stops.
+    Run {
+        /// YAML fabric config, as for `apply`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Address for GET /metrics and /healthz (none when omitted).
+        #[arg(long)]
+        metrics_address: Option<std::net::SocketAddr>,
+        /// How often to check the config file for changes.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        poll_interval: std::time::Duration,
+    },
     /// Print the pinned traffic counters.
     Stats {
         /// Machine-readable output.
@@ -116,7 +131,12 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Command::Apply { config } => apply_fabric(&cli.pin_dir, &config)?,
+        Command::Apply { config } => print!("{}", apply_fabric(&cli.pin_dir, &config)?),
+        Command::Run {
+            config,
+            metrics_address,
+            poll_interval,
+        } => run_agent(&cli.pin_dir, &config, metrics_address, poll_interval)?,
         Command::Detach { ifaces, direction } => {
             let pin_dir = PinDir::open(&cli.pin_dir)?;
             for iface in &ifaces {
@@ -149,7 +169,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Result<()> {
+/// Applies a fabric config; returns a human summary of what it did.
+fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut summary = String::new();
     let config = FabricConfig::from_file(config_path)?;
     // Refuse before pinning anything, so a typo leaves no state behind.
     for iface in &config.encap_interfaces {
@@ -195,15 +218,120 @@ fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Res
             done.mode.as_str()
         );
     }
-    println!(
+    writeln!(
+        summary,
         "routes: {} written, {} removed; {} VNIs; overlay MTU {} (underlay {})",
         applied.routes_written,
         applied.routes_removed,
         applied.vnis,
         config.overlay_mtu(underlay_mtu),
         underlay_mtu
+    )?;
+    Ok(summary)
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
     );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s or m)")),
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn run_agent(
+    pin_dir: &std::path::Path,
+    config_path: &std::path::Path,
+    metrics_address: Option<std::net::SocketAddr>,
+    poll_interval: std::time::Duration,
+) -> Result<()> {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    // The first apply must succeed: an agent that never programmed anything is not ready.
+    let summary = apply_fabric(pin_dir, config_path)?;
+    tracing::info!(config = %config_path.display(), %summary, "fabric applied");
+    let listener = match metrics_address {
+        Some(address) => {
+            let listener = std::net::TcpListener::bind(address)
+                .with_context(|| format!("binding {address}"))?;
+            listener.set_nonblocking(true)?;
+            tracing::info!(%address, "serving /metrics and /healthz");
+            Some(listener)
+        }
+        None => None,
+    };
+    let mut seen = modified(config_path);
+    let mut next_check = std::time::Instant::now() + poll_interval;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(listener) = &listener {
+            serve_pending(listener, pin_dir);
+        }
+        if std::time::Instant::now() >= next_check {
+            next_check = std::time::Instant::now() + poll_interval;
+            let now = modified(config_path);
+            if now != seen {
+                seen = now;
+                match apply_fabric(pin_dir, config_path) {
+                    Ok(summary) => {
+                        tracing::info!(config = %config_path.display(), %summary, "fabric re-applied")
+                    }
+                    Err(e) => {
+                        tracing::error!(config = %config_path.display(), error = format!("{e:#}"), "config refused; keeping the last applied state")
+                    }
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!("stopping; programs and maps stay attached and pinned");
     Ok(())
+}
+
+/// Answers every connection waiting on the (non-blocking) listener.
+fn serve_pending(listener: &std::net::TcpListener, pin_dir: &std::path::Path) {
+    use std::io::{Read as _, Write as _};
+    while let Ok((mut conn, _)) = listener.accept() {
+        let timeout = Some(std::time::Duration::from_secs(1));
+        if conn.set_nonblocking(false).is_err()
+            || conn.set_read_timeout(timeout).is_err()
+            || conn.set_write_timeout(timeout).is_err()
+        {
+            continue;
+        }
+        let mut request = [0u8; 1024];
+        let n = conn.read(&mut request).unwrap_or(0);
+        let line = String::from_utf8_lossy(&request[..n]);
+        let (status, body) = if line.starts_with("GET /metrics ") {
+            match PinDir::open(pin_dir).and_then(|dir| strait_dataplane::metrics::render(&dir)) {
+                Ok(body) => ("200 OK", body),
+                Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+            }
+        } else if line.starts_with("GET /healthz ") {
+            ("200 OK", "ok\n".to_owned())
+        } else {
+            ("404 Not Found", "try /metrics or /healthz\n".to_owned())
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
 }
 
 fn print_fabric(stats: &FabricStats) {
