@@ -64,3 +64,48 @@ impl<'a> FabricCli<'a> {
         })
     }
 }
+
+/// One host's fabric agent in a test: its own pin directory and config file,
+/// both removed on drop.
+pub struct FabricAgent<'a> {
+    pub ns: &'a NetNs,
+    pub pins: crate::bpffs::TestPinDir,
+    pub config: PathBuf,
+}
+
+impl<'a> FabricAgent<'a> {
+    pub fn new(ns: &'a NetNs, label: &str) -> Result<Self, Error> {
+        let pins = crate::bpffs::TestPinDir::new(label)?;
+        let config = std::env::temp_dir().join(format!("strait-{}-{label}.yaml", ns.name()));
+        Ok(FabricAgent { ns, pins, config })
+    }
+
+    pub fn cli(&self) -> Result<FabricCli<'_>, Error> {
+        FabricCli::new(self.ns, self.pins.path())
+    }
+
+    /// Writes `yaml` as the config and runs `strait-fabric apply` on it.
+    pub fn apply(&self, yaml: &str) -> Result<String, Error> {
+        std::fs::write(&self.config, yaml).map_err(|e| Error::Command {
+            command: format!("write {}", self.config.display()),
+            detail: e.to_string(),
+        })?;
+        let config = self.config.to_string_lossy().into_owned();
+        self.cli()?.run(&["apply", "--config", &config])
+    }
+
+    pub fn stats(&self) -> Result<strait_dataplane::fabric::FabricStats, Error> {
+        let read =
+            || strait_dataplane::fabric::FabricStats::read_pinned(&PinDir::open(self.pins.path())?);
+        read().map_err(|e: strait_dataplane::Error| Error::Command {
+            command: format!("read fabric stats in {}", self.pins.path().display()),
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl Drop for FabricAgent<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}

@@ -14,6 +14,6 @@ pub mod netns;
 pub mod topology;
 pub mod traffic;
 
-pub use fabric::FabricCli;
+pub use fabric::{FabricAgent, FabricCli};
 pub use netns::{NetNs, Veth};
 pub use topology::NodePair;

@@ -3,66 +3,31 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
 use strait_common::fabric::FabricCounter;
-use strait_dataplane::{bpffs::PinDir, fabric::FabricStats};
 use strait_testbed::{
-    bpffs::TestPinDir,
     capture::Capture,
     fabric_topology::{FabricCluster, REMOTE_V4, REMOTE_V6},
     traffic::{tcp_transfer, udp_burst, udp_stream},
-    FabricCli, NetNs,
+    FabricAgent, NetNs,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// One host's agent: its own pin directory and config file.
-struct Agent<'a> {
-    ns: &'a NetNs,
-    pins: TestPinDir,
-    config: PathBuf,
-}
-
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-impl<'a> Agent<'a> {
-    fn new(ns: &'a NetNs, label: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let pins = TestPinDir::new(label)?;
-        let config = std::env::temp_dir().join(format!("strait-{}-{label}.yaml", ns.name()));
-        Ok(Agent { ns, pins, config })
-    }
-
-    fn apply(&self, yaml: &str) -> Result<String, Box<dyn std::error::Error>> {
-        std::fs::write(&self.config, yaml)?;
-        let cli = FabricCli::new(self.ns, self.pins.path())?;
-        let config = self.config.to_string_lossy().into_owned();
-        Ok(cli.run(&["apply", "--config", &config])?)
-    }
-
-    fn stats(&self) -> Result<FabricStats, Box<dyn std::error::Error>> {
-        Ok(FabricStats::read_pinned(&PinDir::open(self.pins.path())?)?)
-    }
-}
-
 /// Starts the fabric on every node and on the gateway.
 fn start(
     cluster: &FabricCluster,
-) -> Result<(Vec<Agent<'_>>, Agent<'_>), Box<dyn std::error::Error>> {
+) -> Result<(Vec<FabricAgent<'_>>, FabricAgent<'_>), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
-        let agent = Agent::new(&node.ns, &format!("node{}", i + 1))?;
+        let agent = FabricAgent::new(&node.ns, &format!("node{}", i + 1))?;
         let out = agent.apply(&cluster.node_config(i))?;
         assert!(out.contains("steering pod into the fabric"), "{out}");
         nodes.push(agent);
     }
-    let gateway = Agent::new(&cluster.gateway, "gw")?;
+    let gateway = FabricAgent::new(&cluster.gateway, "gw")?;
     let out = gateway.apply(&cluster.gateway_config())?;
     assert!(out.contains("decapsulating Geneve on eth0"), "{out}");
     assert!(out.contains("overlay MTU 1444"), "{out}");
@@ -253,7 +218,7 @@ fn agent_restarts_and_route_changes_lose_no_packet() -> TestResult {
 #[test]
 fn the_agent_refuses_configs_it_cannot_serve_and_says_why() -> TestResult {
     let pair = strait_testbed::NodePair::new()?;
-    let agent = Agent::new(&pair.node, "refuse")?;
+    let agent = FabricAgent::new(&pair.node, "refuse")?;
     let config = |gateway: &str, destination: &str| {
         format!(
             "underlay: eth0\nlocalEndpoints: [198.18.0.1]\nroutes:\n  - destinations: ['{destination}']\n    gateways: ['{gateway}']\n    vni: 5\n"
@@ -281,7 +246,7 @@ fn the_agent_refuses_configs_it_cannot_serve_and_says_why() -> TestResult {
     Ok(())
 }
 
-fn pins_exist(agent: &Agent<'_>) -> bool {
+fn pins_exist(agent: &FabricAgent<'_>) -> bool {
     agent.pins.path().exists()
 }
 
@@ -373,11 +338,11 @@ impl Drop for Running {
 #[test]
 fn the_agent_follows_its_config_file_and_exports_metrics() -> TestResult {
     let cluster = FabricCluster::new(1)?;
-    let gateway = Agent::new(&cluster.gateway, "gw")?;
+    let gateway = FabricAgent::new(&cluster.gateway, "gw")?;
     gateway.apply(&cluster.gateway_config())?;
     // The node's agent runs as a daemon (one agent per host and pin directory).
     let node = &cluster.nodes[0];
-    let agent = Agent::new(&node.ns, "daemon")?;
+    let agent = FabricAgent::new(&node.ns, "daemon")?;
     std::fs::write(&agent.config, cluster.node_config(0))?;
     let bin = strait_testbed::bins::path("strait-fabric")?;
     let mut cmd = node.ns.command("timeout");

@@ -351,7 +351,8 @@ fn print_fabric(stats: &FabricStats) {
 
 fn print_table(snapshot: &CounterSnapshot) {
     if snapshot.rows.is_empty() {
-        println!("no traffic counted yet");
+        println!("traffic counters: nothing counted (see `strait-fabric attach`)");
+        return;
     }
     println!(
         "{:<16} {:<8} {:<6} {:<7} {:>12} {:>14}",

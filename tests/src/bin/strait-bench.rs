@@ -10,10 +10,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use strait_testbed::{
-    bpffs::TestPinDir,
     fabric_topology::{FabricCluster, GATEWAY_V4, REMOTE_V4},
     netns::run,
-    FabricCli, NetNs,
+    FabricAgent, NetNs,
 };
 
 const ROUNDS: usize = 3;
@@ -109,7 +108,7 @@ fn measure(path: Path) -> Result<Sample> {
     let cluster = FabricCluster::new(1)?;
     let node = &cluster.nodes[0];
     let pod_cidr = format!("198.18.{}.0/24", 65);
-    let mut pins = Vec::new();
+    let mut agents = Vec::new();
     match path {
         Path::Routed => {
             node.ns.ip(&[
@@ -160,23 +159,15 @@ fn measure(path: Path) -> Result<Sample> {
                 (&node.ns, "bench-node", cluster.node_config(0)),
                 (&cluster.gateway, "bench-gw", cluster.gateway_config()),
             ] {
-                let pin = TestPinDir::new(label)?;
-                let file = std::env::temp_dir().join(format!("strait-bench-{}.yaml", ns.name()));
-                std::fs::write(&file, config)?;
-                let applied = FabricCli::new(ns, pin.path())?.run(&[
-                    "apply",
-                    "--config",
-                    &file.to_string_lossy(),
-                ]);
-                let _ = std::fs::remove_file(&file);
-                applied?;
-                pins.push(pin);
+                let agent = FabricAgent::new(ns, label)?;
+                agent.apply(&config)?;
+                agents.push(agent);
             }
         }
     }
     let gbit_per_s = iperf3(&node.pod, &cluster.remote)?;
     let latency_us = sockperf(&node.pod, &cluster.remote)?;
-    drop(pins);
+    drop(agents);
     Ok(Sample {
         gbit_per_s,
         latency_us,
