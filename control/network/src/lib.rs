@@ -1,0 +1,7 @@
+//! The network module's decisions, as pure functions of their inputs so
+//! controllers stay thin: which range a peer's CIDR is known by locally
+//! (IPAM), and which NAT mappings and fabric routes follow from a peering's
+//! Configuration.
+
+pub mod ipam;
+pub mod render;
