@@ -4,15 +4,12 @@
 #![no_main]
 
 mod counter;
-#[allow(
-    dead_code,
-    reason = "the first program that drops arrives with the fabric and NAT"
-)]
 mod drop;
 mod maps;
+mod nat;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use strait_common::Direction;
+use strait_common::{Direction, NatSide};
 
 /// Counts every frame entering the interface; never changes the verdict.
 #[classifier]
@@ -27,6 +24,20 @@ pub fn strait_count_ingress(ctx: TcContext) -> i32 {
 pub fn strait_count_egress(ctx: TcContext) -> i32 {
     counter::count(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
+}
+
+/// Gateway, from the peer: rewrites remapped destination addresses to the
+/// real ones (and the embedded source of ICMP errors).
+#[classifier]
+pub fn strait_nat_ingress(ctx: TcContext) -> i32 {
+    nat::translate(&ctx, NatSide::Destination)
+}
+
+/// Gateway, towards the peer: rewrites local source addresses to those the
+/// peer knows us by (and the embedded destination of ICMP errors).
+#[classifier]
+pub fn strait_nat_egress(ctx: TcContext) -> i32 {
+    nat::translate(&ctx, NatSide::Source)
 }
 
 #[cfg(not(test))]

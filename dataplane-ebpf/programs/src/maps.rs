@@ -3,16 +3,20 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use strait_common::{
     counter::{COUNTERS_MAP, COUNTERS_MAX_ENTRIES, COUNTER_OVERFLOW_MAP},
     drop::DROPS_MAP,
-    Counter, CounterKey, DropReason,
+    nat::{NAT_ACTIVE_MAP, NAT_MAX_ENTRIES, NAT_V4_MAP, NAT_V6_MAP},
+    Counter, CounterKey, DropReason, NatKeyV4, NatKeyV6, NatTargetV4, NatTargetV6,
 };
 
 const _: () = assert!(matches!(COUNTERS_MAP.as_bytes(), b"STRAIT_COUNTERS"));
 const _: () = assert!(matches!(DROPS_MAP.as_bytes(), b"STRAIT_DROPS"));
+const _: () = assert!(matches!(NAT_V4_MAP.as_bytes(), b"STRAIT_NAT_V4"));
+const _: () = assert!(matches!(NAT_V6_MAP.as_bytes(), b"STRAIT_NAT_V6"));
+const _: () = assert!(matches!(NAT_ACTIVE_MAP.as_bytes(), b"STRAIT_NAT_ACTIVE"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -29,3 +33,15 @@ pub static COUNTER_OVERFLOW: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// Packets dropped, per CPU, indexed by `DropReason`.
 #[map(name = "STRAIT_DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::SLOTS, 0);
+
+/// IPv4 NAT mappings of both generations and both sides (see strait_common::nat).
+#[map(name = "STRAIT_NAT_V4")]
+pub static NAT_V4: LpmTrie<NatKeyV4, NatTargetV4> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+
+/// IPv6 NAT mappings, as `NAT_V4`.
+#[map(name = "STRAIT_NAT_V6")]
+pub static NAT_V6: LpmTrie<NatKeyV6, NatTargetV6> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+
+/// Slot 0: the NAT generation the programs use.
+#[map(name = "STRAIT_NAT_ACTIVE")]
+pub static NAT_ACTIVE: Array<u32> = Array::pinned(1, 0);
