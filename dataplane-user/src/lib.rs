@@ -5,7 +5,9 @@
 
 pub mod bpffs;
 pub mod counter;
+pub mod drops;
 mod error;
+pub mod nat;
 pub mod programs;
 pub mod tc;
 

@@ -1,7 +1,7 @@
 //! The embedded eBPF object and the programs in it.
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use strait_common::Direction;
+use strait_common::{Direction, NatSide};
 
 use crate::{bpffs::PinDir, Error};
 
@@ -12,6 +12,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/st
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcProgram {
     Count(Direction),
+    /// Destination NAT runs on ingress (from the peer), source NAT on egress.
+    Nat(NatSide),
 }
 
 impl TcProgram {
@@ -20,12 +22,27 @@ impl TcProgram {
         match self {
             TcProgram::Count(Direction::Ingress) => "strait_count_ingress",
             TcProgram::Count(Direction::Egress) => "strait_count_egress",
+            TcProgram::Nat(NatSide::Destination) => "strait_nat_ingress",
+            TcProgram::Nat(NatSide::Source) => "strait_nat_egress",
         }
     }
 
     pub const fn direction(self) -> Direction {
         match self {
             TcProgram::Count(direction) => direction,
+            TcProgram::Nat(NatSide::Destination) => Direction::Ingress,
+            TcProgram::Nat(NatSide::Source) => Direction::Egress,
+        }
+    }
+
+    /// Name of the program's pinned tcx link on an interface: one per
+    /// program, so programs sharing a hook do not replace each other.
+    /// The counters keep the bare direction they were first pinned under.
+    pub const fn link_name(self) -> &'static str {
+        match self {
+            TcProgram::Count(direction) => direction.as_str(),
+            TcProgram::Nat(NatSide::Destination) => "nat_ingress",
+            TcProgram::Nat(NatSide::Source) => "nat_egress",
         }
     }
 }

@@ -105,7 +105,7 @@ pub fn attach(
     check_iface(iface)?;
     let direction = program.direction();
     let mode = mode.resolve()?;
-    let link_path = dp.pin_dir().link(iface, direction.as_str());
+    let link_path = dp.pin_dir().link(iface, program.link_name());
     let err = |source| Error::Attach {
         iface: iface.to_owned(),
         direction: direction.as_str(),
@@ -198,7 +198,7 @@ pub fn detach(
     iface: &str,
 ) -> Result<AttachMode, Error> {
     let direction = program.direction().as_str();
-    let link_path = pin_dir.link(iface, direction);
+    let link_path = pin_dir.link(iface, program.link_name());
     match PinnedLink::from_pin(&link_path) {
         Ok(pinned) => {
             // Unpinning drops the last reference to the link: the kernel detaches it.
