@@ -16,11 +16,12 @@ use crate::cmd;
 /// The toolchain the eBPF programs are built with (aya-build's default).
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 /// Debian packages the tests and demo call: `ip` (iproute2), `nsenter` and
-/// `mount` (util-linux).
+/// `mount` (util-linux), `ping` (iputils-ping, the NAT test's ICMP echo).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    ("ping", "iputils-ping"),
 ];
 
 pub fn run() -> Result<()> {
