@@ -188,9 +188,11 @@ mod tests {
         );
         assert_eq!(splice_v4(from, to, 32), to);
         assert_eq!(splice_v4(from, to, 0), from);
+        // Host bits inside an octet survive: the /15 keeps 19's low bit.
+        assert_eq!(splice_v4(from, to, 15), from);
         assert_eq!(
-            splice_v4(from, to, 15),
-            u32::from_be_bytes([198, 18, 10, 77])
+            splice_v4(u32::from_be_bytes([198, 19, 11, 77]), to, 23),
+            u32::from_be_bytes([198, 18, 11, 77])
         );
         let a6 = [0xfd00_0019, 0x1111_2222, 0x3333_4444, 0x5555_1234];
         let t6 = [0xfd00_0018, 0xaaaa_0000, 0, 0];
