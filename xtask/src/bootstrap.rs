@@ -15,13 +15,18 @@ use crate::cmd;
 
 /// The toolchain the eBPF programs are built with (aya-build's default).
 pub const EBPF_TOOLCHAIN: &str = "nightly";
-/// Debian packages the tests and demo call: `ip` (iproute2), `nsenter` and
-/// `mount` (util-linux), `ping` (iputils-ping, the NAT test's ICMP echo).
+/// Debian packages the tests, demo and benches call: `ip` (iproute2),
+/// `nsenter` and `mount` (util-linux), `ping` (iputils-ping, the NAT test's
+/// ICMP echo), and what `bench nat` compares against: `iperf3`, `nft`
+/// (nftables), `iptables`.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
     ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
 ];
 
 pub fn run() -> Result<()> {
@@ -49,9 +54,18 @@ fn debian_packages() -> Result<()> {
         );
     }
     cmd::run("apt-get", &["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    // Through env: some packages (iperf3) ask debconf questions, which must
+    // take their defaults instead of waiting for a terminal.
+    let mut args = vec![
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
-    cmd::run("apt-get", &args)
+    cmd::run("env", &args)
 }
 
 fn rust_src() -> Result<()> {

@@ -24,6 +24,18 @@ enum Task {
     Demo,
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
+    /// Benchmarks (need root).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Throughput with no NAT, nftables, iptables NETMAP and Strait's eBPF
+    /// NAT with 1 and 10,000 mappings, and the time to apply 10,000.
+    Nat,
 }
 
 fn main() -> Result<()> {
@@ -46,6 +58,12 @@ fn main() -> Result<()> {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
             cmd::run("target/debug/strait-demo", &[])
+        }
+        Task::Bench { bench: Bench::Nat } => {
+            bootstrap::run()?;
+            cmd::require_root("the bench creates network namespaces and loads eBPF")?;
+            cmd::cargo(&["build", "--bins"])?;
+            cmd::run("target/debug/strait-nat-bench", &[])
         }
     }
 }
