@@ -3,17 +3,19 @@
 //!
 //! ```text
 //! podA 198.18.10.2 ─ gwA ══ 198.18.200.0/30 ══ gwB ─ podB 198.18.10.2
+//!      fd00:18:10::2         fd00:18:200::/64          fd00:18:10::2
 //! ```
 //!
-//! Each side knows the other's pods as 198.19.10.0/24: a gateway rewrites
-//! the source of what leaves towards the peer (198.18.10.x → 198.19.10.x) and
-//! the destination of what arrives from it (198.19.10.x → 198.18.10.x).
-//! UDP, TCP and ICMP echo must work across, and a time-exceeded error
-//! raised by gwB must reach podA's socket translated back. Needs root.
+//! Each side knows the other's pods as 198.19.10.0/24 (fd00:19:10::/64): a
+//! gateway rewrites the source of what leaves towards the peer and the
+//! destination of what arrives from it. UDP, TCP and ICMP echo must work
+//! across, and a time-exceeded error raised by gwB must reach podA's socket
+//! translated back, over IPv4 and IPv6. Needs root.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -30,6 +32,10 @@ const POD: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 2);
 const GW_A_TRANSIT: &str = "198.18.200.1";
 const GW_B_TRANSIT: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 2);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0x10, 0, 0, 0, 0, 2);
+const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0x10, 0, 0, 0, 0, 2);
+const GW_A_TRANSIT6: &str = "fd00:18:200::1";
+const GW_B_TRANSIT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0x200, 0, 0, 0, 0, 2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The same table on both gateways, once as a whole object (admitted like
@@ -42,11 +48,15 @@ spec:
   prefixes:
     - {direction: Source, from: 198.18.10.0/24, to: 198.19.10.0/24}
     - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}
+    - {direction: Source, from: "fd00:18:10::/64", to: "fd00:19:10::/64"}
+    - {direction: Destination, from: "fd00:19:10::/64", to: "fd00:18:10::/64"}
 "#;
 const NAT_SPEC: &str = r#"
 prefixes:
   - {direction: Source, from: 198.18.10.0/24, to: 198.19.10.0/24}
   - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}
+  - {direction: Source, from: "fd00:18:10::/64", to: "fd00:19:10::/64"}
+  - {direction: Destination, from: "fd00:19:10::/64", to: "fd00:18:10::/64"}
 "#;
 
 /// A config file removed on drop.
@@ -88,27 +98,47 @@ impl Clusters {
             gw_b: NetNs::new("nat-gw-b")?,
             pod_b: NetNs::new("nat-pod-b")?,
         };
+        let pod_addrs: &[&str] = &["198.18.10.2/24", "fd00:18:10::2/64"];
+        let gw_pod_side: &[&str] = &["198.18.10.1/24", "fd00:18:10::1/64"];
         Veth::pair(
-            (&c.pod_a, "eth0", &["198.18.10.2/24"]),
-            (&c.gw_a, "pods", &["198.18.10.1/24"]),
+            (&c.pod_a, "eth0", pod_addrs),
+            (&c.gw_a, "pods", gw_pod_side),
         )?;
         Veth::pair(
-            (&c.pod_b, "eth0", &["198.18.10.2/24"]),
-            (&c.gw_b, "pods", &["198.18.10.1/24"]),
+            (&c.pod_b, "eth0", pod_addrs),
+            (&c.gw_b, "pods", gw_pod_side),
         )?;
         Veth::pair(
-            (&c.gw_a, "peer", &["198.18.200.1/30"]),
-            (&c.gw_b, "peer", &["198.18.200.2/30"]),
+            (&c.gw_a, "peer", &["198.18.200.1/30", "fd00:18:200::1/64"]),
+            (&c.gw_b, "peer", &["198.18.200.2/30", "fd00:18:200::2/64"]),
         )?;
         for pod in [&c.pod_a, &c.pod_b] {
             pod.ip(&["route", "add", "default", "via", "198.18.10.1"])?;
+            pod.ip(&["-6", "route", "add", "default", "via", "fd00:18:10::1"])?;
         }
         c.gw_a
             .ip(&["route", "add", "198.19.10.0/24", "via", "198.18.200.2"])?;
         c.gw_b
             .ip(&["route", "add", "198.19.10.0/24", "via", GW_A_TRANSIT])?;
+        c.gw_a.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:19:10::/64",
+            "via",
+            "fd00:18:200::2",
+        ])?;
+        c.gw_b.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:19:10::/64",
+            "via",
+            GW_A_TRANSIT6,
+        ])?;
         for gw in [&c.gw_a, &c.gw_b] {
             sysctl(gw, "net.ipv4.ip_forward", "1")?;
+            sysctl(gw, "net.ipv6.conf.all.forwarding", "1")?;
             // Sources arrive already translated; strict reverse-path checks
             // belong to the real gateway's routing, not to this bed.
             sysctl(gw, "net.ipv4.conf.all.rp_filter", "0")?;
@@ -122,7 +152,7 @@ impl Clusters {
 fn start_gateway(fabric: &FabricCli, config: &TempFile) -> TestResult {
     let config = config.0.to_str().ok_or("non-UTF-8 temp path")?;
     let applied = fabric.run(&["nat", "apply", "--config", config])?;
-    assert!(applied.starts_with("applied 2 NAT entries"), "{applied}");
+    assert!(applied.starts_with("applied 4 NAT entries"), "{applied}");
     let attached = fabric.run(&["nat", "attach", "--iface", "peer"])?;
     assert_eq!(attached.lines().count(), 2, "{attached}");
     let shown = fabric.run(&["nat", "show"])?;
@@ -132,6 +162,14 @@ fn start_gateway(fabric: &FabricCli, config: &TempFile) -> TestResult {
     );
     assert!(
         shown.contains("source 198.18.10.0/24 -> 198.19.10.0/24"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("destination fd00:19:10::/64 -> fd00:18:10::/64"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("source fd00:18:10::/64 -> fd00:19:10::/64"),
         "{shown}"
     );
     Ok(())
@@ -149,10 +187,19 @@ fn overlapping_clusters_talk_through_the_remap() -> TestResult {
     start_gateway(&fabric_a, &object)?;
     start_gateway(&fabric_b, &spec)?;
 
-    udp_round_trip(&c)?;
-    tcp_round_trip(&c)?;
-    ping(&c)?;
-    time_exceeded_comes_back(&c)?;
+    for (pod, remote, router) in [
+        (
+            IpAddr::from(POD),
+            IpAddr::from(REMOTE_POD),
+            IpAddr::from(GW_B_TRANSIT),
+        ),
+        (POD6.into(), REMOTE_POD6.into(), GW_B_TRANSIT6.into()),
+    ] {
+        udp_round_trip(&c, pod, remote)?;
+        tcp_round_trip(&c, pod, remote)?;
+        ping(&c, remote)?;
+        time_exceeded_comes_back(&c, pod, remote, router)?;
+    }
 
     // Nothing was dropped on the way.
     for pins in [&pins_a, &pins_b] {
@@ -163,21 +210,21 @@ fn overlapping_clusters_talk_through_the_remap() -> TestResult {
     Ok(())
 }
 
-/// podA → podB and back: podB sees podA as 198.19.10.2, and podA gets the
-/// reply from the address it sent to.
-fn udp_round_trip(c: &Clusters) -> TestResult {
-    let server = c.pod_b.enter(|| UdpSocket::bind((POD, 7000)))??;
+/// podA → podB and back: podB sees podA as `remote` (198.19.10.2), and
+/// podA gets the reply from the address it sent to.
+fn udp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
+    let server = c.pod_b.enter(|| UdpSocket::bind((pod, 7000)))??;
     server.set_read_timeout(Some(TIMEOUT))?;
-    let client = c.pod_a.enter(|| UdpSocket::bind((POD, 0)))??;
+    let client = c.pod_a.enter(|| UdpSocket::bind((pod, 0)))??;
     client.set_read_timeout(Some(TIMEOUT))?;
     let client_port = client.local_addr()?.port();
-    client.send_to(b"hello over the remap", (REMOTE_POD, 7000))?;
+    client.send_to(b"hello over the remap", (remote, 7000))?;
     let mut buf = [0u8; 64];
     let (len, from) = server.recv_from(&mut buf)?;
     assert_eq!(&buf[..len], b"hello over the remap");
     assert_eq!(
         from,
-        SocketAddr::from((REMOTE_POD, client_port)),
+        SocketAddr::from((remote, client_port)),
         "podB sees podA remapped"
     );
     server.send_to(b"hello back", from)?;
@@ -185,14 +232,14 @@ fn udp_round_trip(c: &Clusters) -> TestResult {
     assert_eq!(&buf[..len], b"hello back");
     assert_eq!(
         from,
-        SocketAddr::from((REMOTE_POD, 7000)),
+        SocketAddr::from((remote, 7000)),
         "the reply comes from where we sent"
     );
     Ok(())
 }
 
-fn tcp_round_trip(c: &Clusters) -> TestResult {
-    let listener = c.pod_b.enter(|| TcpListener::bind((POD, 7001)))??;
+fn tcp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
+    let listener = c.pod_b.enter(|| TcpListener::bind((pod, 7001)))??;
     listener.set_nonblocking(true)?;
     let server = std::thread::spawn(move || -> std::io::Result<(SocketAddr, Vec<u8>)> {
         let deadline = Instant::now() + TIMEOUT;
@@ -215,10 +262,10 @@ fn tcp_round_trip(c: &Clusters) -> TestResult {
         stream.write_all(&reply)?;
         Ok((peer, request))
     });
-    let remote = SocketAddr::from((REMOTE_POD, 7001));
+    let server_addr = SocketAddr::from((remote, 7001));
     let mut stream = c
         .pod_a
-        .enter(|| TcpStream::connect_timeout(&remote, TIMEOUT))??;
+        .enter(|| TcpStream::connect_timeout(&server_addr, TIMEOUT))??;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.write_all(b"strait-tcp!")?;
     let mut reply = [0u8; 11];
@@ -226,16 +273,16 @@ fn tcp_round_trip(c: &Clusters) -> TestResult {
     assert_eq!(&reply, b"!pct-tiarts");
     let (peer, request) = server.join().map_err(|_| "TCP server panicked")??;
     assert_eq!(request, b"strait-tcp!");
-    assert_eq!(peer.ip(), REMOTE_POD, "podB sees podA remapped");
+    assert_eq!(peer.ip(), remote, "podB sees podA remapped");
     Ok(())
 }
 
-fn ping(c: &Clusters) -> TestResult {
+fn ping(c: &Clusters, remote: IpAddr) -> TestResult {
     let out = c
         .pod_a
         .command("ping")
         .args(["-n", "-c", "3", "-i", "0.2", "-W", "2", "-w", "5"])
-        .arg(REMOTE_POD.to_string())
+        .arg(remote.to_string())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -244,20 +291,34 @@ fn ping(c: &Clusters) -> TestResult {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("3 received"), "{stdout}");
-    assert!(stdout.contains(&format!("from {REMOTE_POD}")), "{stdout}");
+    assert!(stdout.contains(&format!("from {remote}")), "{stdout}");
     Ok(())
 }
 
-/// A datagram with TTL 2 dies at gwB. gwB's error quotes the datagram as it
-/// saw it (destination already translated to 198.18.10.2); only if both
-/// gateways translate the quoted packet back does the error match podA's
-/// connected socket, which then reports EHOSTUNREACH.
-fn time_exceeded_comes_back(c: &Clusters) -> TestResult {
-    let socket = c.pod_a.enter(|| UdpSocket::bind((POD, 0)))??;
+/// A datagram with a TTL (hop limit) of 2 dies at gwB. gwB's error quotes
+/// the datagram as it saw it (destination already translated to the real
+/// pod address); only if both gateways translate the quoted packet back does
+/// the error match podA's connected socket, which then reports EHOSTUNREACH.
+fn time_exceeded_comes_back(
+    c: &Clusters,
+    pod: IpAddr,
+    remote: IpAddr,
+    router: IpAddr,
+) -> TestResult {
+    let socket = c.pod_a.enter(|| UdpSocket::bind((pod, 0)))??;
     socket.set_read_timeout(Some(TIMEOUT))?;
-    socket.connect((REMOTE_POD, 7002))?;
-    enable_recverr(&socket)?;
-    socket.set_ttl(2)?;
+    socket.connect((remote, 7002))?;
+    let (level, recverr, hops) = if pod.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_RECVERR, libc::IP_TTL)
+    } else {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVERR,
+            libc::IPV6_UNICAST_HOPS,
+        )
+    };
+    set_int_option(&socket, level, recverr, 1)?;
+    set_int_option(&socket, level, hops, 2)?;
     socket.send(b"die at gwB")?;
     let mut buf = [0u8; 64];
     let err = socket
@@ -268,24 +329,24 @@ fn time_exceeded_comes_back(c: &Clusters) -> TestResult {
         Some(libc::EHOSTUNREACH),
         "expected the translated time exceeded (EHOSTUNREACH), got {err}"
     );
-    let origin = offender_of_last_error(&socket)?;
-    assert_eq!(
-        origin, GW_B_TRANSIT,
-        "the error names the router that raised it"
-    );
+    let origin = offender_of_last_error(&socket, pod.is_ipv4())?;
+    assert_eq!(origin, router, "the error names the router that raised it");
     Ok(())
 }
 
-fn enable_recverr(socket: &UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let on: libc::c_int = 1;
+fn set_int_option(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: setsockopt reads an int we own for the length we pass.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_RECVERR,
-            (&on as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -295,10 +356,28 @@ fn enable_recverr(socket: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the ICMP error queued on `socket` (IP_RECVERR) and returns the
-/// address of the host that sent it, checking it is a time exceeded.
-fn offender_of_last_error(socket: &UdpSocket) -> Result<Ipv4Addr, Box<dyn std::error::Error>> {
-    use std::os::fd::AsRawFd as _;
+/// Reads the ICMP error queued on `socket` (IP_RECVERR / IPV6_RECVERR) and
+/// returns the address of the host that sent it, checking it is a time
+/// exceeded.
+fn offender_of_last_error(
+    socket: &UdpSocket,
+    ipv4: bool,
+) -> Result<IpAddr, Box<dyn std::error::Error>> {
+    let (level, kind, origin, time_exceeded) = if ipv4 {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            libc::SO_EE_ORIGIN_ICMP,
+            11,
+        )
+    } else {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVERR,
+            libc::SO_EE_ORIGIN_ICMP6,
+            3,
+        )
+    };
     let mut data = [0u8; 128];
     let mut control = [0u8; 256];
     let mut iov = libc::iovec {
@@ -326,23 +405,28 @@ fn offender_of_last_error(socket: &UdpSocket) -> Result<Ipv4Addr, Box<dyn std::e
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
+            if (*cmsg).cmsg_level == level && (*cmsg).cmsg_type == kind {
                 let ee = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
                 let ee = std::ptr::read_unaligned(ee);
-                assert_eq!(ee.ee_origin, libc::SO_EE_ORIGIN_ICMP, "an ICMP error");
+                assert_eq!(ee.ee_origin, origin, "an ICMP error");
                 assert_eq!(
                     (ee.ee_type, ee.ee_code),
-                    (11, 0),
+                    (time_exceeded, 0),
                     "time exceeded in transit"
                 );
-                let offender = libc::CMSG_DATA(cmsg)
-                    .add(std::mem::size_of::<libc::sock_extended_err>())
-                    as *const libc::sockaddr_in;
-                let offender = std::ptr::read_unaligned(offender);
-                return Ok(Ipv4Addr::from(u32::from_be(offender.sin_addr.s_addr)));
+                // The offender's address follows the extended error.
+                let offender =
+                    libc::CMSG_DATA(cmsg).add(std::mem::size_of::<libc::sock_extended_err>());
+                return Ok(if ipv4 {
+                    let sin = std::ptr::read_unaligned(offender as *const libc::sockaddr_in);
+                    IpAddr::from(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                } else {
+                    let sin6 = std::ptr::read_unaligned(offender as *const libc::sockaddr_in6);
+                    IpAddr::from(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                });
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Err("no IP_RECVERR message in the error queue".into())
+    Err("no RECVERR message in the error queue".into())
 }
