@@ -913,6 +913,28 @@ fn malformed_packets_are_dropped_with_their_reason() -> TestResult {
         &eth4(bad_quote),
         DropReason::NatIcmpEmbeddedMalformed,
     )?;
+    // Unmapped ICMP messages nothing is done to pass as they came, however
+    // short their quote.
+    let unmapped_cut_quote = ipv4(
+        ROUTER,
+        UNMAPPED,
+        ICMP,
+        &icmp4(11, 0, [0; 4], &quoted4(seen, peer)[..16]),
+    );
+    bed.expect_unchanged(
+        NatSide::Destination,
+        "unmapped error, quote cut",
+        &eth4(unmapped_cut_quote),
+    )?;
+    let runt_icmp = ipv4(peer, UNMAPPED, ICMP, &[8, 0, 0, 0]);
+    bed.expect_unchanged(NatSide::Destination, "unmapped runt icmp", &eth4(runt_icmp))?;
+    let runt_icmp_mapped = ipv4(peer, to, ICMP, &[8, 0, 0, 0]);
+    bed.expect_dropped(
+        NatSide::Destination,
+        "mapped runt icmp",
+        &eth4(runt_icmp_mapped),
+        DropReason::NatL4Truncated,
+    )?;
     // An unmapped packet is not translated, but still must not be cut short.
     let unmapped_cut = ipv4(peer, UNMAPPED, TCP, &tcp(&peer, &UNMAPPED, b"")[..12]);
     bed.expect_unchanged(
@@ -968,6 +990,25 @@ fn malformed_packets_are_dropped_with_their_reason() -> TestResult {
         "quoted ipv6 header cut",
         &eth6(cut_quote6),
         DropReason::NatIcmpEmbeddedTruncated,
+    )?;
+    let router6_other = with_host6(ROUTER6, 9);
+    let unmapped_cut_quote6 = ipv6(
+        ROUTER6,
+        router6_other,
+        ICMPV6,
+        &icmp6(
+            ROUTER6,
+            router6_other,
+            3,
+            0,
+            [0; 4],
+            &quoted6(seen6, peer6)[..30],
+        ),
+    );
+    bed.expect_unchanged(
+        NatSide::Destination,
+        "unmapped icmpv6 error, quote cut",
+        &eth6(unmapped_cut_quote6),
     )?;
     let mut bad_quote6 = quoted6(seen6, peer6);
     bad_quote6[0] = 0x45;

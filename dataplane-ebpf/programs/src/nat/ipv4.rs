@@ -104,7 +104,8 @@ pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), D
     }
 
     if proto == IPPROTO_ICMP && !later_fragment {
-        translate_icmp_error(ctx, side, generation, l4_off, l4_len)?;
+        let quoted = translate_icmp_error(ctx, side, generation, l4_off, l4_len);
+        return super::unless_untouched(quoted, new.is_some());
     }
     Ok(())
 }

@@ -96,7 +96,8 @@ pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), D
     }
 
     if transport.proto == IPPROTO_ICMPV6 && !transport.later_fragment {
-        translate_icmp_error(ctx, side, generation, transport.offset, l4_len)?;
+        let quoted = translate_icmp_error(ctx, side, generation, transport.offset, l4_len);
+        return super::unless_untouched(quoted, new.is_some());
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ mod ipv4;
 mod ipv6;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use strait_common::NatSide;
+use strait_common::{DropReason, NatSide};
 
 use crate::{drop::drop_packet, maps::NAT_ACTIVE};
 
@@ -54,6 +54,22 @@ pub fn translate(ctx: &TcContext, side: NatSide) -> i32 {
         // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => drop_packet(reason),
+    }
+}
+
+/// The verdict on an ICMP message whose quoted packet could not be parsed:
+/// if its outer header was already translated it must not leave half
+/// translated, so the error stands; a message nothing was done to passes as
+/// it came, as it would without NAT. A failed rewrite always stands.
+#[inline(always)]
+fn unless_untouched(
+    quoted: Result<(), DropReason>,
+    outer_translated: bool,
+) -> Result<(), DropReason> {
+    match quoted {
+        Err(DropReason::NatRewriteFailed) => Err(DropReason::NatRewriteFailed),
+        Err(_) if !outer_translated => Ok(()),
+        other => other,
     }
 }
 
