@@ -1100,3 +1100,104 @@ fn applying_a_new_table_replaces_the_old_one_whole() -> TestResult {
     )?;
     Ok(())
 }
+
+/// A table mapping 198.19.20.0/24 to `target`/24, padded with 5,000
+/// address mappings so that every apply rewrites 10,002 entries.
+fn swap_table(target: [u8; 4], filler_base: u32) -> NatConfigurationSpec {
+    let cidr = |a: [u8; 4]| format!("{}.{}.{}.0/24", a[0], a[1], a[2]);
+    NatConfigurationSpec {
+        prefixes: vec![
+            PrefixMapping {
+                direction: NatDirection::Destination,
+                from: cidr(LOCAL_REMAPPED),
+                to: cidr(target),
+            },
+            PrefixMapping {
+                direction: NatDirection::Source,
+                from: cidr(target),
+                to: cidr(LOCAL_REMAPPED),
+            },
+        ],
+        addresses: (0..5_000u32)
+            .map(|i| AddressMapping {
+                remapped: std::net::Ipv4Addr::from(u32::from_be_bytes([198, 19, 128, 0]) + i)
+                    .to_string(),
+                local: std::net::Ipv4Addr::from(filler_base + i).to_string(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn packets_never_see_a_half_applied_table() -> TestResult {
+    let mut bed = Bed::new("nat-atomic")?;
+    let first = [198, 18, 20, 0];
+    let second = [198, 18, 21, 0];
+    let plans = [
+        NatPlan::from_spec(&swap_table(first, u32::from_be_bytes([198, 18, 128, 0])))?,
+        NatPlan::from_spec(&swap_table(second, u32::from_be_bytes([198, 18, 160, 0])))?,
+    ];
+    let mut tables = NatTables::open_pinned(bed.dp.pin_dir())?;
+    tables.apply(&plans[0])?;
+
+    // An ICMP error needs two lookups (outer destination, quoted source):
+    // both must come from one table, and neither may miss mid-apply.
+    let seen = with_host4(LOCAL_REMAPPED, 5);
+    let peer = with_host4(REMOTE_REAL, 9);
+    let probe = eth4(ipv4(
+        ROUTER,
+        seen,
+        ICMP,
+        &icmp4(11, 0, [0; 4], &quoted4(seen, peer)),
+    ));
+    let outcome = |net: [u8; 4]| {
+        let real = with_host4(net, 5);
+        eth4(ipv4(
+            ROUTER,
+            real,
+            ICMP,
+            &icmp4(11, 0, [0; 4], &quoted4_as(real, peer, seen, peer)),
+        ))
+    };
+    let (under_first, under_second) = (outcome(first), outcome(second));
+
+    const APPLIES: usize = 8;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (probes, counts) = std::thread::scope(
+        |scope| -> Result<(usize, [usize; 2]), Box<dyn std::error::Error>> {
+            let applier = scope.spawn(|| -> Result<(), String> {
+                for i in 1..=APPLIES {
+                    tables.apply(&plans[i % 2]).map_err(|e| e.to_string())?;
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            });
+            let mut probes = 0;
+            let mut counts = [0usize; 2];
+            // Bounded even if the applier hangs: at most a million probes.
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && probes < 1_000_000 {
+                let (verdict, out) = bed.run(NatSide::Destination, &probe)?;
+                assert_eq!(verdict, VERDICT_PASS);
+                if out == under_first {
+                    counts[0] += 1;
+                } else if out == under_second {
+                    counts[1] += 1;
+                } else {
+                    panic!("probe {probes} saw neither whole table:\n{}", hex(&out));
+                }
+                probes += 1;
+            }
+            applier.join().map_err(|_| "applier panicked")??;
+            Ok((probes, counts))
+        },
+    )?;
+    assert!(
+        probes > APPLIES,
+        "the probes ran during the applies ({probes})"
+    );
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "both tables were seen: {counts:?}"
+    );
+    Ok(())
+}
