@@ -492,20 +492,17 @@ fn ipv4_source_translation_fixes_every_checksum() -> TestResult {
 
 /// The packet an ICMP error quotes: its IP header and first 8 bytes.
 fn quoted4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    quoted4_as(src, dst, src, dst)
+    let full = ipv4(src, dst, UDP, &udp(&src, &dst, b"original datagram"));
+    full[..28].to_vec()
 }
 
-/// As [`quoted4`], with the UDP checksum computed for the addresses the
-/// datagram had when it was sent: translating a quoted packet fixes its IP
-/// header checksum but leaves its transport checksum as sent.
-fn quoted4_as(src: [u8; 4], dst: [u8; 4], sent_src: [u8; 4], sent_dst: [u8; 4]) -> Vec<u8> {
-    let full = ipv4(
-        src,
-        dst,
-        UDP,
-        &udp(&sent_src, &sent_dst, b"original datagram"),
-    );
-    full[..28].to_vec()
+/// Quotes of other transports: TCP with its checksum (a router quoting
+/// more than 8 bytes), UDP without a checksum, an ICMP echo.
+fn quoted4_kinds(src: [u8; 4], dst: [u8; 4]) -> [Vec<u8>; 3] {
+    let tcp_quote = ipv4(src, dst, TCP, &tcp(&src, &dst, b"original segment"))[..44].to_vec();
+    let plain = ipv4(src, dst, UDP, &udp_without_checksum(b"original datagram"))[..28].to_vec();
+    let echo = ipv4(src, dst, ICMP, &icmp4(8, 0, [0, 1, 0, 1], b"ping"))[..28].to_vec();
+    [tcp_quote, plain, echo]
 }
 
 #[test]
@@ -528,7 +525,7 @@ fn ipv4_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
                 ROUTER,
                 dst,
                 ICMP,
-                &icmp4(kind, code, rest, &quoted4_as(quoted_src, peer, seen, peer)),
+                &icmp4(kind, code, rest, &quoted4(quoted_src, peer)),
             ))
         };
         bed.expect_translated(
@@ -547,7 +544,7 @@ fn ipv4_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
             src,
             peer,
             ICMP,
-            &icmp4(3, 3, [0; 4], &quoted4_as(peer, quoted_dst, peer, seen)),
+            &icmp4(3, 3, [0; 4], &quoted4(peer, quoted_dst)),
         ))
     };
     bed.expect_translated(
@@ -562,7 +559,7 @@ fn ipv4_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
             ROUTER,
             peer,
             ICMP,
-            &icmp4(11, 0, [0; 4], &quoted4_as(peer, quoted_dst, peer, seen)),
+            &icmp4(11, 0, [0; 4], &quoted4(peer, quoted_dst)),
         ))
     };
     bed.expect_translated(
@@ -571,6 +568,20 @@ fn ipv4_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
         &from_router(ours),
         &from_router(seen),
     )?;
+    // Other quoted transports: their own checksums follow their addresses.
+    for (i, (quote_in, quote_out)) in quoted4_kinds(seen, peer)
+        .into_iter()
+        .zip(quoted4_kinds(ours, peer))
+        .enumerate()
+    {
+        let error = |dst, quote: &[u8]| eth4(ipv4(ROUTER, dst, ICMP, &icmp4(11, 0, [0; 4], quote)));
+        bed.expect_translated(
+            NatSide::Destination,
+            &format!("quote kind {i} inbound"),
+            &error(seen, &quote_in),
+            &error(ours, &quote_out),
+        )?;
+    }
     // Echo requests are not errors: their body is never rewritten.
     let echo = |dst| {
         eth4(ipv4(
@@ -686,18 +697,21 @@ fn ipv6_translation_fixes_every_checksum_on_both_sides() -> TestResult {
 
 /// What an ICMPv6 error quotes: the IPv6 header and the start of UDP.
 fn quoted6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
-    quoted6_as(src, dst, src, dst)
+    let full = ipv6(src, dst, UDP, &udp(&src, &dst, b"original datagram"));
+    full[..56].to_vec()
 }
 
-/// See [`quoted4_as`].
-fn quoted6_as(src: [u8; 16], dst: [u8; 16], sent_src: [u8; 16], sent_dst: [u8; 16]) -> Vec<u8> {
-    let full = ipv6(
+/// Quotes of TCP and of an ICMPv6 echo (whose checksum has a pseudo header).
+fn quoted6_kinds(src: [u8; 16], dst: [u8; 16]) -> [Vec<u8>; 2] {
+    let tcp_quote = ipv6(src, dst, TCP, &tcp(&src, &dst, b"original segment")).to_vec();
+    let echo = ipv6(
         src,
         dst,
-        UDP,
-        &udp(&sent_src, &sent_dst, b"original datagram"),
-    );
-    full[..56].to_vec()
+        ICMPV6,
+        &icmp6(src, dst, 128, 0, [0, 1, 0, 1], b"ping"),
+    )
+    .to_vec();
+    [tcp_quote, echo]
 }
 
 #[test]
@@ -717,14 +731,7 @@ fn ipv6_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
                 ROUTER6,
                 dst,
                 ICMPV6,
-                &icmp6(
-                    ROUTER6,
-                    dst,
-                    kind,
-                    code,
-                    rest,
-                    &quoted6_as(quoted_src, peer, seen, peer),
-                ),
+                &icmp6(ROUTER6, dst, kind, code, rest, &quoted6(quoted_src, peer)),
             ))
         };
         bed.expect_translated(
@@ -739,14 +746,7 @@ fn ipv6_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
             src,
             peer,
             ICMPV6,
-            &icmp6(
-                src,
-                peer,
-                1,
-                4,
-                [0; 4],
-                &quoted6_as(peer, quoted_dst, peer, seen),
-            ),
+            &icmp6(src, peer, 1, 4, [0; 4], &quoted6(peer, quoted_dst)),
         ))
     };
     bed.expect_translated(
@@ -760,14 +760,7 @@ fn ipv6_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
             ROUTER6,
             peer,
             ICMPV6,
-            &icmp6(
-                ROUTER6,
-                peer,
-                3,
-                0,
-                [0; 4],
-                &quoted6_as(peer, quoted_dst, peer, seen),
-            ),
+            &icmp6(ROUTER6, peer, 3, 0, [0; 4], &quoted6(peer, quoted_dst)),
         ))
     };
     bed.expect_translated(
@@ -776,6 +769,26 @@ fn ipv6_icmp_errors_translate_the_quoted_packet_the_other_way() -> TestResult {
         &from_router(ours),
         &from_router(seen),
     )?;
+    for (i, (quote_in, quote_out)) in quoted6_kinds(seen, peer)
+        .into_iter()
+        .zip(quoted6_kinds(ours, peer))
+        .enumerate()
+    {
+        let error = |dst, quote: &[u8]| {
+            eth6(ipv6(
+                ROUTER6,
+                dst,
+                ICMPV6,
+                &icmp6(ROUTER6, dst, 3, 0, [0; 4], quote),
+            ))
+        };
+        bed.expect_translated(
+            NatSide::Destination,
+            &format!("icmpv6 quote kind {i} inbound"),
+            &error(seen, &quote_in),
+            &error(ours, &quote_out),
+        )?;
+    }
     Ok(())
 }
 
@@ -1156,7 +1169,7 @@ fn packets_never_see_a_half_applied_table() -> TestResult {
             ROUTER,
             real,
             ICMP,
-            &icmp4(11, 0, [0; 4], &quoted4_as(real, peer, seen, peer)),
+            &icmp4(11, 0, [0; 4], &quoted4(real, peer)),
         ))
     };
     let (under_first, under_second) = (outcome(first), outcome(second));

@@ -86,3 +86,22 @@ pub fn transport16(
     ctx.l4_csum_replace(offset, 0, diff as u64, coverage.flags())
         .map_err(|_| DropReason::NatRewriteFailed)
 }
+
+/// RFC 1624 (eqn. 3) in software, for a checksum the kernel's helpers know
+/// nothing about: the transport checksum inside an ICMP error's quoted
+/// packet. `check` is the field as a big-endian number; `old` and `new` are
+/// the replaced bytes in packet order (an even number of them).
+#[inline(always)]
+pub fn replaced<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 {
+    let mut sum = u32::from(!check);
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    // At most 17 terms of 16 bits: two folds always bring it under 0x10000.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

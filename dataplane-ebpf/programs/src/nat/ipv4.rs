@@ -153,7 +153,58 @@ fn translate_icmp_error(
     // must not turn the outer checksum wrong too.)
     let icmp_csum = icmp_off + ICMP_CSUM_OFF;
     checksum::transport4(ctx, icmp_csum, old, new, Coverage::Payload)?;
-    checksum::transport2(ctx, icmp_csum, old_csum, new_csum, Coverage::Payload)
+    checksum::transport2(ctx, icmp_csum, old_csum, new_csum, Coverage::Payload)?;
+    fix_quoted_transport(ctx, icmp_off, icmp_len, &inner, old, new)
+}
+
+/// The quoted packet's own TCP/UDP checksum covers the address just
+/// rewritten through its pseudo header: fixed (and the outer ICMP checksum
+/// with it) when the quote is long enough to hold it. RFC 792 only promises
+/// 8 bytes of the transport header: UDP's checksum is in them, TCP's is
+/// there when the router quoted more (Linux quotes up to 576 bytes).
+fn fix_quoted_transport(
+    ctx: &TcContext,
+    icmp_off: usize,
+    icmp_len: usize,
+    inner: &[u8; MIN_HDR_LEN],
+    old: u32,
+    new: u32,
+) -> Result<(), DropReason> {
+    // A quoted later fragment has no transport header.
+    if u16::from_be_bytes([inner[6], inner[7]]) & FRAGMENT_OFFSET_MASK != 0 {
+        return Ok(());
+    }
+    let inner_hdr_len = usize::from(inner[0] & 0x0f) * 4;
+    let (csum_off, zero_means_none) = match inner[9] {
+        IPPROTO_UDP => (UDP_CSUM_OFF, true),
+        IPPROTO_TCP => (TCP_CSUM_OFF, false),
+        _ => return Ok(()),
+    };
+    let quoted = icmp_len.saturating_sub(ICMP_HDR_LEN + inner_hdr_len);
+    if quoted < csum_off + 2 {
+        return Ok(());
+    }
+    let field = icmp_off + ICMP_HDR_LEN + inner_hdr_len + csum_off;
+    let old_check = u16::from_be_bytes(
+        ctx.load::<[u8; 2]>(field)
+            .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?,
+    );
+    if zero_means_none && old_check == 0 {
+        return Ok(());
+    }
+    let mut new_check = checksum::replaced(old_check, &old.to_ne_bytes(), &new.to_ne_bytes());
+    if zero_means_none && new_check == 0 {
+        new_check = 0xffff;
+    }
+    ctx.store(field, &new_check.to_be_bytes(), 0)
+        .map_err(|_| DropReason::NatRewriteFailed)?;
+    checksum::transport2(
+        ctx,
+        icmp_off + ICMP_CSUM_OFF,
+        u16::from_ne_bytes(old_check.to_be_bytes()),
+        u16::from_ne_bytes(new_check.to_be_bytes()),
+        Coverage::Payload,
+    )
 }
 
 #[inline(always)]

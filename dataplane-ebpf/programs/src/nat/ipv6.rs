@@ -174,10 +174,10 @@ fn translate_icmp_error(
     if icmp_len < ICMP_HDR_LEN + HDR_LEN {
         return Err(DropReason::NatIcmpEmbeddedTruncated);
     }
-    let version: u8 = ctx
+    let inner: [u8; 8] = ctx
         .load(inner_off)
         .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?;
-    if version >> 4 != 6 {
+    if inner[0] >> 4 != 6 {
         return Err(DropReason::NatIcmpEmbeddedMalformed);
     }
     let field = inner_off + embedded_addr_offset(side);
@@ -189,7 +189,51 @@ fn translate_icmp_error(
     };
     checksum::transport16(ctx, icmp_off + ICMP_CSUM_OFF, &old, &new, Coverage::Payload)?;
     ctx.store(field, &new, 0)
-        .map_err(|_| DropReason::NatRewriteFailed)
+        .map_err(|_| DropReason::NatRewriteFailed)?;
+    fix_quoted_transport(ctx, icmp_off, icmp_len, inner[6], &old, &new)
+}
+
+/// See ipv4::fix_quoted_transport; here ICMPv6 has a pseudo header too.
+/// A quote whose next header is an extension header is left as it is.
+fn fix_quoted_transport(
+    ctx: &TcContext,
+    icmp_off: usize,
+    icmp_len: usize,
+    quoted_next: u8,
+    old: &Addr,
+    new: &Addr,
+) -> Result<(), DropReason> {
+    let (csum_off, zero_means_none) = match quoted_next {
+        IPPROTO_UDP => (UDP_CSUM_OFF, true),
+        IPPROTO_TCP => (TCP_CSUM_OFF, false),
+        IPPROTO_ICMPV6 => (ICMP_CSUM_OFF, false),
+        _ => return Ok(()),
+    };
+    let quoted = icmp_len.saturating_sub(ICMP_HDR_LEN + HDR_LEN);
+    if quoted < csum_off + 2 {
+        return Ok(());
+    }
+    let field = icmp_off + ICMP_HDR_LEN + HDR_LEN + csum_off;
+    let old_check = u16::from_be_bytes(
+        ctx.load::<[u8; 2]>(field)
+            .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?,
+    );
+    if zero_means_none && old_check == 0 {
+        return Ok(());
+    }
+    let mut new_check = checksum::replaced(old_check, &to_bytes(old), &to_bytes(new));
+    if zero_means_none && new_check == 0 {
+        new_check = 0xffff;
+    }
+    ctx.store(field, &new_check.to_be_bytes(), 0)
+        .map_err(|_| DropReason::NatRewriteFailed)?;
+    checksum::transport2(
+        ctx,
+        icmp_off + ICMP_CSUM_OFF,
+        u16::from_ne_bytes(old_check.to_be_bytes()),
+        u16::from_ne_bytes(new_check.to_be_bytes()),
+        Coverage::Payload,
+    )
 }
 
 /// The translated address, if a mapping covers `addr`.
