@@ -88,6 +88,12 @@ pub enum NatError {
     },
     #[error("the active NAT generation is {0}, which no program would read")]
     CorruptGeneration(u32),
+    #[error("locking {path} against concurrent applies")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a configuration file cannot be read.
@@ -338,6 +344,31 @@ pub struct NatTables {
     v4: LpmTrie<MapData, NatKeyV4, NatTargetV4>,
     v6: LpmTrie<MapData, NatKeyV6, NatTargetV6>,
     active: Array<MapData, u32>,
+    /// The pin directory, flocked during an apply: two writers filling the
+    /// same inactive generation would interleave their tables.
+    pin_root: std::path::PathBuf,
+}
+
+/// An exclusive flock(2) on a directory, released when dropped (the file
+/// closes).
+struct DirLock {
+    _dir: std::fs::File,
+}
+
+impl DirLock {
+    fn exclusive(path: &std::path::Path) -> Result<Self, NatError> {
+        use std::os::fd::AsRawFd as _;
+        let err = |source| NatError::Lock {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = std::fs::File::open(path).map_err(err)?;
+        // SAFETY: flock on a descriptor we own and keep open for the lock's life.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(DirLock { _dir: dir })
+    }
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> NatError {
@@ -359,6 +390,7 @@ impl NatTables {
                 .map_err(map_err(NAT_V6_MAP))?,
             active: Array::try_from(open_pinned(pin_dir, NAT_ACTIVE_MAP)?)
                 .map_err(map_err(NAT_ACTIVE_MAP))?,
+            pin_root: pin_dir.root().to_owned(),
         })
     }
 
@@ -374,6 +406,7 @@ impl NatTables {
     /// Replaces the whole table with `plan`, atomically for the programs.
     pub fn apply(&mut self, plan: &NatPlan) -> Result<NatApplied, NatError> {
         let started = Instant::now();
+        let _lock = DirLock::exclusive(&self.pin_root)?;
         let active = self.active_generation()?;
         let target = (active + 1) % NAT_GENERATIONS;
         let cleared = self.clear_generation(target)?;

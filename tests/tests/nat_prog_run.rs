@@ -1214,3 +1214,35 @@ fn packets_never_see_a_half_applied_table() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn an_apply_waits_for_one_in_progress() -> TestResult {
+    use std::os::fd::AsRawFd as _;
+    let bed = Bed::new("nat-lock")?;
+    // Stand in for another agent midway through an apply: hold the pin
+    // directory's lock.
+    let dir = std::fs::File::open(bed.dp.pin_dir().root())?;
+    // SAFETY: flock on a descriptor we own and keep open.
+    assert_eq!(unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut tables = NatTables::open_pinned(bed.dp.pin_dir())?;
+    let before = tables.active_generation()?;
+    let plan = NatPlan::from_spec(&spec())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let applier = std::thread::spawn(move || {
+        let result = tables
+            .apply(&plan)
+            .map(|a| a.generation)
+            .map_err(|e| e.to_string());
+        let _ = tx.send(result);
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "the apply went ahead while the lock was held"
+    );
+    drop(dir);
+    let applied = rx.recv_timeout(std::time::Duration::from_secs(10))??;
+    assert_ne!(applied, before);
+    applier.join().map_err(|_| "applier panicked")?;
+    Ok(())
+}
