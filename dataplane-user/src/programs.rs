@@ -14,6 +14,9 @@ pub enum TcProgram {
     Count(Direction),
     /// Destination NAT runs on ingress (from the peer), source NAT on egress.
     Nat(NatSide),
+    /// As `Nat`, for L3-only devices (WireGuard, tun, IP-in-IP), whose
+    /// packets start with the IP header.
+    NatL3(NatSide),
 }
 
 impl TcProgram {
@@ -24,14 +27,20 @@ impl TcProgram {
             TcProgram::Count(Direction::Egress) => "strait_count_egress",
             TcProgram::Nat(NatSide::Destination) => "strait_nat_ingress",
             TcProgram::Nat(NatSide::Source) => "strait_nat_egress",
+            TcProgram::NatL3(NatSide::Destination) => "strait_nat_l3_ingress",
+            TcProgram::NatL3(NatSide::Source) => "strait_nat_l3_egress",
         }
     }
 
     pub const fn direction(self) -> Direction {
         match self {
             TcProgram::Count(direction) => direction,
-            TcProgram::Nat(NatSide::Destination) => Direction::Ingress,
-            TcProgram::Nat(NatSide::Source) => Direction::Egress,
+            TcProgram::Nat(NatSide::Destination) | TcProgram::NatL3(NatSide::Destination) => {
+                Direction::Ingress
+            }
+            TcProgram::Nat(NatSide::Source) | TcProgram::NatL3(NatSide::Source) => {
+                Direction::Egress
+            }
         }
     }
 
@@ -43,6 +52,8 @@ impl TcProgram {
             TcProgram::Count(direction) => direction.as_str(),
             TcProgram::Nat(NatSide::Destination) => "nat_ingress",
             TcProgram::Nat(NatSide::Source) => "nat_egress",
+            TcProgram::NatL3(NatSide::Destination) => "nat_l3_ingress",
+            TcProgram::NatL3(NatSide::Source) => "nat_l3_egress",
         }
     }
 }

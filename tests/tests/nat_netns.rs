@@ -90,8 +90,17 @@ fn sysctl(ns: &NetNs, key: &str, value: &str) -> TestResult {
     Ok(())
 }
 
+/// What joins the two gateways: a veth (an Ethernet link), or a tun device
+/// on each side relayed by this process (an L3-only link, the way a
+/// userspace WireGuard would carry it).
+#[derive(Clone, Copy, Debug)]
+enum Transit {
+    Veth,
+    Tun,
+}
+
 impl Clusters {
-    fn new() -> Result<Self, Box<dyn std::error::Error>> {
+    fn new(transit: Transit) -> Result<(Self, Option<TunRelay>), Box<dyn std::error::Error>> {
         let c = Clusters {
             pod_a: NetNs::new("nat-pod-a")?,
             gw_a: NetNs::new("nat-gw-a")?,
@@ -108,34 +117,55 @@ impl Clusters {
             (&c.pod_b, "eth0", pod_addrs),
             (&c.gw_b, "pods", gw_pod_side),
         )?;
-        Veth::pair(
-            (&c.gw_a, "peer", &["198.18.200.1/30", "fd00:18:200::1/64"]),
-            (&c.gw_b, "peer", &["198.18.200.2/30", "fd00:18:200::2/64"]),
-        )?;
         for pod in [&c.pod_a, &c.pod_b] {
             pod.ip(&["route", "add", "default", "via", "198.18.10.1"])?;
             pod.ip(&["-6", "route", "add", "default", "via", "fd00:18:10::1"])?;
         }
-        c.gw_a
-            .ip(&["route", "add", "198.19.10.0/24", "via", "198.18.200.2"])?;
-        c.gw_b
-            .ip(&["route", "add", "198.19.10.0/24", "via", GW_A_TRANSIT])?;
-        c.gw_a.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:19:10::/64",
-            "via",
-            "fd00:18:200::2",
-        ])?;
-        c.gw_b.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:19:10::/64",
-            "via",
-            GW_A_TRANSIT6,
-        ])?;
+        let tunnel = match transit {
+            Transit::Veth => {
+                Veth::pair(
+                    (&c.gw_a, "peer", &["198.18.200.1/30", "fd00:18:200::1/64"]),
+                    (&c.gw_b, "peer", &["198.18.200.2/30", "fd00:18:200::2/64"]),
+                )?;
+                None
+            }
+            Transit::Tun => {
+                let relay = TunRelay::new(&c.gw_a, &c.gw_b)?;
+                for (gw, v4, v6) in [
+                    (&c.gw_a, "198.18.200.1/30", "fd00:18:200::1/64"),
+                    (&c.gw_b, "198.18.200.2/30", "fd00:18:200::2/64"),
+                ] {
+                    gw.ip(&["addr", "add", v4, "dev", "peer"])?;
+                    gw.ip(&["addr", "add", v6, "dev", "peer", "nodad"])?;
+                    gw.ip(&["link", "set", "peer", "up"])?;
+                }
+                Some(relay)
+            }
+        };
+        for (gw, next_v4, next_v6) in [
+            (&c.gw_a, "198.18.200.2", "fd00:18:200::2"),
+            (&c.gw_b, GW_A_TRANSIT, GW_A_TRANSIT6),
+        ] {
+            gw.ip(&[
+                "route",
+                "add",
+                "198.19.10.0/24",
+                "via",
+                next_v4,
+                "dev",
+                "peer",
+            ])?;
+            gw.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:19:10::/64",
+                "via",
+                next_v6,
+                "dev",
+                "peer",
+            ])?;
+        }
         for gw in [&c.gw_a, &c.gw_b] {
             sysctl(gw, "net.ipv4.ip_forward", "1")?;
             sysctl(gw, "net.ipv6.conf.all.forwarding", "1")?;
@@ -144,48 +174,137 @@ impl Clusters {
             sysctl(gw, "net.ipv4.conf.all.rp_filter", "0")?;
             sysctl(gw, "net.ipv4.conf.peer.rp_filter", "0")?;
         }
-        Ok(c)
+        Ok((c, tunnel))
     }
 }
 
-/// Applies the table on a gateway and attaches the programs to its peer side.
-fn start_gateway(fabric: &FabricCli, config: &TempFile) -> TestResult {
+/// A tun device named `peer` in each gateway, joined by two threads of this
+/// process copying packets between them; stopped and closed (which deletes
+/// the devices) on drop.
+struct TunRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Opens /dev/net/tun as an IFF_TUN device named `peer` in `ns`.
+fn open_tun(ns: &NetNs) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    let file = ns.enter(|| -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        // SAFETY: an all-zero ifreq is valid; the name is shorter than IFNAMSIZ.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"peer") {
+            *dst = *src as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes only `request`, on a tun fd we own.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(file)
+    })??;
+    Ok(file)
+}
+
+/// Copies packets from `from` to `to` until `stop` is set; polls so that it
+/// never blocks longer than 50 ms.
+fn relay(from: std::fs::File, mut to: std::fs::File, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::Read as _;
+    let mut from = from;
+    let mut packet = vec![0u8; 65_536];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut poll = libc::pollfd {
+            fd: from.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd we own.
+        if unsafe { libc::poll(&mut poll, 1, 50) } <= 0 {
+            continue;
+        }
+        match from.read(&mut packet) {
+            // A lost packet is what a tunnel may do; the tests retry or fail.
+            Ok(len) => {
+                let _ = to.write(&packet[..len]);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+impl TunRelay {
+    fn new(gw_a: &NetNs, gw_b: &NetNs) -> Result<Self, Box<dyn std::error::Error>> {
+        let a = open_tun(gw_a)?;
+        let b = open_tun(gw_b)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (from, to) in [(a.try_clone()?, b.try_clone()?), (b, a)] {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || relay(from, to, &stop)));
+        }
+        Ok(TunRelay { stop, threads })
+    }
+}
+
+impl Drop for TunRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Applies the table on a gateway and attaches the programs to its peer
+/// side, checking the variant chosen for the link type.
+fn start_gateway(fabric: &FabricCli, config: &TempFile, program: &str) -> TestResult {
     let config = config.0.to_str().ok_or("non-UTF-8 temp path")?;
     let applied = fabric.run(&["nat", "apply", "--config", config])?;
     assert!(applied.starts_with("applied 4 NAT entries"), "{applied}");
     let attached = fabric.run(&["nat", "attach", "--iface", "peer"])?;
     assert_eq!(attached.lines().count(), 2, "{attached}");
+    assert!(
+        attached.contains(&format!("attached {program}_ingress")),
+        "{attached}"
+    );
+    assert!(
+        attached.contains(&format!("attached {program}_egress")),
+        "{attached}"
+    );
     let shown = fabric.run(&["nat", "show"])?;
-    assert!(
-        shown.contains("destination 198.19.10.0/24 -> 198.18.10.0/24"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("source 198.18.10.0/24 -> 198.19.10.0/24"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("destination fd00:19:10::/64 -> fd00:18:10::/64"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("source fd00:18:10::/64 -> fd00:19:10::/64"),
-        "{shown}"
-    );
+    for entry in [
+        "destination 198.19.10.0/24 -> 198.18.10.0/24",
+        "source 198.18.10.0/24 -> 198.19.10.0/24",
+        "destination fd00:19:10::/64 -> fd00:18:10::/64",
+        "source fd00:18:10::/64 -> fd00:19:10::/64",
+    ] {
+        assert!(shown.contains(entry), "{entry} missing from:\n{shown}");
+    }
     Ok(())
 }
 
 #[test]
 fn overlapping_clusters_talk_through_the_remap() -> TestResult {
-    let c = Clusters::new()?;
+    talk_across(Transit::Veth, "strait_nat")
+}
+
+#[test]
+fn overlapping_clusters_talk_through_the_remap_over_an_l3_tunnel() -> TestResult {
+    talk_across(Transit::Tun, "strait_nat_l3")
+}
+
+fn talk_across(transit: Transit, program: &str) -> TestResult {
+    let (c, _relay) = Clusters::new(transit)?;
     let pins_a = TestPinDir::new("nat-gw-a")?;
     let pins_b = TestPinDir::new("nat-gw-b")?;
     let fabric_a = FabricCli::new(&c.gw_a, pins_a.path())?;
     let fabric_b = FabricCli::new(&c.gw_b, pins_b.path())?;
     let object = TempFile::new("object", NAT_OBJECT)?;
     let spec = TempFile::new("spec", NAT_SPEC)?;
-    start_gateway(&fabric_a, &object)?;
-    start_gateway(&fabric_b, &spec)?;
+    start_gateway(&fabric_a, &object, program)?;
+    start_gateway(&fabric_b, &spec, program)?;
 
     for (pod, remote, router) in [
         (

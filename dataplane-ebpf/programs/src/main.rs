@@ -30,14 +30,26 @@ pub fn strait_count_egress(ctx: TcContext) -> i32 {
 /// real ones (and the embedded source of ICMP errors).
 #[classifier]
 pub fn strait_nat_ingress(ctx: TcContext) -> i32 {
-    nat::translate(&ctx, NatSide::Destination)
+    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Destination)
 }
 
 /// Gateway, towards the peer: rewrites local source addresses to those the
 /// peer knows us by (and the embedded destination of ICMP errors).
 #[classifier]
 pub fn strait_nat_egress(ctx: TcContext) -> i32 {
-    nat::translate(&ctx, NatSide::Source)
+    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Source)
+}
+
+/// As `strait_nat_ingress`, on an L3-only device (WireGuard, tun, IP-in-IP).
+#[classifier]
+pub fn strait_nat_l3_ingress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Destination)
+}
+
+/// As `strait_nat_egress`, on an L3-only device.
+#[classifier]
+pub fn strait_nat_l3_egress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Source)
 }
 
 #[cfg(not(test))]

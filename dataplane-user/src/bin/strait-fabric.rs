@@ -193,11 +193,12 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
             let mut dp =
                 Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
             for iface in &ifaces {
-                for side in NatSide::ALL {
-                    let done = tc::attach(&mut dp, TcProgram::Nat(side), iface, attach_mode)?;
+                // Ethernet or L3-only programs, by the interface's link type.
+                for program in tc::nat_programs(iface)? {
+                    let done = tc::attach(&mut dp, program, iface, attach_mode)?;
                     println!(
-                        "attached {} NAT to {} {} ({})",
-                        side.as_str(),
+                        "attached {} to {} {} ({})",
+                        program.name(),
                         done.iface,
                         done.direction,
                         done.mode.as_str()
@@ -209,7 +210,14 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
             let pins = PinDir::open(pin_dir)?;
             for iface in &ifaces {
                 for side in NatSide::ALL {
-                    let mode = tc::detach(&pins, TcProgram::Nat(side), iface)?;
+                    // Whichever variant is there: the interface may have
+                    // been recreated with another link type since.
+                    let mode = match tc::detach(&pins, TcProgram::Nat(side), iface) {
+                        Err(strait_dataplane::Error::NotAttached { .. }) => {
+                            tc::detach(&pins, TcProgram::NatL3(side), iface)?
+                        }
+                        other => other?,
+                    };
                     println!(
                         "detached {} NAT from {iface} ({})",
                         side.as_str(),

@@ -9,12 +9,11 @@ use strait_common::{
 
 use super::{
     checksum::{self, Coverage},
-    ETH_HLEN, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
-    UDP_CSUM_OFF, UDP_HDR_LEN,
+    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
+    UDP_HDR_LEN,
 };
 use crate::maps::NAT_V4;
 
-const IP_OFF: usize = ETH_HLEN;
 const MIN_HDR_LEN: usize = 20;
 const CSUM_OFF: usize = 10;
 const SRC_OFF: usize = 12;
@@ -44,7 +43,11 @@ const fn embedded_addr_offset(side: NatSide) -> usize {
     }
 }
 
-pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), DropReason> {
+pub fn translate<const IP_OFF: usize>(
+    ctx: &TcContext,
+    side: NatSide,
+    generation: u8,
+) -> Result<(), DropReason> {
     let hdr: [u8; MIN_HDR_LEN] = ctx.load(IP_OFF).map_err(|_| DropReason::Truncated)?;
     if hdr[0] >> 4 != 4 {
         return Err(DropReason::Malformed);

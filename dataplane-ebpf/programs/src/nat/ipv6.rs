@@ -10,12 +10,11 @@ use strait_common::{
 
 use super::{
     checksum::{self, Coverage},
-    ETH_HLEN, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
-    UDP_CSUM_OFF, UDP_HDR_LEN,
+    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
+    UDP_HDR_LEN,
 };
 use crate::maps::NAT_V6;
 
-const IP_OFF: usize = ETH_HLEN;
 const HDR_LEN: usize = 40;
 const SRC_OFF: usize = 8;
 const DST_OFF: usize = 24;
@@ -60,7 +59,11 @@ struct Transport {
     later_fragment: bool,
 }
 
-pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), DropReason> {
+pub fn translate<const IP_OFF: usize>(
+    ctx: &TcContext,
+    side: NatSide,
+    generation: u8,
+) -> Result<(), DropReason> {
     let first: [u8; 8] = ctx.load(IP_OFF).map_err(|_| DropReason::Truncated)?;
     if first[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
@@ -73,7 +76,7 @@ pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), D
     let addr_off = IP_OFF + addr_offset(side);
     let old: Addr = ctx.load(addr_off).map_err(|_| DropReason::Truncated)?;
     let new = lookup(generation, side, &old);
-    let transport = find_transport(ctx, first[6])?;
+    let transport = find_transport::<IP_OFF>(ctx, first[6])?;
     let l4_len = end.saturating_sub(transport.offset);
 
     if let Some(new) = new {
@@ -103,7 +106,10 @@ pub fn translate(ctx: &TcContext, side: NatSide, generation: u8) -> Result<(), D
 }
 
 /// Walks at most [`MAX_EXTENSION_HEADERS`] extension headers.
-fn find_transport(ctx: &TcContext, first_next: u8) -> Result<Transport, DropReason> {
+fn find_transport<const IP_OFF: usize>(
+    ctx: &TcContext,
+    first_next: u8,
+) -> Result<Transport, DropReason> {
     let mut next = first_next;
     let mut offset = IP_OFF + HDR_LEN;
     let mut later_fragment = false;

@@ -9,8 +9,9 @@
 //! the source program) is translated with the same table, so the error
 //! still matches the socket that sent the original.
 //!
-//! Frames are expected to start with an Ethernet header (veth, physical
-//! NICs); L3-only devices are not handled yet.
+//! Each program exists twice: for devices whose frames start with an
+//! Ethernet header (veth, NICs) and for L3-only devices (WireGuard, tun,
+//! IP-in-IP), where the IP header comes first.
 
 mod checksum;
 mod ipv4;
@@ -21,8 +22,9 @@ use strait_common::{DropReason, NatSide};
 
 use crate::{drop::drop_packet, maps::NAT_ACTIVE};
 
-/// Bytes of the Ethernet header before the IP header.
-const ETH_HLEN: usize = 14;
+/// Where the IP header starts on Ethernet devices and on L3-only devices.
+pub const ETHERNET: usize = 14;
+pub const L3_ONLY: usize = 0;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
 
@@ -42,12 +44,14 @@ const ICMP_HDR_LEN: usize = 8;
 /// Translates the packet in place, or drops it with a counted reason when it
 /// cannot be translated correctly. Packets without a matching mapping and
 /// non-IP frames pass untouched.
-pub fn translate(ctx: &TcContext, side: NatSide) -> i32 {
+/// `IP_OFF` is where the IP header starts: [`ETHERNET`] or [`L3_ONLY`].
+pub fn translate<const IP_OFF: usize>(ctx: &TcContext, side: NatSide) -> i32 {
+    // skb->protocol, not a header field: L3-only devices have no EtherType.
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
     let generation = active_generation();
     let result = match ethertype {
-        ETHERTYPE_IPV4 => ipv4::translate(ctx, side, generation),
-        ETHERTYPE_IPV6 => ipv6::translate(ctx, side, generation),
+        ETHERTYPE_IPV4 => ipv4::translate::<IP_OFF>(ctx, side, generation),
+        ETHERTYPE_IPV6 => ipv6::translate::<IP_OFF>(ctx, side, generation),
         _ => Ok(()),
     };
     match result {
