@@ -59,6 +59,14 @@ pub enum Error {
     },
     #[error("no Strait pins in {path}: nothing is attached yet (see `strait-fabric attach`)")]
     NoPins { path: PathBuf },
+    #[error("reading the link type of {iface}")]
+    LinkType {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{iface} has link type {link_type}, which the NAT programs do not handle (Ethernet or L3-only devices)")]
+    UnsupportedLinkType { iface: String, link_type: u16 },
     #[error("nothing of ours is attached to {iface} {direction}")]
     NotAttached {
         iface: String,

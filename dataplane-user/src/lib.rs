@@ -5,9 +5,11 @@
 
 pub mod bpffs;
 pub mod counter;
+pub mod drops;
 mod error;
 pub mod fabric;
 pub mod metrics;
+pub mod nat;
 pub mod programs;
 pub mod tc;
 

@@ -1,7 +1,7 @@
 //! The embedded eBPF object and the programs in it.
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use strait_common::Direction;
+use strait_common::{Direction, NatSide};
 
 use crate::{bpffs::PinDir, Error};
 
@@ -16,6 +16,11 @@ pub enum TcProgram {
     GeneveEncap,
     /// Geneve decapsulation, at the underlay's ingress.
     GeneveDecap,
+    /// Destination NAT runs on ingress (from the peer), source NAT on egress.
+    Nat(NatSide),
+    /// As `Nat`, for L3-only devices (WireGuard, tun, IP-in-IP), whose
+    /// packets start with the IP header.
+    NatL3(NatSide),
 }
 
 impl TcProgram {
@@ -26,6 +31,10 @@ impl TcProgram {
             TcProgram::Count(Direction::Egress) => "strait_count_egress",
             TcProgram::GeneveEncap => "strait_geneve_encap",
             TcProgram::GeneveDecap => "strait_geneve_decap",
+            TcProgram::Nat(NatSide::Destination) => "strait_nat_ingress",
+            TcProgram::Nat(NatSide::Source) => "strait_nat_egress",
+            TcProgram::NatL3(NatSide::Destination) => "strait_nat_l3_ingress",
+            TcProgram::NatL3(NatSide::Source) => "strait_nat_l3_egress",
         }
     }
 
@@ -33,6 +42,27 @@ impl TcProgram {
         match self {
             TcProgram::Count(direction) => direction,
             TcProgram::GeneveEncap | TcProgram::GeneveDecap => Direction::Ingress,
+            TcProgram::Nat(NatSide::Destination) | TcProgram::NatL3(NatSide::Destination) => {
+                Direction::Ingress
+            }
+            TcProgram::Nat(NatSide::Source) | TcProgram::NatL3(NatSide::Source) => {
+                Direction::Egress
+            }
+        }
+    }
+
+    /// Name of the program's pinned tcx link on an interface: one per
+    /// program, so programs sharing a hook do not replace each other.
+    /// The counters keep the bare direction they were first pinned under.
+    pub const fn link_name(self) -> &'static str {
+        match self {
+            TcProgram::Count(direction) => direction.as_str(),
+            TcProgram::Nat(NatSide::Destination) => "nat_ingress",
+            TcProgram::Nat(NatSide::Source) => "nat_egress",
+            TcProgram::NatL3(NatSide::Destination) => "nat_l3_ingress",
+            TcProgram::NatL3(NatSide::Source) => "nat_l3_egress",
+            TcProgram::GeneveEncap => "geneve_encap",
+            TcProgram::GeneveDecap => "geneve_decap",
         }
     }
 }

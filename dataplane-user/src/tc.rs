@@ -97,6 +97,74 @@ pub fn check_iface(iface: &str) -> Result<u32, Error> {
     }
 }
 
+/// linux/if_arp.h; not in the libc crate.
+const ARPHRD_RAWIP: u16 = 519;
+
+/// Link types (ARPHRD_*) whose packets start with the IP header.
+const L3_ONLY_LINK_TYPES: [u16; 7] = [
+    libc::ARPHRD_NONE,    // WireGuard, tun
+    libc::ARPHRD_TUNNEL,  // IP-in-IP
+    libc::ARPHRD_TUNNEL6, // ip6tnl
+    libc::ARPHRD_SIT,
+    libc::ARPHRD_IPGRE,
+    ARPHRD_RAWIP,
+    libc::ARPHRD_PPP,
+];
+
+/// The NAT programs (destination, source) built for `iface`'s link type:
+/// the Ethernet ones, or those for L3-only devices.
+pub fn nat_programs(iface: &str) -> Result<[TcProgram; 2], Error> {
+    use strait_common::NatSide::{Destination, Source};
+    let link_type = link_type(iface)?;
+    if link_type == libc::ARPHRD_ETHER {
+        Ok([TcProgram::Nat(Destination), TcProgram::Nat(Source)])
+    } else if L3_ONLY_LINK_TYPES.contains(&link_type) {
+        Ok([TcProgram::NatL3(Destination), TcProgram::NatL3(Source)])
+    } else {
+        Err(Error::UnsupportedLinkType {
+            iface: iface.to_owned(),
+            link_type,
+        })
+    }
+}
+
+/// `iface`'s ARPHRD_* link type, asked of the kernel in the current network
+/// namespace (SIOCGIFHWADDR).
+fn link_type(iface: &str) -> Result<u16, Error> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let err = |source| Error::LinkType {
+        iface: iface.to_owned(),
+        source,
+    };
+    if iface.len() >= libc::IFNAMSIZ || iface.as_bytes().contains(&0) {
+        return Err(Error::NoSuchInterface(iface.to_owned()));
+    }
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid (empty name, zeroed union).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name (checked shorter
+    // than IFNAMSIZ above, the rest zero) and writes only into `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ENODEV) {
+            Error::NoSuchInterface(iface.to_owned())
+        } else {
+            err(e)
+        });
+    }
+    // SAFETY: SIOCGIFHWADDR filled the union's hwaddr member.
+    Ok(unsafe { request.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
 /// Attaches `program` to `iface` so that it stays attached after we exit.
 pub fn attach(
     dp: &mut Dataplane,
@@ -107,7 +175,7 @@ pub fn attach(
     check_iface(iface)?;
     let direction = program.direction();
     let mode = mode.resolve()?;
-    let link_path = dp.pin_dir().link(iface, program.name());
+    let link_path = dp.pin_dir().link(iface, program.link_name());
     let err = |source| Error::Attach {
         iface: iface.to_owned(),
         direction: direction.as_str(),
@@ -200,7 +268,7 @@ pub fn detach(
     iface: &str,
 ) -> Result<AttachMode, Error> {
     let direction = program.direction().as_str();
-    let link_path = pin_dir.link(iface, program.name());
+    let link_path = pin_dir.link(iface, program.link_name());
     match PinnedLink::from_pin(&link_path) {
         Ok(pinned) => {
             // Unpinning drops the last reference to the link: the kernel detaches it.

@@ -15,10 +15,11 @@ use crate::cmd;
 
 /// The toolchain the eBPF programs are built with (aya-build's default).
 pub const EBPF_TOOLCHAIN: &str = "nightly";
-/// Debian packages the tests and demo call, by the command that proves
-/// them installed: iproute2, util-linux (nsenter), mount, tcpdump (decodes
-/// Geneve on the underlay), procps (sysctl), iputils-ping, and the
-/// benchmarks' iperf3 and sockperf.
+/// Debian packages the tests, demo and benches call, by the command that
+/// proves them installed: `ip` (iproute2), `nsenter` and `mount`
+/// (util-linux), `tcpdump` (decodes Geneve on the underlay), `sysctl`
+/// (procps), `ping` (iputils-ping), and what the benchmarks run or compare
+/// against: `iperf3`, `sockperf`, `nft` (nftables), `iptables`.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
@@ -28,6 +29,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
     ("sockperf", "sockperf"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
 ];
 
 pub fn run() -> Result<()> {
@@ -55,9 +58,18 @@ fn debian_packages() -> Result<()> {
         );
     }
     cmd::run("apt-get", &["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    // Through env: some packages (iperf3) ask debconf questions, which must
+    // take their defaults instead of waiting for a terminal.
+    let mut args = vec![
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
-    cmd::run("apt-get", &args)
+    cmd::run("env", &args)
 }
 
 fn rust_src() -> Result<()> {

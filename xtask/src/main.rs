@@ -24,11 +24,22 @@ enum Task {
     Demo,
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
-    /// Run a benchmark (needs root); its last line is key=value ratios.
+    /// Benchmarks (need root); the last line of each is key=value ratios
+    /// against baselines measured in the same run.
     Bench {
-        /// Which benchmark: fabric.
-        name: String,
+        #[command(subcommand)]
+        bench: Bench,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Pod-to-remote TCP throughput and latency over plain routing, kernel
+    /// VXLAN and Strait's eBPF Geneve fabric.
+    Fabric,
+    /// Throughput with no NAT, nftables, iptables NETMAP and Strait's eBPF
+    /// NAT with 1 and 10,000 mappings, and the time to apply 10,000.
+    Nat,
 }
 
 fn main() -> Result<()> {
@@ -47,16 +58,19 @@ fn main() -> Result<()> {
             test()
         }
         Task::Crdgen => crdgen(false),
-        Task::Bench { name } => {
-            bootstrap::run()?;
-            cmd::require_root("benchmarks create network namespaces and load eBPF")?;
-            cmd::cargo(&["build", "--bins"])?;
-            cmd::run("target/debug/strait-bench", &[&name])
-        }
         Task::Demo => {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
             cmd::run("target/debug/strait-demo", &[])
+        }
+        Task::Bench { bench } => {
+            bootstrap::run()?;
+            cmd::require_root("benchmarks create network namespaces and load eBPF")?;
+            cmd::cargo(&["build", "--bins"])?;
+            match bench {
+                Bench::Fabric => cmd::run("target/debug/strait-bench", &["fabric"]),
+                Bench::Nat => cmd::run("target/debug/strait-nat-bench", &[]),
+            }
         }
     }
 }

@@ -33,11 +33,26 @@ pub enum DropReason {
     /// IP forwarding is off on the underlay interface: the kernel refuses to
     /// route the outer packet.
     UnderlayForwardingDisabled = 10,
+    /// NAT: the TCP/UDP/ICMP header whose checksum a translation must fix
+    /// is cut short (first fragments and unfragmented packets only).
+    NatL4Truncated = 11,
+    /// NAT: an ICMP error's embedded packet is too short to hold the IP
+    /// header that must be translated with the outer one.
+    NatIcmpEmbeddedTruncated = 12,
+    /// NAT: an ICMP error's embedded packet is not an IP header of the
+    /// outer family (wrong version, IHL < 5).
+    NatIcmpEmbeddedMalformed = 13,
+    /// NAT: an IPv6 extension header chain longer than the programs walk
+    /// before reaching the transport header.
+    NatIpv6ExtensionChainTooLong = 14,
+    /// NAT: the kernel refused to rewrite the packet (store or checksum
+    /// helper failed); dropped rather than sent half-translated.
+    NatRewriteFailed = 15,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::GeneveBadVersion,
@@ -49,6 +64,11 @@ impl DropReason {
         DropReason::NoUnderlayRoute,
         DropReason::FragmentationNeeded,
         DropReason::UnderlayForwardingDisabled,
+        DropReason::NatL4Truncated,
+        DropReason::NatIcmpEmbeddedTruncated,
+        DropReason::NatIcmpEmbeddedMalformed,
+        DropReason::NatIpv6ExtensionChainTooLong,
+        DropReason::NatRewriteFailed,
     ];
     /// Size of the drop counter array: room to append reasons without
     /// resizing a pinned map.
@@ -76,6 +96,11 @@ impl DropReason {
             DropReason::NoUnderlayRoute => "no_underlay_route",
             DropReason::FragmentationNeeded => "fragmentation_needed",
             DropReason::UnderlayForwardingDisabled => "underlay_forwarding_disabled",
+            DropReason::NatL4Truncated => "nat_l4_truncated",
+            DropReason::NatIcmpEmbeddedTruncated => "nat_icmp_embedded_truncated",
+            DropReason::NatIcmpEmbeddedMalformed => "nat_icmp_embedded_malformed",
+            DropReason::NatIpv6ExtensionChainTooLong => "nat_ipv6_extension_chain_too_long",
+            DropReason::NatRewriteFailed => "nat_rewrite_failed",
         }
     }
 }

@@ -8,6 +8,8 @@
 pub mod counter;
 pub mod drop;
 pub mod fabric;
+pub mod nat;
 
 pub use counter::{Counter, CounterKey, Direction, TrafficClass};
 pub use drop::DropReason;
+pub use nat::{NatKeyV4, NatKeyV6, NatSide, NatTargetV4, NatTargetV6};

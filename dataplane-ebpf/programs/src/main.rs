@@ -10,9 +10,10 @@ mod headers;
 mod icmp;
 mod maps;
 mod mss;
+mod nat;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use strait_common::Direction;
+use strait_common::{Direction, NatSide};
 
 /// Counts every frame entering the interface; never changes the verdict.
 #[classifier]
@@ -40,6 +41,32 @@ pub fn strait_geneve_encap(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn strait_geneve_decap(ctx: TcContext) -> i32 {
     fabric::decap(&ctx)
+}
+
+/// Gateway, from the peer: rewrites remapped destination addresses to the
+/// real ones (and the embedded source of ICMP errors).
+#[classifier]
+pub fn strait_nat_ingress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Destination)
+}
+
+/// Gateway, towards the peer: rewrites local source addresses to those the
+/// peer knows us by (and the embedded destination of ICMP errors).
+#[classifier]
+pub fn strait_nat_egress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Source)
+}
+
+/// As `strait_nat_ingress`, on an L3-only device (WireGuard, tun, IP-in-IP).
+#[classifier]
+pub fn strait_nat_l3_ingress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Destination)
+}
+
+/// As `strait_nat_egress`, on an L3-only device.
+#[classifier]
+pub fn strait_nat_l3_egress(ctx: TcContext) -> i32 {
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Source)
 }
 
 #[cfg(not(test))]

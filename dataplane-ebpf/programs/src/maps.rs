@@ -12,7 +12,8 @@ use strait_common::{
         FabricCounter, LocalEndpoints, NextHop, PacketCount, VniEntry, LOCAL_MAP,
         ROUTES_MAX_ENTRIES, ROUTES_V4_MAP, ROUTES_V6_MAP, STATS_MAP, VNIS_MAP, VNIS_MAX_ENTRIES,
     },
-    Counter, CounterKey, DropReason,
+    nat::{NAT_ACTIVE_MAP, NAT_MAX_ENTRIES, NAT_V4_MAP, NAT_V6_MAP},
+    Counter, CounterKey, DropReason, NatKeyV4, NatKeyV6, NatTargetV4, NatTargetV6,
 };
 
 const _: () = assert!(matches!(COUNTERS_MAP.as_bytes(), b"STRAIT_COUNTERS"));
@@ -22,6 +23,9 @@ const _: () = assert!(matches!(ROUTES_V6_MAP.as_bytes(), b"STRAIT_FAB_RT6"));
 const _: () = assert!(matches!(VNIS_MAP.as_bytes(), b"STRAIT_FAB_VNIS"));
 const _: () = assert!(matches!(LOCAL_MAP.as_bytes(), b"STRAIT_FAB_LOCAL"));
 const _: () = assert!(matches!(STATS_MAP.as_bytes(), b"STRAIT_FAB_STATS"));
+const _: () = assert!(matches!(NAT_V4_MAP.as_bytes(), b"STRAIT_NAT_V4"));
+const _: () = assert!(matches!(NAT_V6_MAP.as_bytes(), b"STRAIT_NAT_V6"));
+const _: () = assert!(matches!(NAT_ACTIVE_MAP.as_bytes(), b"STRAIT_NAT_ACTIVE"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -68,3 +72,14 @@ pub static FABRIC_SCRATCH: PerCpuArray<crate::fabric::EncapScratch> =
 #[map(name = "STRAIT_ICMP_SCR")]
 pub static ICMP_SCRATCH: PerCpuArray<crate::icmp::IcmpScratch> =
     PerCpuArray::with_max_entries(1, 0);
+/// IPv4 NAT mappings of both generations and both sides (see strait_common::nat).
+#[map(name = "STRAIT_NAT_V4")]
+pub static NAT_V4: LpmTrie<NatKeyV4, NatTargetV4> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+
+/// IPv6 NAT mappings, as `NAT_V4`.
+#[map(name = "STRAIT_NAT_V6")]
+pub static NAT_V6: LpmTrie<NatKeyV6, NatTargetV6> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+
+/// Slot 0: the NAT generation the programs use.
+#[map(name = "STRAIT_NAT_ACTIVE")]
+pub static NAT_ACTIVE: Array<u32> = Array::pinned(1, 0);

@@ -3,11 +3,12 @@ use std::{ffi::CString, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use strait_common::{fabric::LocalEndpoints, Direction};
+use strait_common::{fabric::LocalEndpoints, Direction, NatSide};
 use strait_dataplane::{
     bpffs::PinDir,
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
+    nat::{parse_config, NatPlan, NatTables},
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
     DEFAULT_PIN_DIR,
@@ -75,6 +76,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stateless 1:1 prefix translation (NAT) on a gateway's peer interface.
+    Nat {
+        #[command(subcommand)]
+        command: NatCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NatCommand {
+    /// Validate a NatConfiguration (a whole object, admitted like the API
+    /// server would, or a bare spec; YAML) and swap it into the NAT tables
+    /// atomically.
+    Apply {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Attach the NAT programs to the interfaces facing the peer: destination
+    /// NAT on ingress, source NAT on egress.
+    Attach {
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        attach_mode: AttachMode,
+    },
+    /// Detach the NAT programs from interfaces.
+    Detach {
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+    },
+    /// Print the active NAT table.
+    Show,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -163,6 +195,81 @@ fn main() -> Result<()> {
                 if let Some(fabric) = fabric {
                     print_fabric(&fabric);
                 }
+            }
+        }
+        Command::Nat { command } => run_nat(&cli.pin_dir, command)?,
+    }
+    Ok(())
+}
+
+fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
+    match command {
+        NatCommand::Apply { config } => {
+            let yaml = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let spec = parse_config(&yaml).with_context(|| format!("in {}", config.display()))?;
+            let plan =
+                NatPlan::from_spec(&spec).with_context(|| format!("in {}", config.display()))?;
+            let pins = PinDir::create(pin_dir)?;
+            // Loading creates (or reuses) the pinned maps the tables live in.
+            let dp = Dataplane::load(pins).context("loading the dataplane")?;
+            let applied = NatTables::open_pinned(dp.pin_dir())?.apply(&plan)?;
+            println!(
+                "applied {} NAT entries as generation {} in {:?}",
+                applied.entries, applied.generation, applied.elapsed
+            );
+        }
+        NatCommand::Attach {
+            ifaces,
+            attach_mode,
+        } => {
+            for iface in &ifaces {
+                tc::check_iface(iface)?;
+            }
+            let mut dp =
+                Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
+            for iface in &ifaces {
+                // Ethernet or L3-only programs, by the interface's link type.
+                for program in tc::nat_programs(iface)? {
+                    let done = tc::attach(&mut dp, program, iface, attach_mode)?;
+                    println!(
+                        "attached {} to {} {} ({})",
+                        program.name(),
+                        done.iface,
+                        done.direction,
+                        done.mode.as_str()
+                    );
+                }
+            }
+        }
+        NatCommand::Detach { ifaces } => {
+            let pins = PinDir::open(pin_dir)?;
+            for iface in &ifaces {
+                for side in NatSide::ALL {
+                    // Whichever variant is there: the interface may have
+                    // been recreated with another link type since.
+                    let mode = match tc::detach(&pins, TcProgram::Nat(side), iface) {
+                        Err(strait_dataplane::Error::NotAttached { .. }) => {
+                            tc::detach(&pins, TcProgram::NatL3(side), iface)?
+                        }
+                        other => other?,
+                    };
+                    println!(
+                        "detached {} NAT from {iface} ({})",
+                        side.as_str(),
+                        mode.as_str()
+                    );
+                }
+            }
+        }
+        NatCommand::Show => {
+            let tables = NatTables::open_pinned(&PinDir::open(pin_dir)?)?;
+            let generation = tables.active_generation()?;
+            let mut entries = tables.active_entries()?;
+            entries.sort_by_key(|t| (t.side, t.from, t.prefix_len));
+            println!("generation {generation}, {} entries", entries.len());
+            for t in entries {
+                println!("{t}");
             }
         }
     }

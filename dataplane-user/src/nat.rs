@@ -1,0 +1,672 @@
+//! The NAT tables: validation of a NatConfiguration spec and its atomic
+//! application to the pinned LPM tries the `strait_nat_*` programs read.
+//!
+//! Each trie holds two generations (see `strait_common::nat`). Applying a
+//! spec writes it completely into the generation the programs are not using,
+//! then flips the one-slot active-generation array: packets see either the
+//! whole old table or the whole new one. The previous generation is left in
+//! place, unused, and cleared at the start of the next apply: clearing it
+//! right after the flip could race with a program that read the old
+//! generation number an instant before the flip and is still looking up.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError};
+use strait_api::networking::{NatConfigurationSpec, NatDirection};
+use strait_common::{
+    nat::{
+        NAT_ACTIVE_MAP, NAT_GENERATIONS, NAT_KEY_HEADER_BITS, NAT_MAX_ENTRIES, NAT_V4_MAP,
+        NAT_V6_MAP,
+    },
+    NatKeyV4, NatKeyV6, NatSide, NatTargetV4, NatTargetV6,
+};
+use tracing::info;
+
+use crate::bpffs::PinDir;
+
+/// Entries of one family that fit in one generation of its trie.
+pub const MAX_ENTRIES_PER_FAMILY: usize = (NAT_MAX_ENTRIES / NAT_GENERATIONS as u32) as usize;
+
+/// Why a spec cannot be applied, naming the offending entry
+/// (`prefixes[2]`, `addresses[0]`).
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("{entry}.{field}: {value:?} is not a CIDR such as 198.18.0.0/16 or fd00::/64")]
+    InvalidCidr {
+        entry: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{entry}.{field}: {value:?} is not an IP address such as 198.18.0.1 or fd00::1")]
+    InvalidAddress {
+        entry: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{entry}.{field}: {value} has host bits set; the prefix is {network}")]
+    HostBitsSet {
+        entry: String,
+        field: &'static str,
+        value: String,
+        network: String,
+    },
+    #[error("{entry}: {from} and {to} are not of the same address family")]
+    FamilyMismatch {
+        entry: String,
+        from: String,
+        to: String,
+    },
+    #[error("{entry}: {from} and {to} have different prefix lengths")]
+    PrefixLengthMismatch {
+        entry: String,
+        from: String,
+        to: String,
+    },
+    #[error("{entry}: {prefix} is already translated on the {side} side by {first}")]
+    Duplicate {
+        entry: String,
+        first: String,
+        side: &'static str,
+        prefix: String,
+    },
+    #[error("{count} {family} entries exceed the table's {max} per generation")]
+    TooManyEntries {
+        family: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the active NAT generation is {0}, which no program would read")]
+    CorruptGeneration(u32),
+    #[error("locking {path} against concurrent applies")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a configuration file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NatConfigError {
+    #[error("not a YAML document")]
+    Yaml(#[source] serde_norway::Error),
+    #[error(transparent)]
+    Rejected(#[from] strait_api::admission::Rejected),
+    #[error("not a NatConfiguration spec")]
+    Spec(#[source] serde_json::Error),
+    #[error("strait-api defines no NatConfiguration CRD")]
+    MissingCrd,
+}
+
+/// Reads a NatConfiguration from YAML: either a whole object (`apiVersion`,
+/// `kind`, `metadata`, `spec`), admitted exactly as the API server would
+/// admit it (schema and CEL rules), or a bare spec (`prefixes`, `addresses`).
+pub fn parse_config(yaml: &str) -> Result<NatConfigurationSpec, NatConfigError> {
+    let doc: serde_json::Value = serde_norway::from_str(yaml).map_err(NatConfigError::Yaml)?;
+    let spec = if doc.get("kind").is_some() || doc.get("apiVersion").is_some() {
+        let crd = strait_api::crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "NatConfiguration")
+            .ok_or(NatConfigError::MissingCrd)?;
+        let admitted = strait_api::admission::admit(&crd, &doc, None)?;
+        admitted
+            .get("spec")
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+    } else {
+        doc
+    };
+    serde_json::from_value(spec).map_err(NatConfigError::Spec)
+}
+
+/// One validated translation of a prefix on one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub side: NatSide,
+    /// The network packets carry before translation (host bits zero).
+    pub from: IpAddr,
+    /// The network they carry after, same family and prefix length.
+    pub to: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for Translation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}/{} -> {}/{}",
+            self.side.as_str(),
+            self.from,
+            self.prefix_len,
+            self.to,
+            self.prefix_len
+        )
+    }
+}
+
+/// A validated NatConfiguration: every translation the tables will hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatPlan {
+    translations: Vec<Translation>,
+}
+
+impl NatPlan {
+    /// Validates `spec`: CIDR and address syntax, host bits, families and
+    /// prefix lengths, and that no prefix is translated twice on one side.
+    /// An address mapping becomes two /32 (/128) translations: destination
+    /// `remapped → local` and source `local → remapped`.
+    pub fn from_spec(spec: &NatConfigurationSpec) -> Result<Self, NatError> {
+        let mut translations = Vec::with_capacity(spec.prefixes.len() + 2 * spec.addresses.len());
+        // (side, network, len) → the entry that claimed it, for duplicate errors.
+        let mut claimed: BTreeMap<(NatSide, IpAddr, u8), String> = BTreeMap::new();
+        let mut push = |entry: &str, t: Translation| -> Result<(), NatError> {
+            if let Some(first) = claimed.insert((t.side, t.from, t.prefix_len), entry.to_owned()) {
+                return Err(NatError::Duplicate {
+                    entry: entry.to_owned(),
+                    first,
+                    side: t.side.as_str(),
+                    prefix: format!("{}/{}", t.from, t.prefix_len),
+                });
+            }
+            translations.push(t);
+            Ok(())
+        };
+        for (i, mapping) in spec.prefixes.iter().enumerate() {
+            let entry = format!("prefixes[{i}]");
+            let (from, from_len) = parse_cidr(&entry, "from", &mapping.from)?;
+            let (to, to_len) = parse_cidr(&entry, "to", &mapping.to)?;
+            if from.is_ipv4() != to.is_ipv4() {
+                return Err(NatError::FamilyMismatch {
+                    entry,
+                    from: mapping.from.clone(),
+                    to: mapping.to.clone(),
+                });
+            }
+            if from_len != to_len {
+                return Err(NatError::PrefixLengthMismatch {
+                    entry,
+                    from: mapping.from.clone(),
+                    to: mapping.to.clone(),
+                });
+            }
+            let side = match mapping.direction {
+                NatDirection::Destination => NatSide::Destination,
+                NatDirection::Source => NatSide::Source,
+            };
+            push(
+                &entry,
+                Translation {
+                    side,
+                    from,
+                    to,
+                    prefix_len: from_len,
+                },
+            )?;
+        }
+        for (i, mapping) in spec.addresses.iter().enumerate() {
+            let entry = format!("addresses[{i}]");
+            let remapped = parse_address(&entry, "remapped", &mapping.remapped)?;
+            let local = parse_address(&entry, "local", &mapping.local)?;
+            if remapped.is_ipv4() != local.is_ipv4() {
+                return Err(NatError::FamilyMismatch {
+                    entry,
+                    from: mapping.remapped.clone(),
+                    to: mapping.local.clone(),
+                });
+            }
+            let prefix_len = max_prefix_len(remapped);
+            push(
+                &entry,
+                Translation {
+                    side: NatSide::Destination,
+                    from: remapped,
+                    to: local,
+                    prefix_len,
+                },
+            )?;
+            push(
+                &entry,
+                Translation {
+                    side: NatSide::Source,
+                    from: local,
+                    to: remapped,
+                    prefix_len,
+                },
+            )?;
+        }
+        for (family, count) in [
+            (
+                "IPv4",
+                translations.iter().filter(|t| t.from.is_ipv4()).count(),
+            ),
+            (
+                "IPv6",
+                translations.iter().filter(|t| t.from.is_ipv6()).count(),
+            ),
+        ] {
+            if count > MAX_ENTRIES_PER_FAMILY {
+                return Err(NatError::TooManyEntries {
+                    family,
+                    count,
+                    max: MAX_ENTRIES_PER_FAMILY,
+                });
+            }
+        }
+        Ok(NatPlan { translations })
+    }
+
+    pub fn translations(&self) -> &[Translation] {
+        &self.translations
+    }
+}
+
+const fn max_prefix_len(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn parse_address(entry: &str, field: &'static str, value: &str) -> Result<IpAddr, NatError> {
+    value.parse().map_err(|_| NatError::InvalidAddress {
+        entry: entry.to_owned(),
+        field,
+        value: value.to_owned(),
+    })
+}
+
+/// Parses `addr/len`, refusing host bits: `198.18.10.7/24` is most likely a
+/// typo, and translating it as 198.18.10.0/24 would hide that.
+fn parse_cidr(entry: &str, field: &'static str, value: &str) -> Result<(IpAddr, u8), NatError> {
+    let invalid = || NatError::InvalidCidr {
+        entry: entry.to_owned(),
+        field,
+        value: value.to_owned(),
+    };
+    let (addr, len) = value.split_once('/').ok_or_else(invalid)?;
+    let addr: IpAddr = addr.parse().map_err(|_| invalid())?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let len: u8 = len.parse().map_err(|_| invalid())?;
+    if len > max_prefix_len(addr) {
+        return Err(invalid());
+    }
+    let network = mask(addr, len);
+    if network != addr {
+        return Err(NatError::HostBitsSet {
+            entry: entry.to_owned(),
+            field,
+            value: value.to_owned(),
+            network: format!("{network}/{len}"),
+        });
+    }
+    Ok((addr, len))
+}
+
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatApplied {
+    /// The generation now active.
+    pub generation: u8,
+    pub entries: usize,
+    /// Leftover entries of the generation before last that were removed.
+    pub cleared: usize,
+    pub elapsed: Duration,
+}
+
+/// The pinned NAT maps, opened for writing.
+pub struct NatTables {
+    v4: LpmTrie<MapData, NatKeyV4, NatTargetV4>,
+    v6: LpmTrie<MapData, NatKeyV6, NatTargetV6>,
+    active: Array<MapData, u32>,
+    /// The pin directory, flocked during an apply: two writers filling the
+    /// same inactive generation would interleave their tables.
+    pin_root: std::path::PathBuf,
+}
+
+/// An exclusive flock(2) on a directory, released when dropped (the file
+/// closes).
+struct DirLock {
+    _dir: std::fs::File,
+}
+
+impl DirLock {
+    fn exclusive(path: &std::path::Path) -> Result<Self, NatError> {
+        use std::os::fd::AsRawFd as _;
+        let err = |source| NatError::Lock {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = std::fs::File::open(path).map_err(err)?;
+        // SAFETY: flock on a descriptor we own and keep open for the lock's life.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(DirLock { _dir: dir })
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> NatError {
+    move |source| NatError::Map { name, source }
+}
+
+fn open_pinned(pin_dir: &PinDir, name: &'static str) -> Result<Map, NatError> {
+    let data = MapData::from_pin(pin_dir.map(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+impl NatTables {
+    /// Opens the maps a loaded [`crate::programs::Dataplane`] pinned in `pin_dir`.
+    pub fn open_pinned(pin_dir: &PinDir) -> Result<Self, NatError> {
+        Ok(NatTables {
+            v4: LpmTrie::try_from(open_pinned(pin_dir, NAT_V4_MAP)?)
+                .map_err(map_err(NAT_V4_MAP))?,
+            v6: LpmTrie::try_from(open_pinned(pin_dir, NAT_V6_MAP)?)
+                .map_err(map_err(NAT_V6_MAP))?,
+            active: Array::try_from(open_pinned(pin_dir, NAT_ACTIVE_MAP)?)
+                .map_err(map_err(NAT_ACTIVE_MAP))?,
+            pin_root: pin_dir.root().to_owned(),
+        })
+    }
+
+    /// The generation the programs currently read.
+    pub fn active_generation(&self) -> Result<u8, NatError> {
+        let raw = self.active.get(&0, 0).map_err(map_err(NAT_ACTIVE_MAP))?;
+        match u8::try_from(raw) {
+            Ok(g) if g < NAT_GENERATIONS => Ok(g),
+            _ => Err(NatError::CorruptGeneration(raw)),
+        }
+    }
+
+    /// Replaces the whole table with `plan`, atomically for the programs.
+    pub fn apply(&mut self, plan: &NatPlan) -> Result<NatApplied, NatError> {
+        let started = Instant::now();
+        let _lock = DirLock::exclusive(&self.pin_root)?;
+        let active = self.active_generation()?;
+        let target = (active + 1) % NAT_GENERATIONS;
+        let cleared = self.clear_generation(target)?;
+        for t in plan.translations() {
+            self.insert(target, t)?;
+        }
+        // The single write that makes the new table visible.
+        self.active
+            .set(0, u32::from(target), 0)
+            .map_err(map_err(NAT_ACTIVE_MAP))?;
+        let applied = NatApplied {
+            generation: target,
+            entries: plan.translations().len(),
+            cleared,
+            elapsed: started.elapsed(),
+        };
+        info!(
+            generation = applied.generation,
+            entries = applied.entries,
+            cleared = applied.cleared,
+            elapsed_us = applied.elapsed.as_micros() as u64,
+            "applied NAT table"
+        );
+        Ok(applied)
+    }
+
+    fn insert(&mut self, generation: u8, t: &Translation) -> Result<(), NatError> {
+        let prefix_len = NAT_KEY_HEADER_BITS + u32::from(t.prefix_len);
+        match (t.from, t.to) {
+            (IpAddr::V4(from), IpAddr::V4(to)) => {
+                let key = Key::new(prefix_len, NatKeyV4::new(generation, t.side, from.octets()));
+                let target = NatTargetV4 {
+                    addr: to.octets(),
+                    prefix_len: u32::from(t.prefix_len),
+                };
+                self.v4.insert(&key, target, 0).map_err(map_err(NAT_V4_MAP))
+            }
+            (IpAddr::V6(from), IpAddr::V6(to)) => {
+                let key = Key::new(prefix_len, NatKeyV6::new(generation, t.side, from.octets()));
+                let target = NatTargetV6 {
+                    addr: to.octets(),
+                    prefix_len: u32::from(t.prefix_len),
+                };
+                self.v6.insert(&key, target, 0).map_err(map_err(NAT_V6_MAP))
+            }
+            // NatPlan::from_spec refuses mixed families; a plan is only built there.
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every entry of `generation`; returns how many there were.
+    fn clear_generation(&mut self, generation: u8) -> Result<usize, NatError> {
+        let stale_v4: Vec<Key<NatKeyV4>> = self
+            .v4
+            .keys()
+            .filter(|k| !matches!(k, Ok(k) if k.data().generation != generation))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(NAT_V4_MAP))?;
+        let stale_v6: Vec<Key<NatKeyV6>> = self
+            .v6
+            .keys()
+            .filter(|k| !matches!(k, Ok(k) if k.data().generation != generation))
+            .collect::<Result<_, _>>()
+            .map_err(map_err(NAT_V6_MAP))?;
+        for key in &stale_v4 {
+            self.v4.remove(key).map_err(map_err(NAT_V4_MAP))?;
+        }
+        for key in &stale_v6 {
+            self.v6.remove(key).map_err(map_err(NAT_V6_MAP))?;
+        }
+        Ok(stale_v4.len() + stale_v6.len())
+    }
+
+    /// Entries of the active generation, as (side, from, prefix length, to).
+    pub fn active_entries(&self) -> Result<Vec<Translation>, NatError> {
+        let generation = self.active_generation()?;
+        let mut out = Vec::new();
+        for entry in self.v4.iter() {
+            let (key, target) = entry.map_err(map_err(NAT_V4_MAP))?;
+            let data = key.data();
+            if data.generation != generation {
+                continue;
+            }
+            if let Some(side) = NatSide::from_raw(data.side) {
+                out.push(Translation {
+                    side,
+                    from: IpAddr::V4(Ipv4Addr::from(data.addr)),
+                    to: IpAddr::V4(Ipv4Addr::from(target.addr)),
+                    prefix_len: key.prefix_len().saturating_sub(NAT_KEY_HEADER_BITS) as u8,
+                });
+            }
+        }
+        for entry in self.v6.iter() {
+            let (key, target) = entry.map_err(map_err(NAT_V6_MAP))?;
+            let data = key.data();
+            if data.generation != generation {
+                continue;
+            }
+            if let Some(side) = NatSide::from_raw(data.side) {
+                out.push(Translation {
+                    side,
+                    from: IpAddr::V6(Ipv6Addr::from(data.addr)),
+                    to: IpAddr::V6(Ipv6Addr::from(target.addr)),
+                    prefix_len: key.prefix_len().saturating_sub(NAT_KEY_HEADER_BITS) as u8,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strait_api::networking::{AddressMapping, PrefixMapping};
+
+    use super::*;
+
+    fn prefix(direction: NatDirection, from: &str, to: &str) -> PrefixMapping {
+        PrefixMapping {
+            direction,
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    fn spec(prefixes: Vec<PrefixMapping>, addresses: Vec<AddressMapping>) -> NatConfigurationSpec {
+        NatConfigurationSpec {
+            prefixes,
+            addresses,
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_becomes_one_translation_per_prefix_and_two_per_address() {
+        let plan = NatPlan::from_spec(&spec(
+            vec![
+                prefix(
+                    NatDirection::Destination,
+                    "198.19.10.0/24",
+                    "198.18.10.0/24",
+                ),
+                prefix(NatDirection::Source, "fd00:18::/64", "fd00:19::/64"),
+            ],
+            vec![AddressMapping {
+                remapped: "198.19.99.1".into(),
+                local: "198.18.0.5".into(),
+            }],
+        ))
+        .expect("valid spec");
+        let shown: Vec<String> = plan.translations().iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "destination 198.19.10.0/24 -> 198.18.10.0/24",
+                "source fd00:18::/64 -> fd00:19::/64",
+                "destination 198.19.99.1/32 -> 198.18.0.5/32",
+                "source 198.18.0.5/32 -> 198.19.99.1/32",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_invalid_entry_is_refused_with_its_name_and_problem() {
+        let d = NatDirection::Destination;
+        let cases: Vec<(NatConfigurationSpec, &str)> = vec![
+            (
+                spec(vec![prefix(d, "198.19.10.0/24", "198.18.10.0/24"), prefix(d, "198.19.10.0", "198.18.10.0/24")], vec![]),
+                "prefixes[1].from: \"198.19.10.0\" is not a CIDR",
+            ),
+            (
+                spec(vec![prefix(d, "198.19.10.0/33", "198.18.10.0/24")], vec![]),
+                "prefixes[0].from: \"198.19.10.0/33\" is not a CIDR",
+            ),
+            (
+                spec(vec![prefix(d, "198.19.10.0/24", "198.18.10.7/24")], vec![]),
+                "prefixes[0].to: 198.18.10.7/24 has host bits set; the prefix is 198.18.10.0/24",
+            ),
+            (
+                spec(vec![prefix(d, "198.19.10.0/24", "fd00::/24")], vec![]),
+                "prefixes[0]: 198.19.10.0/24 and fd00::/24 are not of the same address family",
+            ),
+            (
+                spec(vec![prefix(d, "198.19.10.0/24", "198.18.0.0/16")], vec![]),
+                "prefixes[0]: 198.19.10.0/24 and 198.18.0.0/16 have different prefix lengths",
+            ),
+            (
+                spec(
+                    vec![],
+                    vec![AddressMapping {
+                        remapped: "fd00::1".into(),
+                        local: "198.18.0.1".into(),
+                    }],
+                ),
+                "addresses[0]: fd00::1 and 198.18.0.1 are not of the same address family",
+            ),
+            (
+                spec(
+                    vec![],
+                    vec![AddressMapping {
+                        remapped: "198.19.0.1/32".into(),
+                        local: "198.18.0.1".into(),
+                    }],
+                ),
+                "addresses[0].remapped: \"198.19.0.1/32\" is not an IP address",
+            ),
+            (
+                spec(
+                    vec![prefix(d, "198.19.0.1/32", "198.18.0.9/32")],
+                    vec![AddressMapping {
+                        remapped: "198.19.0.1".into(),
+                        local: "198.18.0.1".into(),
+                    }],
+                ),
+                "addresses[0]: 198.19.0.1/32 is already translated on the destination side by prefixes[0]",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let err = NatPlan::from_spec(&spec).expect_err(expected);
+            assert!(
+                err.to_string().starts_with(expected),
+                "expected {expected:?}, got {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn configs_are_read_as_admitted_objects_or_bare_specs() {
+        let object = r#"
+apiVersion: networking.strait.dev/v1beta1
+kind: NatConfiguration
+metadata: {name: peer-a, namespace: strait}
+spec:
+  prefixes:
+    - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}
+"#;
+        let spec = parse_config(object).expect("a valid object");
+        assert_eq!(spec.prefixes.len(), 1);
+        let bare = "addresses: [{remapped: 198.19.0.1, local: 198.18.0.1}]\n";
+        assert_eq!(parse_config(bare).expect("a bare spec").addresses.len(), 1);
+        let refused = object.replace("198.18.10.0/24", "198.18.0.0/16");
+        let err = parse_config(&refused).expect_err("prefix lengths differ");
+        assert!(matches!(err, NatConfigError::Rejected(_)), "{err}");
+        assert!(matches!(
+            parse_config("prefixes: 7"),
+            Err(NatConfigError::Spec(_))
+        ));
+    }
+
+    #[test]
+    fn more_entries_than_a_generation_holds_are_refused() {
+        let addresses = (0..=MAX_ENTRIES_PER_FAMILY / 2)
+            .map(|i| AddressMapping {
+                remapped: Ipv4Addr::from(0xc613_0000 + i as u32).to_string(),
+                local: Ipv4Addr::from(0xc612_0000 + i as u32).to_string(),
+            })
+            .collect();
+        let err = NatPlan::from_spec(&spec(vec![], addresses)).expect_err("too many");
+        assert!(
+            matches!(err, NatError::TooManyEntries { family: "IPv4", .. }),
+            "{err}"
+        );
+    }
+}
