@@ -17,6 +17,7 @@ mod discovery;
 mod error;
 mod handlers;
 mod meta;
+mod openapi;
 mod ownership;
 mod patch;
 mod registry;

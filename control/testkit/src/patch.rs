@@ -42,14 +42,7 @@ pub fn apply(patch_type: PatchType, target: &Value, body: &[u8]) -> Result<Value
         PatchType::Json => {
             let operations: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
-            json_patch::patch(&mut patched, &operations).map_err(|e| {
-                ApiError::invalid(
-                    "",
-                    "",
-                    "",
-                    &[format!("<patch>: the JSON patch failed: {e}")],
-                )
-            })?;
+            apply_operations(&mut patched, operations)?;
         }
         PatchType::Apply => {
             return Err(ApiError::bad_request(
@@ -61,6 +54,29 @@ pub fn apply(patch_type: PatchType, target: &Value, body: &[u8]) -> Result<Value
         return Err(ApiError::bad_request("the patch must leave an object"));
     }
     Ok(patched)
+}
+
+/// Applies RFC 6902 operations one at a time (on a copy, so a failure changes
+/// nothing) with the API server's reading of `test`: a null value matches an
+/// absent field. kube-rs' finalizer helper relies on that to add the first
+/// finalizer.
+fn apply_operations(document: &mut Value, operations: json_patch::Patch) -> Result<(), ApiError> {
+    for operation in operations.0 {
+        if let json_patch::PatchOperation::Test(test) = &operation {
+            if test.value.is_null() && document.pointer(test.path.as_str()).is_none() {
+                continue;
+            }
+        }
+        json_patch::patch(document, std::slice::from_ref(&operation)).map_err(|e| {
+            ApiError::invalid(
+                "",
+                "",
+                "",
+                &[format!("<patch>: the JSON patch failed: {e}")],
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

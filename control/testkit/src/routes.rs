@@ -14,8 +14,12 @@ pub enum Route {
         version: String,
     },
     Object(Target),
-    /// OpenAPI documents are not served; kubectl copes with their absence.
-    OpenApi,
+    /// The OpenAPI v3 index and one group/version document (see `openapi`).
+    OpenApiRoot,
+    OpenApiGroupVersion {
+        group: String,
+        version: String,
+    },
 }
 
 /// A collection (no name) or one object, possibly its `/status`.
@@ -32,7 +36,15 @@ pub fn parse(registry: &Registry, path: &str) -> Result<Route, ApiError> {
     let not_found = || ApiError::path_not_found(path);
     match segments.as_slice() {
         ["version"] => Ok(Route::Version),
-        ["openapi", ..] => Ok(Route::OpenApi),
+        ["openapi", "v3"] => Ok(Route::OpenApiRoot),
+        ["openapi", "v3", "api", version] => Ok(Route::OpenApiGroupVersion {
+            group: String::new(),
+            version: (*version).to_owned(),
+        }),
+        ["openapi", "v3", "apis", group, version] => Ok(Route::OpenApiGroupVersion {
+            group: (*group).to_owned(),
+            version: (*version).to_owned(),
+        }),
         ["api"] => Ok(Route::CoreVersions),
         ["api", "v1"] => Ok(Route::Resources {
             group: String::new(),

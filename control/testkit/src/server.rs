@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers::{self, Call, Query, Reply};
+use crate::openapi;
 use crate::registry::Registry;
 use crate::routes::{self, Route};
 use crate::store::Store;
@@ -140,7 +141,13 @@ fn dispatch(
         Route::Resources { group, version } => {
             return read_only(discovery::resources(registry, &group, &version))
         }
-        Route::OpenApi => return Err(ApiError::path_not_found(path)),
+        Route::OpenApiRoot => return read_only(openapi::root(registry)),
+        Route::OpenApiGroupVersion { group, version } => {
+            return match openapi::group_version(registry, &group, &version) {
+                Some(document) => read_only(document),
+                None => Err(ApiError::path_not_found(path)),
+            }
+        }
         Route::Object(target) => target,
     };
     let resource = registry.get(target.type_id);
