@@ -9,9 +9,12 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::meta;
+use crate::pki::{ClientCredentials, Pki};
+use crate::rbac::SUPERUSER_GROUP;
 use crate::registry::Registry;
-use crate::server::{self, Server};
+use crate::server::{self, Server, Tls};
 use crate::store::Store;
+use base64::Engine;
 
 /// Namespaces every cluster starts with, as a real one does.
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -24,15 +27,22 @@ pub const DEFAULT_WATCH_HISTORY: usize = 10_000;
 pub struct Options {
     /// Events kept for watches to resume from; older resourceVersions get 410 Expired.
     pub watch_history: usize,
+    /// Serve HTTPS with a throwaway CA, authenticate clients by certificate
+    /// and authorize them with RBAC. `client()` is then the superuser.
+    pub tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             watch_history: DEFAULT_WATCH_HISTORY,
+            tls: false,
         }
     }
 }
+
+/// The user `client()` and `write_kubeconfig` act as on a TLS cluster.
+pub const ADMIN_USER: &str = "strait-admin";
 
 /// A Kubernetes-API-compatible server for tests, isolated from every other
 /// one. Stops serving when dropped.
@@ -40,6 +50,8 @@ pub struct TestCluster {
     name: String,
     url: String,
     client: kube::Client,
+    pki: Option<Arc<Pki>>,
+    admin: Option<ClientCredentials>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -64,28 +76,68 @@ impl TestCluster {
         let registry = Arc::new(Registry::standard());
         let store = Arc::new(Store::new(registry.clone(), options.watch_history));
         seed(&store, &registry);
+        let (pki, tls) = if options.tls {
+            let pki = Arc::new(Pki::new(name)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
+            (Some(pki.clone()), Some(Tls { pki, acceptor }))
+        } else {
+            (None, None)
+        };
         let (shutdown, shutdown_signal) = watch::channel(false);
         let server = Arc::new(Server {
             registry,
             store,
             address,
             shutdown: shutdown_signal,
+            tls,
         });
         tokio::spawn(server::serve(server, listener));
 
-        let url = format!("http://{address}");
-        let uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Url {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
-        let client = kube::Client::try_from(kube::Config::new(uri))?;
-        tracing::info!(cluster = name, %url, "test API server started");
-        Ok(Self {
+        let scheme = if options.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{address}");
+        let mut cluster = Self {
             name: name.to_owned(),
-            url,
-            client,
+            url: url.clone(),
+            client: plain_client(&url)?,
+            admin: None,
+            pki,
             shutdown,
-        })
+        };
+        if let Some(pki) = &cluster.pki {
+            let admin = pki.issue(ADMIN_USER, &[SUPERUSER_GROUP])?;
+            cluster.client = cluster.client_with(&admin).await?;
+            cluster.admin = Some(admin);
+        }
+        tracing::info!(cluster = name, %url, tls = options.tls, "test API server started");
+        Ok(cluster)
+    }
+
+    /// A client authenticated as `user` in `groups` by a fresh client
+    /// certificate (TLS clusters only). Bind it to roles to let it do anything.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> Result<kube::Client, Error> {
+        let pki = self
+            .pki
+            .as_ref()
+            .ok_or_else(|| Error::NotTls(self.name.clone()))?;
+        let credentials = pki.issue(user, groups)?;
+        self.client_with(&credentials).await
+    }
+
+    /// A kubeconfig for `user` in `groups` (TLS clusters only).
+    pub fn kubeconfig_yaml_as(&self, user: &str, groups: &[&str]) -> Result<String, Error> {
+        let pki = self
+            .pki
+            .as_ref()
+            .ok_or_else(|| Error::NotTls(self.name.clone()))?;
+        let credentials = pki.issue(user, groups)?;
+        self.render_kubeconfig(Some(&credentials))
+    }
+
+    async fn client_with(&self, credentials: &ClientCredentials) -> Result<kube::Client, Error> {
+        let yaml = self.render_kubeconfig(Some(credentials))?;
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
     }
 
     pub fn name(&self) -> &str {
@@ -103,14 +155,32 @@ impl TestCluster {
     }
 
     /// A kubeconfig for kubectl and other clients, with one context named
-    /// after the cluster. Plain HTTP on loopback, no credentials.
+    /// after the cluster: plain HTTP without credentials, or on a TLS cluster
+    /// the CA and the superuser's client certificate.
     pub fn kubeconfig_yaml(&self) -> Result<String, Error> {
-        let user = format!("{}-admin", self.name);
+        self.render_kubeconfig(self.admin.as_ref())
+    }
+
+    fn render_kubeconfig(&self, credentials: Option<&ClientCredentials>) -> Result<String, Error> {
+        let encode = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let user = match credentials {
+            Some(c) => format!("{}-{}", self.name, c.user.name),
+            None => format!("{}-admin", self.name),
+        };
+        let mut cluster = json!({"server": self.url});
+        let mut user_entry = json!({});
+        if let (Some(pki), Some(credentials)) = (&self.pki, credentials) {
+            cluster["certificate-authority-data"] = json!(encode(&pki.ca_pem()));
+            user_entry = json!({
+                "client-certificate-data": encode(&credentials.certificate_pem),
+                "client-key-data": encode(&credentials.key_pem),
+            });
+        }
         let config = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": self.name, "cluster": {"server": self.url}}],
-            "users": [{"name": user, "user": {}}],
+            "clusters": [{"name": self.name, "cluster": cluster}],
+            "users": [{"name": user, "user": user_entry}],
             "contexts": [{"name": self.name, "context": {"cluster": self.name, "user": user, "namespace": "default"}}],
             "current-context": self.name,
         });
@@ -129,6 +199,14 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
     }
+}
+
+fn plain_client(url: &str) -> Result<kube::Client, Error> {
+    let uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Url {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(kube::Client::try_from(kube::Config::new(uri))?)
 }
 
 /// The default namespaces and the Strait CRDs (readable like in a real cluster).

@@ -161,6 +161,29 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// An RBAC refusal, about `name` when the request names an object.
+    pub fn forbidden_by_rbac(
+        group: &str,
+        resource: &str,
+        group_resource: &str,
+        name: Option<&str>,
+        why: String,
+    ) -> Self {
+        let subject = match name {
+            Some(name) => format!("{group_resource} {name:?}"),
+            None => group_resource.to_owned(),
+        };
+        Self::new(403, "Forbidden", format!("{subject} is forbidden: {why}")).about(
+            group,
+            resource,
+            name.unwrap_or(""),
+        )
+    }
+
     pub fn method_not_allowed(method: &str, what: &str) -> Self {
         Self::new(
             405,
@@ -237,6 +260,12 @@ pub enum Error {
     RenderKubeconfig(#[from] serde_norway::Error),
     #[error("building a kube client for the test API server: {0}")]
     Client(#[from] kube::Error),
+    #[error("setting up the test cluster's certificates: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("loading the generated kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("cluster {0:?} was started without TLS, so it has no users")]
+    NotTls(String),
     #[error("the test API server URL {url:?} is not a valid URI: {message}")]
     Url { url: String, message: String },
 }

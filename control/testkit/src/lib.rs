@@ -20,6 +20,8 @@ mod meta;
 mod openapi;
 mod ownership;
 mod patch;
+mod pki;
+mod rbac;
 mod registry;
 mod routes;
 mod selectors;
@@ -27,5 +29,7 @@ mod server;
 mod store;
 mod watch;
 
-pub use cluster::{Options, TestCluster, DEFAULT_WATCH_HISTORY};
+pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};
 pub use error::{ApiError, Error};
+pub use pki::{PkiError, User};
+pub use rbac::SUPERUSER_GROUP;

@@ -113,6 +113,28 @@ impl Registry {
                 false,
             ),
             ResourceType::builtin("events.k8s.io", "Event", "events", true, false),
+            ResourceType::builtin("rbac.authorization.k8s.io", "Role", "roles", true, false),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "RoleBinding",
+                "rolebindings",
+                true,
+                false,
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "ClusterRole",
+                "clusterroles",
+                false,
+                false,
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+                false,
+                false,
+            ),
             ResourceType::builtin(
                 "apiextensions.k8s.io",
                 "CustomResourceDefinition",

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
@@ -20,7 +21,10 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers::{self, Call, Query, Reply};
 use crate::openapi;
+use crate::pki::{Pki, User};
+use crate::rbac;
 use crate::registry::Registry;
+use crate::routes::Target;
 use crate::routes::{self, Route};
 use crate::store::Store;
 
@@ -34,7 +38,18 @@ pub struct Server {
     pub store: Arc<Store>,
     pub address: SocketAddr,
     pub shutdown: watch::Receiver<bool>,
+    /// Set for a TLS cluster: then every request must come with a client
+    /// certificate from this CA and is authorized by RBAC.
+    pub tls: Option<Tls>,
 }
+
+pub struct Tls {
+    pub pki: Arc<Pki>,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves connections until `shutdown` turns true.
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
@@ -52,14 +67,29 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
                 };
                 let server = server.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(handle(&server, request).await) }
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
-                    }
+                    let Some(tls) = &server.tls else {
+                        serve_connection(server.clone(), stream, None, peer).await;
+                        return;
+                    };
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let user = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|certificate| tls.pki.user_of(certificate));
+                    serve_connection(server.clone(), stream, user, peer).await;
                 });
             }
             _ = shutdown.changed() => break,
@@ -70,7 +100,27 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     connections.abort_all();
 }
 
-async fn handle(server: &Server, request: Request<Incoming>) -> Response<Body> {
+async fn serve_connection<I>(server: Arc<Server>, io: I, user: Option<User>, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let user = Arc::new(user);
+    let service = hyper::service::service_fn(move |request| {
+        let server = server.clone();
+        let user = user.clone();
+        async move { Ok::<_, Infallible>(handle(&server, request, user.as_ref().as_ref()).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    server: &Server,
+    request: Request<Incoming>,
+    user: Option<&User>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = Query::parse(request.uri().query());
@@ -88,15 +138,16 @@ async fn handle(server: &Server, request: Request<Incoming>) -> Response<Body> {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error_response(&ApiError::too_large(MAX_BODY)),
     };
-    let result = dispatch(
-        server,
-        &method,
-        &path,
-        &query,
-        &body,
-        &content_type,
-        &user_agent,
-    );
+    let parts = Parts {
+        method: &method,
+        path: &path,
+        query: &query,
+        body: &body,
+        content_type: &content_type,
+        user_agent: &user_agent,
+        user,
+    };
+    let result = dispatch(server, &parts);
     let response = match result {
         Ok(Reply::Json(code, value)) => json_response(code, &value),
         Ok(Reply::Watch(receiver)) => {
@@ -109,20 +160,36 @@ async fn handle(server: &Server, request: Request<Incoming>) -> Response<Body> {
         }
         Err(error) => error_response(&error),
     };
-    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    tracing::debug!(%method, %path, user = user.map(|u| u.name.as_str()), status = response.status().as_u16(), "request");
     response
 }
 
-fn dispatch(
-    server: &Server,
-    method: &Method,
-    path: &str,
-    query: &Query,
-    body: &[u8],
-    content_type: &str,
-    user_agent: &str,
-) -> Result<Reply, ApiError> {
+/// A request, read.
+struct Parts<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a Query,
+    body: &'a [u8],
+    content_type: &'a str,
+    user_agent: &'a str,
+    /// The authenticated user on a TLS cluster.
+    user: Option<&'a User>,
+}
+
+fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
+    let Parts {
+        method,
+        path,
+        query,
+        body,
+        content_type,
+        user_agent,
+        user,
+    } = *parts;
     let registry = &server.registry;
+    if server.tls.is_some() && user.is_none() {
+        return Err(ApiError::unauthorized());
+    }
     let route = routes::parse(registry, path)?;
     let read_only = |document: Value| {
         if method == Method::GET {
@@ -176,6 +243,9 @@ fn dispatch(
     };
     let store = &server.store;
     let is_watch = query.flag("watch").unwrap_or(false);
+    if let (Some(_), Some(user)) = (&server.tls, user) {
+        authorize(server, user, method, &target, is_watch)?;
+    }
     match (method, target.name.is_some()) {
         (&Method::GET, true) => handlers::read::get(store, &call),
         (&Method::GET, false) if is_watch => {
@@ -188,6 +258,54 @@ fn dispatch(
         (&Method::DELETE, true) => handlers::delete::delete(store, &call),
         (&Method::DELETE, false) => handlers::delete::delete_collection(store, &call),
         _ => Err(ApiError::method_not_allowed(method.as_str(), path)),
+    }
+}
+
+/// RBAC for resource requests; discovery is open to every authenticated user.
+fn authorize(
+    server: &Server,
+    user: &User,
+    method: &Method,
+    target: &Target,
+    is_watch: bool,
+) -> Result<(), ApiError> {
+    let named = target.name.is_some();
+    let verb = match *method {
+        Method::GET if named => "get",
+        Method::GET if is_watch => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed(method.as_str(), "resources")),
+    };
+    let resource = server.registry.get(target.type_id);
+    let status_resource = format!("{}/status", resource.plural);
+    let attributes = rbac::Attributes {
+        verb,
+        group: &resource.group,
+        resource: if target.status {
+            &status_resource
+        } else {
+            &resource.plural
+        },
+        namespace: target.namespace.as_deref(),
+        name: target.name.as_deref(),
+    };
+    let allowed = rbac::allowed(&server.store.lock(), user, &attributes);
+    tracing::debug!(user = %user.name, verb, resource = attributes.resource, allowed, "authorization");
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden_by_rbac(
+            &resource.group,
+            &resource.plural,
+            &resource.group_resource(),
+            target.name.as_deref(),
+            rbac::refusal(user, &attributes),
+        ))
     }
 }
 

@@ -265,7 +265,13 @@ async fn label_and_field_selectors() {
 async fn watch_resumes_from_a_resource_version_and_expires_when_too_old() {
     let cluster = within(
         "start",
-        TestCluster::start_with("watch", Options { watch_history: 5 }),
+        TestCluster::start_with(
+            "watch",
+            Options {
+                watch_history: 5,
+                ..Options::default()
+            },
+        ),
     )
     .await
     .expect("started");
