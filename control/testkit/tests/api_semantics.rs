@@ -392,7 +392,72 @@ async fn patch_types_and_malformed_requests() {
     let path = "/api/v1/namespaces/default/configmaps";
     /// method, path, content type, body, expected code and reason.
     type Case<'a> = (&'a str, &'a str, &'a str, &'a [u8], u16, &'a str);
-    let cases: [Case; 6] = [
+    let item = "/api/v1/namespaces/default/configmaps/p";
+    let cases: [Case; 14] = [
+        (
+            "POST",
+            path,
+            "application/json",
+            br#"{"metadata": 5}"#,
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            path,
+            "application/json",
+            br#"{"kind": "Secret", "metadata": {"name": "s"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            item,
+            "application/json",
+            br#"{"metadata": {"name": "other"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "PATCH",
+            item,
+            "application/apply-patch+yaml",
+            b"data: [unclosed",
+            400,
+            "BadRequest",
+        ),
+        (
+            "PATCH",
+            item,
+            "application/merge-patch+json",
+            b"[]",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=abc",
+            "",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=-1",
+            "",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "DELETE",
+            item,
+            "application/json",
+            b"{oops",
+            400,
+            "BadRequest",
+        ),
         (
             "POST",
             path,

@@ -242,9 +242,13 @@ async fn two_clusters_are_isolated() {
 /// kubectl, bounded by its own --request-timeout and by a timeout here.
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let mut command = tokio::process::Command::new("kubectl");
+    // The discovery cache next to the kubeconfig: nothing lands in $HOME.
+    let cache = kubeconfig.with_extension("cache");
     command
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
         .arg("--request-timeout=10s")
         .args(args)
         .kill_on_drop(true);
