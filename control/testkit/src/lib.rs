@@ -1,0 +1,35 @@
+//! A Kubernetes-API-compatible test server, in process: kube-rs clients,
+//! reflectors and controllers, and kubectl, run against it unchanged. Used by
+//! tests and the local demo only; never shipped.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), strait_testkit::Error> {
+//! let cluster = strait_testkit::TestCluster::start("alpha").await?;
+//! let client = cluster.client();
+//! # Ok(()) }
+//! ```
+//!
+//! What the server does and where it simplifies is described in
+//! control/testkit/README.md.
+
+mod cluster;
+mod discovery;
+mod error;
+mod handlers;
+mod meta;
+mod openapi;
+mod ownership;
+mod patch;
+mod pki;
+mod rbac;
+mod registry;
+mod routes;
+mod selectors;
+mod server;
+mod store;
+mod watch;
+
+pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};
+pub use error::{ApiError, Error};
+pub use pki::{PkiError, User};
+pub use rbac::SUPERUSER_GROUP;
