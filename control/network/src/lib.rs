@@ -4,4 +4,5 @@
 //! Configuration.
 
 pub mod ipam;
+pub mod ipam_controller;
 pub mod render;
