@@ -27,6 +27,7 @@ mod routes;
 mod selectors;
 mod server;
 mod store;
+mod table;
 mod watch;
 
 pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
@@ -133,6 +133,7 @@ async fn handle(
             .to_owned()
     };
     let content_type = header(CONTENT_TYPE);
+    let accept = header(ACCEPT);
     let user_agent = header(USER_AGENT);
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -144,6 +145,7 @@ async fn handle(
         query: &query,
         body: &body,
         content_type: &content_type,
+        accept: &accept,
         user_agent: &user_agent,
         user,
     };
@@ -171,6 +173,7 @@ struct Parts<'a> {
     query: &'a Query,
     body: &'a [u8],
     content_type: &'a str,
+    accept: &'a str,
     user_agent: &'a str,
     /// The authenticated user on a TLS cluster.
     user: Option<&'a User>,
@@ -183,6 +186,7 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
         query,
         body,
         content_type,
+        accept,
         user_agent,
         user,
     } = *parts;
@@ -239,6 +243,7 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
         query,
         body,
         content_type,
+        accept,
         manager,
     };
     let store = &server.store;

@@ -786,3 +786,58 @@ async fn discovery_lists_core_kinds_and_every_strait_crd() {
         .expect("version");
     assert_eq!(version.major, "1");
 }
+
+#[tokio::test]
+async fn delete_collection_by_selector_and_dry_run_writes_nothing() {
+    let cluster = cluster("collection").await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    for (name, labels) in [
+        ("a", json!({"batch": "1"})),
+        ("b", json!({"batch": "1"})),
+        ("c", json!({"batch": "2"})),
+    ] {
+        api.create(&PostParams::default(), &config_map(name, labels))
+            .await
+            .expect("created");
+    }
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("batch=1"),
+    )
+    .await
+    .expect("collection deleted");
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("listed")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(left, vec!["c".to_owned()]);
+
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let returned = api
+        .create(&dry, &config_map("dry", json!({})))
+        .await
+        .expect("dry run accepted");
+    assert_eq!(returned.metadata.name.as_deref(), Some("dry"));
+    assert_eq!(
+        api_error(api.get("dry").await).code,
+        404,
+        "dry run stores nothing"
+    );
+    api.delete(
+        "c",
+        &DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("dry-run delete accepted");
+    assert!(api.get("c").await.is_ok(), "dry-run delete removes nothing");
+}

@@ -304,6 +304,19 @@ async fn kubectl_gets_applies_and_deletes_a_strait_object() {
     let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", example]).await;
     assert!(ok && out.contains("unchanged"), "re-apply: {out}{err}");
 
+    // Human-readable get: a Table with the CRD's printer columns.
+    let (ok, out, err) = kubectl(&kubeconfig, &["get", "foreignclusters"]).await;
+    let header = out.lines().next().unwrap_or("");
+    assert!(
+        ok && header.contains("NAME") && header.contains("ROLE") && out.contains("cluster-b"),
+        "get: {out}{err}"
+    );
+    let (ok, out, err) = kubectl(&kubeconfig, &["get", "namespaces"]).await;
+    assert!(
+        ok && out.contains("AGE") && out.contains("kube-system"),
+        "get namespaces: {out}{err}"
+    );
+
     let (ok, out, err) = kubectl(&kubeconfig, &["delete", "-f", example, "--timeout=10s"]).await;
     assert!(ok, "delete: {out}{err}");
     assert_eq!(api_error(api.get("cluster-b").await).code, 404);

@@ -12,6 +12,7 @@ struct DeleteOptions {
     propagation: Propagation,
     uid: Option<String>,
     resource_version: Option<String>,
+    dry_run: bool,
 }
 
 fn options(call: &Call) -> Result<DeleteOptions, ApiError> {
@@ -41,7 +42,13 @@ fn options(call: &Call) -> Result<DeleteOptions, ApiError> {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
+    // kube-rs and kubectl send dryRun in the DeleteOptions body, others in the query.
+    let dry_run_in_body = body
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|modes| modes.iter().any(|m| m == "All"));
     Ok(DeleteOptions {
+        dry_run: dry_run_in_body || call.query.dry_run(),
         propagation,
         uid: precondition("uid"),
         resource_version: precondition("resourceVersion"),
@@ -74,7 +81,7 @@ pub fn delete(store: &Store, call: &Call) -> Result<Reply, ApiError> {
         if uid_mismatch || rv_mismatch {
             return Err(call.stale());
         }
-        if call.query.dry_run() {
+        if options.dry_run {
             return Ok(Reply::Json(200, object));
         }
         let result = state.delete_with_cascade(call.target.type_id, object, options.propagation);
@@ -104,7 +111,7 @@ pub fn delete_collection(store: &Store, call: &Call) -> Result<Reply, ApiError> 
             let Some(object) = current else {
                 continue;
             };
-            if call.query.dry_run() {
+            if options.dry_run {
                 items.push(object);
             } else {
                 items.push(state.delete_with_cascade(

@@ -57,6 +57,8 @@ pub struct Call<'a> {
     pub query: &'a Query,
     pub body: &'a [u8],
     pub content_type: &'a str,
+    /// The Accept header: kubectl asks for Tables to print.
+    pub accept: &'a str,
     /// The field manager writes are recorded under: `fieldManager`, else the
     /// client's user agent up to the first '/' (as the API server does).
     pub manager: String,

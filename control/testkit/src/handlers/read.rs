@@ -9,6 +9,7 @@ use tokio::sync::watch as signal;
 use super::{Call, Reply};
 use crate::error::ApiError;
 use crate::store::Store;
+use crate::table;
 use crate::watch::{self, Start, WatchRequest};
 
 pub fn get(store: &Store, call: &Call) -> Result<Reply, ApiError> {
@@ -16,6 +17,14 @@ pub fn get(store: &Store, call: &Call) -> Result<Reply, ApiError> {
     let object = state
         .get(call.target.type_id, call.namespace(), call.name())
         .ok_or_else(|| call.not_found(call.name()))?;
+    if table::wanted(call.accept) {
+        let rendered = table::render(
+            call.resource,
+            std::slice::from_ref(object),
+            state.resource_version(),
+        );
+        return Ok(Reply::Json(200, rendered));
+    }
     Ok(Reply::Json(200, object.clone()))
 }
 
@@ -29,6 +38,10 @@ pub fn list(store: &Store, call: &Call) -> Result<Reply, ApiError> {
         .filter(|o| selectors.matches(o))
         .cloned()
         .collect();
+    if table::wanted(call.accept) {
+        let rendered = table::render(call.resource, &items, state.resource_version());
+        return Ok(Reply::Json(200, rendered));
+    }
     Ok(Reply::Json(
         200,
         json!({
