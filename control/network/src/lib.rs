@@ -3,6 +3,7 @@
 //! (IPAM), and which NAT mappings and fabric routes follow from a peering's
 //! Configuration.
 
+pub mod configuration_controller;
 pub mod ipam;
 pub mod ipam_controller;
 pub mod render;
