@@ -11,6 +11,7 @@ pub mod capture;
 pub mod fabric;
 pub mod fabric_topology;
 pub mod netns;
+pub mod packets;
 pub mod topology;
 pub mod traffic;
 

@@ -7,38 +7,26 @@ use strait_dataplane::{
     counter::CounterSnapshot,
     programs::{Dataplane, TcProgram},
 };
-use strait_testbed::bpffs::TestPinDir;
+use strait_testbed::{bpffs::TestPinDir, packets::*};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// TC_ACT_UNSPEC as the kernel reports a program's return value.
 const VERDICT_NO_OPINION: u32 = -1i32 as u32;
 
-fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    frame.extend_from_slice(&ethertype.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
+const PEER_V4: [u8; 4] = [198, 18, 0, 2];
+const NODE_V4: [u8; 4] = [198, 18, 0, 1];
+const PEER_V6: [u8; 16] = [0xfd, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const NODE_V6: [u8; 16] = [0xfd, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// An IPv4 packet carrying `l4_len` bytes of protocol `proto` (content is
+/// irrelevant to the counters).
+fn v4(proto: u8, l4_len: usize) -> Vec<u8> {
+    ipv4(PEER_V4, NODE_V4, proto, &vec![0xab; l4_len])
 }
 
-fn ipv4(proto: u8, l4_len: usize) -> Vec<u8> {
-    let total = (20 + l4_len) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
-    ip.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
-    ip.resize(20 + l4_len, 0xab);
-    ip
-}
-
-fn ipv6(next_header: u8, l4_len: usize) -> Vec<u8> {
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    ip.extend_from_slice(&[next_header, 64]);
-    ip.extend_from_slice(&[0xfd, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-    ip.extend_from_slice(&[0xfd, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    ip.resize(40 + l4_len, 0xcd);
-    ip
+fn v6(next_header: u8, l4_len: usize) -> Vec<u8> {
+    ipv6(PEER_V6, NODE_V6, next_header, &vec![0xcd; l4_len])
 }
 
 /// Runs `program` once on each frame, checking it never changes the verdict.
@@ -67,9 +55,9 @@ fn sum(s: &CounterSnapshot, direction: Direction, class: TrafficClass, proto: u8
 fn classifies_and_counts_each_frame_by_family_and_protocol() -> TestResult {
     let pins = TestPinDir::new("progrun")?;
     let mut dp = Dataplane::load(pins.pin_dir()?)?;
-    let udp4 = ethernet(0x0800, &ipv4(17, 8 + 100));
-    let tcp6 = ethernet(0x86dd, &ipv6(6, 20));
-    let icmp6 = ethernet(0x86dd, &ipv6(58, 8));
+    let udp4 = ethernet(ETH_P_IP, &v4(UDP, 8 + 100));
+    let tcp6 = ethernet(ETH_P_IPV6, &v6(TCP, 20));
+    let icmp6 = ethernet(ETH_P_IPV6, &v6(ICMPV6, 8));
     let arp = ethernet(0x0806, &[0; 28]);
     run_all(
         &mut dp,
@@ -117,7 +105,7 @@ fn classifies_and_counts_each_frame_by_family_and_protocol() -> TestResult {
 #[test]
 fn counters_pinned_by_one_load_are_shared_by_the_next() -> TestResult {
     let pins = TestPinDir::new("reuse")?;
-    let frame = ethernet(0x0800, &ipv4(17, 8));
+    let frame = ethernet(ETH_P_IP, &v4(UDP, 8));
     {
         let mut first = Dataplane::load(pins.pin_dir()?)?;
         run_all(

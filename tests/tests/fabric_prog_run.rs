@@ -8,7 +8,7 @@ use strait_dataplane::{
     fabric::{apply_tables, FabricConfig, FabricStats},
     programs::{Dataplane, TcProgram},
 };
-use strait_testbed::{bpffs::TestPinDir, NodePair};
+use strait_testbed::{bpffs::TestPinDir, packets::*, NodePair};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -65,52 +65,21 @@ fn run(
     Ok((result.return_value, out))
 }
 
-fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+/// The one-slice form of the reference checksum.
+fn checksum(bytes: &[u8]) -> u16 {
+    internet_checksum(&[bytes])
 }
 
-/// RFC 1071 one's-complement sum, written here independently of the datapath.
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7) as u8).collect()
 }
 
 fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
-    let total = (20 + 8 + payload_len) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let csum = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    ip.extend_from_slice(&[0x30, 0x39, 0x1b, 0x58]);
-    ip.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0]);
-    ip.extend((0..payload_len).map(|i| i as u8));
-    ip
+    ipv4(src, dst, UDP, &udp(&src, &dst, &payload(payload_len)))
 }
 
 fn ipv6_udp(src: [u8; 16], dst: [u8; 16], payload_len: usize) -> Vec<u8> {
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[17, 64]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    ip.extend_from_slice(&[0x30, 0x39, 0x1b, 0x58]);
-    ip.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0xab, 0xcd]);
-    ip.extend((0..payload_len).map(|i| (i * 7) as u8));
-    ip
+    ipv6(src, dst, UDP, &udp(&src, &dst, &payload(payload_len)))
 }
 
 const POD_V4: [u8; 4] = [198, 18, 64, 10];
@@ -157,7 +126,7 @@ fn encapsulation_writes_rfc8926_headers_over_ipv4() -> TestResult {
         ipv6_udp(POD_V6, REMOTE_V6, 57),
     ] {
         let protocol = if inner[0] >> 4 == 4 { 0x0800 } else { 0x86dd };
-        let frame = eth(protocol, &inner);
+        let frame = ethernet(protocol, &inner);
         let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &frame)?;
         assert_eq!(
             verdict,
@@ -179,7 +148,7 @@ fn encapsulation_writes_rfc8926_headers_over_ipv4() -> TestResult {
         );
         assert_eq!(ip[6] & 0x40, 0x40, "DF set");
         assert_eq!((ip[8], ip[9]), (64, 17), "TTL 64, UDP");
-        assert_eq!(internet_checksum(ip), 0, "IPv4 header checksum verifies");
+        assert_eq!(checksum(ip), 0, "IPv4 header checksum verifies");
         assert_eq!(
             (&ip[12..16], &ip[16..20]),
             (&[198, 18, 0, 1][..], &[198, 18, 0, 2][..])
@@ -205,7 +174,7 @@ fn encapsulation_over_an_ipv6_underlay() -> TestResult {
             &mut dp,
             &pair,
             TcProgram::GeneveEncap,
-            &eth(protocol, &inner),
+            &ethernet(protocol, &inner),
         )?;
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(
@@ -237,10 +206,10 @@ fn packets_without_a_route_pass_untouched() -> TestResult {
     let pair = NodePair::new()?;
     let pins = TestPinDir::new("passthru")?;
     let mut dp = fabric(&pair, &pins, "198.18.0.2")?;
-    let frame = eth(0x0800, &ipv4_udp(POD_V4, [198, 18, 99, 1], 40));
+    let frame = ethernet(0x0800, &ipv4_udp(POD_V4, [198, 18, 99, 1], 40));
     let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &frame)?;
     assert_eq!((verdict, out), (TC_ACT_OK, frame.clone()));
-    let arp = eth(0x0806, &[0; 28]);
+    let arp = ethernet(0x0806, &[0; 28]);
     assert_eq!(
         run(&mut dp, &pair, TcProgram::GeneveEncap, &arp)?,
         (TC_ACT_OK, arp.clone())
@@ -259,14 +228,14 @@ fn geneve_v4(geneve: &[u8], inner: &[u8], udp_len: Option<u16>) -> Vec<u8> {
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 18, 0, 1]);
-    let csum = internet_checksum(&ip);
+    let csum = checksum(&ip);
     ip[10..12].copy_from_slice(&csum.to_be_bytes());
     ip.extend_from_slice(&[0xc0, 0x01, 0x17, 0xc1]);
     ip.extend_from_slice(&udp_len.unwrap_or(payload_len as u16).to_be_bytes());
     ip.extend_from_slice(&[0, 0]);
     ip.extend_from_slice(geneve);
     ip.extend_from_slice(inner);
-    eth(0x0800, &ip)
+    ethernet(0x0800, &ip)
 }
 
 fn geneve_header(version_optlen: u8, protocol: u16, vni: u32) -> Vec<u8> {
@@ -296,7 +265,7 @@ fn decapsulation_restores_the_inner_packet_exactly() -> TestResult {
             assert_eq!(verdict, TC_ACT_OK);
             assert_eq!(
                 out,
-                eth(protocol, &inner),
+                ethernet(protocol, &inner),
                 "exactly Ethernet + the inner packet"
             );
         }
@@ -370,32 +339,21 @@ fn malformed_geneve_is_dropped_with_its_reason() -> TestResult {
 
 /// A TCP segment over IPv4 with the given flags and options, checksummed.
 fn ipv4_tcp(flags: u8, options: &[u8]) -> Vec<u8> {
-    let tcp_len = 20 + options.len();
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
-    ip.extend_from_slice(&POD_V4);
-    ip.extend_from_slice(&REMOTE_V4);
-    let csum = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
     let mut tcp = vec![0xc3, 0x50, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0];
-    tcp.push(((tcp_len / 4) as u8) << 4);
+    tcp.push((((20 + options.len()) / 4) as u8) << 4);
     tcp.extend_from_slice(&[flags, 0xfa, 0xf0, 0, 0, 0, 0]);
     tcp.extend_from_slice(options);
-    let csum = tcp_checksum(&ip, &tcp);
+    let csum = internet_checksum(&[&pseudo_header(&POD_V4, &REMOTE_V4, TCP, tcp.len()), &tcp]);
     tcp[16..18].copy_from_slice(&csum.to_be_bytes());
-    ip.extend_from_slice(&tcp);
-    ip
+    ipv4(POD_V4, REMOTE_V4, TCP, &tcp)
 }
 
-/// TCP checksum over the IPv4 pseudo-header, computed here independently.
-fn tcp_checksum(ip: &[u8], tcp: &[u8]) -> u16 {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(tcp);
-    internet_checksum(&pseudo)
+/// Whether the TCP checksum of an IPv4 packet (20-byte header) verifies.
+fn tcp_checksum_ok(ip: &[u8]) -> bool {
+    checksum_ok(&[
+        &pseudo_header(&ip[12..16], &ip[16..20], TCP, ip.len() - 20),
+        &ip[20..],
+    ])
 }
 
 #[test]
@@ -430,22 +388,19 @@ fn syns_entering_the_fabric_get_their_mss_clamped_and_checksum_fixed() -> TestRe
     ];
     for (what, flags, options, expected_mss) in cases {
         let inner = ipv4_tcp(flags, &options);
-        let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &eth(0x0800, &inner))?;
+        let (verdict, out) = run(
+            &mut dp,
+            &pair,
+            TcProgram::GeneveEncap,
+            &ethernet(0x0800, &inner),
+        )?;
         assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
         let inner_out = &out[14 + 36..];
         let mss_at = 20 + 20 + options.iter().position(|&b| b == 2).expect("MSS option") + 2;
         let mss = u16::from_be_bytes([inner_out[mss_at], inner_out[mss_at + 1]]);
         assert_eq!(mss, expected_mss, "{what}");
-        assert_eq!(
-            tcp_checksum(inner_out, &inner_out[20..]),
-            0,
-            "{what}: TCP checksum verifies"
-        );
-        assert_eq!(
-            internet_checksum(&inner_out[..20]),
-            0,
-            "{what}: IP header untouched"
-        );
+        assert!(tcp_checksum_ok(inner_out), "{what}: TCP checksum verifies");
+        assert_eq!(checksum(&inner_out[..20]), 0, "{what}: IP header untouched");
     }
     Ok(())
 }
@@ -459,7 +414,7 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
 
     // IPv4 with DF, 1500 bytes: destination unreachable, fragmentation needed.
     let inner = ipv4_udp(POD_V4, REMOTE_V4, 1500 - 28);
-    let frame = eth(0x0800, &inner);
+    let frame = ethernet(0x0800, &inner);
     let (verdict, out) = run(&mut dp, &pair, TcProgram::GeneveEncap, &frame)?;
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back to the pod");
     assert_eq!(
@@ -469,7 +424,7 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
     );
     let ip = &out[14..34];
     assert_eq!((ip[0], ip[9]), (0x45, 1), "IPv4 carrying ICMP");
-    assert_eq!(internet_checksum(ip), 0);
+    assert_eq!(checksum(ip), 0);
     assert_eq!(
         (&ip[12..16], &ip[16..20]),
         (&[198, 18, 0, 1][..], &POD_V4[..]),
@@ -483,7 +438,7 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
         overlay_mtu,
         "next-hop MTU"
     );
-    assert_eq!(internet_checksum(icmp), 0, "ICMP checksum verifies");
+    assert_eq!(checksum(icmp), 0, "ICMP checksum verifies");
     assert_eq!(&icmp[8..], &inner[..28], "quotes the header and 8 bytes");
 
     // IPv6: packet too big.
@@ -492,7 +447,7 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
         &mut dp,
         &pair,
         TcProgram::GeneveEncap,
-        &eth(0x86dd, &inner6),
+        &ethernet(0x86dd, &inner6),
     )?;
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let ip6 = &out[14..54];
@@ -511,7 +466,7 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
     pseudo.extend_from_slice(&[0, 0, 0, 58]);
     pseudo.extend_from_slice(icmp6);
     assert_eq!(
-        internet_checksum(&pseudo),
+        checksum(&pseudo),
         0,
         "ICMPv6 checksum (with pseudo-header) verifies"
     );
@@ -521,9 +476,14 @@ fn oversized_packets_are_answered_with_icmp_too_big() -> TestResult {
     let mut no_df = ipv4_udp(POD_V4, REMOTE_V4, 1500 - 28);
     no_df[6] = 0;
     no_df[10..12].copy_from_slice(&[0, 0]);
-    let csum = internet_checksum(&no_df[..20]);
+    let csum = checksum(&no_df[..20]);
     no_df[10..12].copy_from_slice(&csum.to_be_bytes());
-    let (verdict, _) = run(&mut dp, &pair, TcProgram::GeneveEncap, &eth(0x0800, &no_df))?;
+    let (verdict, _) = run(
+        &mut dp,
+        &pair,
+        TcProgram::GeneveEncap,
+        &ethernet(0x0800, &no_df),
+    )?;
     assert_eq!(verdict, TC_ACT_SHOT);
     let stats = FabricStats::read(&dp)?;
     assert_eq!(stats.drops(DropReason::FragmentationNeeded), 1);
