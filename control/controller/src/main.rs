@@ -3,7 +3,7 @@
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use strait_network::{
-    configuration_controller,
+    configuration_controller, internal_node_controller,
     ipam::{parse_cidr, Allocator},
     ipam_controller,
 };
@@ -14,7 +14,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "strait-controller", version, about)]
 struct Cli {
-    /// Run the network module: IPAM of remapped CIDRs and peering Configurations.
+    /// Run the network module: IPAM of remapped CIDRs, peering
+    /// Configurations, and InternalNodes from Nodes.
     #[arg(long)]
     network: bool,
     /// CIDRs this cluster uses itself (pods, services, nodes): peers that
@@ -53,7 +54,8 @@ async fn main() -> Result<()> {
     tracing::info!(reserved = ?cli.reserved, pools = ?cli.pools, "network module starting");
     tokio::select! {
         result = ipam_controller::run(client.clone(), Allocator::new(reserved, pools)) => result.context("IPAM controller")?,
-        () = configuration_controller::run(client) => {}
+        () = configuration_controller::run(client.clone()) => {}
+        () = internal_node_controller::run(client) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
     }
     Ok(())
