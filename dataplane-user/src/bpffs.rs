@@ -55,6 +55,11 @@ impl PinDir {
         self.root.join(name)
     }
 
+    /// Opens the map pinned here under `name`, without loading any program.
+    pub fn open_map(&self, name: &str) -> Result<aya::maps::Map, aya::maps::MapError> {
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(self.map(name))?)
+    }
+
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
     }

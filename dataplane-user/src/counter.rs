@@ -124,7 +124,7 @@ pub fn ip_proto_name(proto: u8) -> String {
 }
 
 fn open_pinned(pin_dir: &PinDir, name: &'static str) -> Result<Map, Error> {
-    let path = pin_dir.map(name);
-    let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, source })?;
-    Map::from_map_data(data).map_err(|source| Error::Map { name, source })
+    pin_dir
+        .open_map(name)
+        .map_err(|source| Error::Map { name, source })
 }

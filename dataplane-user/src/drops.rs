@@ -23,15 +23,15 @@ impl DropCounts {
 
     /// Reads the counters pinned in `pin_dir`.
     pub fn read_pinned(pin_dir: &PinDir) -> Result<Self, Error> {
-        let err = |source| Error::Map {
+        let map = pin_dir.open_map(DROPS_MAP).map_err(|source| Error::Map {
             name: DROPS_MAP,
             source,
-        };
-        let data = MapData::from_pin(pin_dir.map(DROPS_MAP)).map_err(err)?;
-        Self::read(&Map::from_map_data(data).map_err(err)?)
+        })?;
+        Self::read(&map)
     }
 
-    fn read(map: &Map) -> Result<Self, Error> {
+    /// Reads the counters from the drop map itself.
+    pub(crate) fn read(map: &Map) -> Result<Self, Error> {
         let err = |source| Error::Map {
             name: DROPS_MAP,
             source,
@@ -55,5 +55,16 @@ impl DropCounts {
     /// Drops under any reason.
     pub fn total(&self) -> u64 {
         self.0.values().sum()
+    }
+}
+
+/// As a map from reason name to count, for `strait-fabric stats --json`.
+impl serde::Serialize for DropCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.0
+                .iter()
+                .map(|(reason, count)| (reason.as_str(), count)),
+        )
     }
 }

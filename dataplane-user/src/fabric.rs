@@ -24,7 +24,7 @@ use strait_common::{
 };
 use tracing::info;
 
-use crate::{programs::Dataplane, tc::AttachMode, Error};
+use crate::{drops::DropCounts, programs::Dataplane, tc::AttachMode, Error};
 
 /// What `strait-fabric apply --config FILE` reads. Routes and nodes use the
 /// same shapes as the RouteConfiguration and InternalNode CRDs.
@@ -358,7 +358,7 @@ fn sync_lpm<K: aya::Pod + Ord>(
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FabricStats {
     pub counters: Vec<CountRow>,
-    pub drops: Vec<(&'static str, u64)>,
+    pub drops: DropCounts,
 }
 
 /// One fabric counter summed over CPUs.
@@ -376,10 +376,10 @@ impl FabricStats {
     }
 
     pub fn read_pinned(pin_dir: &crate::bpffs::PinDir) -> Result<Self, Error> {
-        let open = |name: &'static str| -> Result<aya::maps::Map, Error> {
-            let data = MapData::from_pin(pin_dir.map(name))
-                .map_err(|source| Error::Map { name, source })?;
-            aya::maps::Map::from_map_data(data).map_err(|source| Error::Map { name, source })
+        let open = |name: &'static str| {
+            pin_dir
+                .open_map(name)
+                .map_err(|source| Error::Map { name, source })
         };
         Self::read_maps(&open(STATS_MAP)?, &open(DROPS_MAP)?)
     }
@@ -389,14 +389,12 @@ impl FabricStats {
             name: STATS_MAP,
             source,
         };
-        let drops_err = |source| Error::Map {
-            name: DROPS_MAP,
-            source,
-        };
         let stats: PerCpuArray<&MapData, PacketCount> =
             PerCpuArray::try_from(stats).map_err(stats_err)?;
-        let drops: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(drops).map_err(drops_err)?;
-        let mut out = FabricStats::default();
+        let mut out = FabricStats {
+            drops: DropCounts::read(drops)?,
+            ..FabricStats::default()
+        };
         for counter in FabricCounter::ALL {
             let per_cpu = stats.get(&(counter as u32), 0).map_err(stats_err)?;
             let (packets, bytes) = per_cpu
@@ -407,10 +405,6 @@ impl FabricStats {
                 packets,
                 bytes,
             });
-        }
-        for reason in DropReason::ALL {
-            let per_cpu = drops.get(&(reason as u32), 0).map_err(drops_err)?;
-            out.drops.push((reason.as_str(), per_cpu.iter().sum()));
         }
         Ok(out)
     }
@@ -424,10 +418,7 @@ impl FabricStats {
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.drops
-            .iter()
-            .find(|(name, _)| *name == reason.as_str())
-            .map_or(0, |(_, n)| *n)
+        self.drops.get(reason)
     }
 }
 

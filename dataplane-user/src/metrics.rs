@@ -39,8 +39,13 @@ pub fn render(pin_dir: &PinDir) -> Result<String, Error> {
         "strait_drops_total",
         "Packets dropped by Strait's datapath, by reason.",
     );
-    for (reason, count) in &fabric.drops {
-        let _ = writeln!(out, "strait_drops_total{{reason=\"{reason}\"}} {count}");
+    for reason in strait_common::DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "strait_drops_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            fabric.drops.get(reason)
+        );
     }
     let traffic = CounterSnapshot::read_pinned(pin_dir)?;
     family(

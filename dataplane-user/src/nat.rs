@@ -376,8 +376,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> NatError {
 }
 
 fn open_pinned(pin_dir: &PinDir, name: &'static str) -> Result<Map, NatError> {
-    let data = MapData::from_pin(pin_dir.map(name)).map_err(map_err(name))?;
-    Map::from_map_data(data).map_err(map_err(name))
+    pin_dir.open_map(name).map_err(map_err(name))
 }
 
 impl NatTables {

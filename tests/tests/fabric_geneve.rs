@@ -110,7 +110,7 @@ fn pods_reach_the_remote_cluster_through_the_gateway_and_back() -> TestResult {
         );
     }
     for agent in nodes.iter().chain([&gateway]) {
-        let drops: u64 = agent.stats()?.drops.iter().map(|(_, n)| n).sum();
+        let drops = agent.stats()?.drops.total();
         assert_eq!(drops, 0, "no drops on {}", agent.ns.name());
     }
     Ok(())

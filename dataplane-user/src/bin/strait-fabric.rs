@@ -447,11 +447,10 @@ fn print_fabric(stats: &FabricStats) {
     for row in &stats.counters {
         println!("{:<24} {:>12} {:>14}", row.name, row.packets, row.bytes);
     }
-    let drops: Vec<_> = stats.drops.iter().filter(|(_, n)| *n > 0).collect();
-    if !drops.is_empty() {
+    if stats.drops.total() > 0 {
         println!("{:<24} {:>12}", "DROPPED", "PACKETS");
-        for (reason, n) in drops {
-            println!("{reason:<24} {n:>12}");
+        for (reason, n) in &stats.drops.0 {
+            println!("{:<24} {n:>12}", reason.as_str());
         }
     }
 }

@@ -92,11 +92,7 @@ fn fabric() -> Result<()> {
     let drops: u64 = agents
         .iter()
         .chain([&gateway])
-        .map(|a| {
-            a.stats()
-                .map(|s| s.drops.iter().map(|(_, n)| n).sum::<u64>())
-                .unwrap_or(1)
-        })
+        .map(|a| a.stats().map(|s| s.drops.total()).unwrap_or(1))
         .sum();
     if acked != bytes as u64
         || node2.counter(FabricCounter::Encapsulated).packets == 0
