@@ -2,7 +2,7 @@
 //! peer's overlapping CIDRs are remapped by IPAM, published in the status,
 //! rendered into the gateway's NatConfiguration, and released on deletion.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -22,22 +22,11 @@ use strait_network::{
     ipam::{parse_cidr, Allocator},
     ipam_controller,
 };
-use strait_testkit::TestCluster;
+use strait_testkit::{eventually, TestCluster};
+
+const STEP: Duration = Duration::from_secs(20);
 
 const NS: &str = "strait-tenant-cluster-b";
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let polled = tokio::time::timeout(Duration::from_secs(20), async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    assert!(polled.await.is_ok(), "timed out waiting for: {what}");
-}
 
 fn configuration(name: &str) -> Configuration {
     let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -86,7 +75,7 @@ async fn an_overlapping_peer_is_remapped_published_and_natted_then_released() {
     api.create(&PostParams::default(), &configuration("cluster-b"))
         .await
         .expect("create");
-    eventually("Configuration ready", || async {
+    eventually("Configuration ready", STEP, || async {
         remote_seen(&api, "cluster-b").await.is_some()
     })
     .await;
@@ -120,7 +109,7 @@ async fn an_overlapping_peer_is_remapped_published_and_natted_then_released() {
         .await
         .expect("delete");
     let networks: Api<Network> = Api::namespaced(client.clone(), NS);
-    eventually("Networks released and gone", || async {
+    eventually("Networks released and gone", STEP, || async {
         networks
             .list(&Default::default())
             .await
@@ -130,7 +119,7 @@ async fn an_overlapping_peer_is_remapped_published_and_natted_then_released() {
     api.create(&PostParams::default(), &configuration("cluster-c"))
         .await
         .expect("create");
-    eventually("the next peering ready", || async {
+    eventually("the next peering ready", STEP, || async {
         remote_seen(&api, "cluster-c").await.is_some()
     })
     .await;

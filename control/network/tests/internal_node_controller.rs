@@ -1,6 +1,6 @@
 //! InternalNodes follow Nodes, against the test control plane.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{
@@ -9,20 +9,9 @@ use kube::{
 };
 use strait_api::networking::InternalNode;
 use strait_network::internal_node_controller;
-use strait_testkit::TestCluster;
+use strait_testkit::{eventually, TestCluster};
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let polled = tokio::time::timeout(Duration::from_secs(20), async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    assert!(polled.await.is_ok(), "timed out waiting for: {what}");
-}
+const STEP: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_gets_an_internal_node_that_goes_with_it() {
@@ -53,7 +42,7 @@ async fn every_node_gets_an_internal_node_that_goes_with_it() {
         .await
         .expect("status");
 
-    eventually("InternalNode created", || async {
+    eventually("InternalNode created", STEP, || async {
         internal.get_opt("worker-1").await.ok().flatten().is_some()
     })
     .await;
@@ -73,7 +62,7 @@ async fn every_node_gets_an_internal_node_that_goes_with_it() {
         .patch_status("worker-1", &PatchParams::default(), &Patch::Merge(&moved))
         .await
         .expect("status");
-    eventually("endpoint updated", || async {
+    eventually("endpoint updated", STEP, || async {
         internal
             .get("worker-1")
             .await
@@ -85,7 +74,7 @@ async fn every_node_gets_an_internal_node_that_goes_with_it() {
         .delete("worker-1", &DeleteParams::default())
         .await
         .expect("delete node");
-    eventually("InternalNode removed with its Node", || async {
+    eventually("InternalNode removed with its Node", STEP, || async {
         internal.get_opt("worker-1").await.ok().flatten().is_none()
     })
     .await;

@@ -2,7 +2,7 @@
 //! distinct, released on deletion, survive a controller restart, and a full
 //! pool is reported in the status, not hidden.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -17,7 +17,7 @@ use strait_network::{
     ipam::{parse_cidr, Allocator},
     ipam_controller,
 };
-use strait_testkit::TestCluster;
+use strait_testkit::{eventually, TestCluster};
 
 const NS: &str = "strait-tenant-cluster-b";
 const STEP: Duration = Duration::from_secs(20);
@@ -30,19 +30,6 @@ fn allocator() -> Allocator {
         vec![net("10.244.0.0/16")],
         vec![net("10.64.0.0/15"), net("10.66.0.0/16")],
     )
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let polled = tokio::time::timeout(STEP, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    assert!(polled.await.is_ok(), "timed out waiting for: {what}");
 }
 
 async fn create(api: &Api<Network>, name: &str, cidr: &str) {
@@ -86,7 +73,7 @@ async fn overlapping_networks_get_distinct_ranges_released_on_deletion() {
     }
     let mut seen = Vec::new();
     for name in ["peer-1", "peer-2", "peer-3"] {
-        eventually(&format!("{name} allocated"), || async {
+        eventually(&format!("{name} allocated"), STEP, || async {
             allocated(&api, name).await.is_some()
         })
         .await;
@@ -98,7 +85,7 @@ async fn overlapping_networks_get_distinct_ranges_released_on_deletion() {
         ["10.64.0.0/16", "10.65.0.0/16", "10.66.0.0/16"],
         "distinct ranges from the pool"
     );
-    eventually("free allocated", || async {
+    eventually("free allocated", STEP, || async {
         allocated(&api, "free").await.is_some()
     })
     .await;
@@ -117,7 +104,7 @@ async fn overlapping_networks_get_distinct_ranges_released_on_deletion() {
 
     // The pool is exhausted: said in the status.
     create(&api, "peer-4", "10.244.0.0/16").await;
-    eventually("exhaustion reported", || async {
+    eventually("exhaustion reported", STEP, || async {
         api.get("peer-4")
             .await
             .ok()
@@ -134,11 +121,11 @@ async fn overlapping_networks_get_distinct_ranges_released_on_deletion() {
     api.delete("peer-2", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually("peer-2 gone (finalizer released)", || async {
+    eventually("peer-2 gone (finalizer released)", STEP, || async {
         api.get_opt("peer-2").await.ok().flatten().is_none()
     })
     .await;
-    eventually("peer-4 allocated after the release", || async {
+    eventually("peer-4 allocated after the release", STEP, || async {
         allocated(&api, "peer-4").await.is_some()
     })
     .await;
@@ -151,7 +138,7 @@ async fn a_restarted_controller_never_hands_out_a_range_twice() {
     let (cluster, api) = setup().await;
     let first = tokio::spawn(ipam_controller::run(cluster.client(), allocator()));
     create(&api, "before", "10.244.0.0/16").await;
-    eventually("allocated", || async {
+    eventually("allocated", STEP, || async {
         allocated(&api, "before").await.is_some()
     })
     .await;
@@ -161,7 +148,7 @@ async fn a_restarted_controller_never_hands_out_a_range_twice() {
     // A new controller with an empty allocator restores from the statuses.
     let second = tokio::spawn(ipam_controller::run(cluster.client(), allocator()));
     create(&api, "after", "10.244.0.0/16").await;
-    eventually("allocated after restart", || async {
+    eventually("allocated after restart", STEP, || async {
         allocated(&api, "after").await.is_some()
     })
     .await;

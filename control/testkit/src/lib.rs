@@ -34,3 +34,18 @@ pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};
 pub use error::{ApiError, Error};
 pub use pki::{PkiError, User};
 pub use rbac::SUPERUSER_GROUP;
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` once
+/// `limit` has passed. For tests waiting on a controller's eventual result.
+pub async fn eventually<F, Fut>(what: &str, limit: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let polled = tokio::time::timeout(limit, async {
+        while !check().await {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert!(polled.await.is_ok(), "timed out waiting for: {what}");
+}
