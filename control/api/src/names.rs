@@ -57,3 +57,33 @@ pub mod annotation {
 
 /// Taint key on virtual nodes; only pods tolerating it are offloaded.
 pub const VIRTUAL_NODE_TAINT: &str = "virtual-node.strait.dev/not-allowed";
+
+/// Namespace Strait's own components and per-cluster objects live in (the
+/// chart's release namespace by default).
+pub const SYSTEM_NAMESPACE: &str = "strait";
+
+/// Where a cluster keeps its identity, created at install by the
+/// authentication controller.
+pub mod identity {
+    /// ConfigMap in [`super::SYSTEM_NAMESPACE`] holding the cluster ID
+    /// (key [`CLUSTER_ID_KEY`]) and the public key (key [`PUBLIC_KEY_KEY`]).
+    pub const CLUSTER_IDENTITY_CONFIGMAP: &str = "strait-cluster-identity";
+    pub const CLUSTER_ID_KEY: &str = "clusterID";
+    pub const PUBLIC_KEY_KEY: &str = "publicKey";
+    /// Secret in [`super::SYSTEM_NAMESPACE`] with the cluster's private key;
+    /// only the authentication controller reads it.
+    pub const CLUSTER_KEY_SECRET: &str = "strait-cluster-key";
+}
+
+/// Namespace that holds everything about one peer: on a provider, the
+/// consumer's tenant namespace; on a consumer, the provider's Identities and
+/// ResourceSlices.
+pub fn tenant_namespace(remote_cluster_id: &str) -> String {
+    format!("strait-tenant-{remote_cluster_id}")
+}
+
+/// Name of the Secret (key `kubeconfig`, in [`SYSTEM_NAMESPACE`]) with the
+/// credentials a user supplies once for peering with `remote_cluster_id`.
+pub fn peering_kubeconfig_secret(remote_cluster_id: &str) -> String {
+    format!("{remote_cluster_id}-kubeconfig")
+}
