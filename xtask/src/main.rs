@@ -66,10 +66,12 @@ fn main() -> Result<()> {
         Task::Bench { bench } => {
             bootstrap::run()?;
             cmd::require_root("benchmarks create network namespaces and load eBPF")?;
-            cmd::cargo(&["build", "--bins"])?;
+            // Optimised like a deployment: a debug build would measure the
+            // compiler's defaults, not Strait.
+            cmd::cargo(&["build", "--release", "--bins"])?;
             match bench {
-                Bench::Fabric => cmd::run("target/debug/strait-bench", &["fabric"]),
-                Bench::Nat => cmd::run("target/debug/strait-nat-bench", &[]),
+                Bench::Fabric => cmd::run("target/release/strait-bench", &["fabric"]),
+                Bench::Nat => cmd::run("target/release/strait-nat-bench", &[]),
             }
         }
     }

@@ -1,31 +1,59 @@
 //! Stateless 1:1 prefix translation (NAT) tables shared by the
 //! `strait_nat_*` TC programs and the userspace that fills them.
 //!
-//! One LPM trie per address family holds every mapping. The first 32 bits of
-//! each key are a header (generation, side, padding) that every entry matches
-//! exactly, so one trie holds two complete *generations* of the table and both
-//! sides (destination / source). The programs first read the active generation
-//! from [`NAT_ACTIVE_MAP`], then look up with it: userspace writes a whole new
-//! table into the inactive generation and flips the index with one array
+//! A table is a sorted run of disjoint address ranges, each naming the
+//! prefix it belongs to and where that prefix goes; the programs find an
+//! address's range by binary search. Userspace flattens nested prefixes into
+//! such ranges (the most specific prefix wins, as in a longest-prefix match)
+//! and writes a whole table through a memory mapping of the array: applying
+//! ten thousand mappings is a memory copy, not ten thousand syscalls.
+//!
+//! Each family's array holds four tables: two *generations* of the
+//! destination and source sides ([`table_index`]). The programs read the
+//! active generation from [`NAT_ACTIVE_MAP`] and each table's length from
+//! [`NAT_LEN_MAP`]; userspace writes a complete table set into the inactive
+//! generation, then its lengths, then flips the generation with one array
 //! write, so a packet never sees half of an old table and half of a new one.
 
 use core::mem::{align_of, size_of};
 
-/// LPM trie of IPv4 mappings ([`NatKeyV4`] → [`NatTargetV4`]).
-pub const NAT_V4_MAP: &str = "STRAIT_NAT_V4";
-/// LPM trie of IPv6 mappings ([`NatKeyV6`] → [`NatTargetV6`]).
-pub const NAT_V6_MAP: &str = "STRAIT_NAT_V6";
+/// Array of IPv4 ranges ([`NatRangeV4`]), memory-mappable.
+pub const NAT_V4_MAP: &str = "STRAIT_NAT_R4";
+/// Array of IPv6 ranges ([`NatRangeV6`]), memory-mappable.
+pub const NAT_V6_MAP: &str = "STRAIT_NAT_R6";
+/// Array of table lengths, indexed by [`len_index`].
+pub const NAT_LEN_MAP: &str = "STRAIT_NAT_LEN";
 /// One-slot array holding the active generation (0 or 1).
 pub const NAT_ACTIVE_MAP: &str = "STRAIT_NAT_ACTIVE";
-/// Capacity of each family's trie: two generations of 32768 entries, well
-/// above the largest NatConfiguration (1024 prefixes + 4096 addresses, each
-/// address mapped on both sides). Tries do not preallocate: an entry costs
-/// memory only while it exists.
-pub const NAT_MAX_ENTRIES: u32 = 65536;
 /// Generations a table alternates between.
 pub const NAT_GENERATIONS: u8 = 2;
-/// Bits of a key before the address: generation, side and padding.
-pub const NAT_KEY_HEADER_BITS: u32 = 32;
+/// Tables per family: every generation of both sides.
+pub const NAT_TABLES: u32 = NAT_GENERATIONS as u32 * 2;
+/// Binary-search steps a lookup takes at most: log2 of [`NAT_RANGES_PER_TABLE`].
+pub const NAT_SEARCH_STEPS: u32 = 15;
+/// Ranges one table holds: well above the largest NatConfiguration (1024
+/// prefixes + 4096 addresses per side, which flatten to at most twice as
+/// many ranges when prefixes nest).
+pub const NAT_RANGES_PER_TABLE: u32 = 1 << NAT_SEARCH_STEPS;
+/// Capacity of each family's range array.
+pub const NAT_RANGES_MAX_ENTRIES: u32 = NAT_TABLES * NAT_RANGES_PER_TABLE;
+/// Slots of [`NAT_LEN_MAP`]: one per table of each family.
+pub const NAT_LEN_MAX_ENTRIES: u32 = 2 * NAT_TABLES;
+/// `BPF_F_MMAPABLE`: the range arrays are written through a shared mapping.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Where the table of `side` in `generation` starts in its family's array,
+/// in ranges.
+#[inline(always)]
+pub const fn table_index(generation: u8, side: NatSide) -> u32 {
+    (generation as u32 * 2 + side as u32) * NAT_RANGES_PER_TABLE
+}
+
+/// Slot of [`NAT_LEN_MAP`] that holds the length of a table.
+#[inline(always)]
+pub const fn len_index(ipv6: bool, generation: u8, side: NatSide) -> u32 {
+    ipv6 as u32 * NAT_TABLES + generation as u32 * 2 + side as u32
+}
 
 /// Which address of a packet a table translates.
 #[repr(u8)]
@@ -56,66 +84,30 @@ impl NatSide {
     }
 }
 
-/// Data of an IPv4 LPM key; the LPM prefix length is
-/// `NAT_KEY_HEADER_BITS + address prefix length`.
+/// IPv4 addresses `first..=last` belong to a prefix of `prefix_len` bits
+/// that maps to `target`: such an address keeps its host bits and takes
+/// `target`'s first `prefix_len` bits. Addresses are integers (the address
+/// read as big-endian) in host byte order, so ranges compare as numbers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NatKeyV4 {
-    pub generation: u8,
-    /// A [`NatSide`] as `u8`.
-    pub side: u8,
-    pub _pad: [u8; 2],
-    /// Network byte order.
-    pub addr: [u8; 4],
-}
-
-/// Data of an IPv6 LPM key, as [`NatKeyV4`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NatKeyV6 {
-    pub generation: u8,
-    pub side: u8,
-    pub _pad: [u8; 2],
-    pub addr: [u8; 16],
-}
-
-/// Where a matching IPv4 prefix goes: the first `prefix_len` bits of the
-/// address are replaced by `addr`'s, the host bits are kept.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NatTargetV4 {
-    pub addr: [u8; 4],
+pub struct NatRangeV4 {
+    pub first: u32,
+    pub last: u32,
+    pub target: u32,
     pub prefix_len: u32,
 }
 
-/// As [`NatTargetV4`], for IPv6.
+/// As [`NatRangeV4`], for IPv6: addresses are four 32-bit words, most
+/// significant first, each in host byte order (the BPF target has no 128-bit
+/// arithmetic).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NatTargetV6 {
-    pub addr: [u8; 16],
+pub struct NatRangeV6 {
+    pub first: [u32; 4],
+    pub last: [u32; 4],
+    pub target: [u32; 4],
     pub prefix_len: u32,
-}
-
-impl NatKeyV4 {
-    pub const fn new(generation: u8, side: NatSide, addr: [u8; 4]) -> Self {
-        Self {
-            generation,
-            side: side as u8,
-            _pad: [0; 2],
-            addr,
-        }
-    }
-}
-
-impl NatKeyV6 {
-    pub const fn new(generation: u8, side: NatSide, addr: [u8; 16]) -> Self {
-        Self {
-            generation,
-            side: side as u8,
-            _pad: [0; 2],
-            addr,
-        }
-    }
+    pub _pad: u32,
 }
 
 /// `addr` with its first `prefix_len` bits taken from `target` (both in
@@ -157,21 +149,18 @@ const fn word_prefix_len(prefix_len: u32, word: u32) -> u32 {
     }
 }
 
-const _: () = assert!(size_of::<NatKeyV4>() == 8 && align_of::<NatKeyV4>() == 1);
-const _: () = assert!(size_of::<NatKeyV6>() == 20 && align_of::<NatKeyV6>() == 1);
-const _: () = assert!(size_of::<NatTargetV4>() == 8 && align_of::<NatTargetV4>() == 4);
-const _: () = assert!(size_of::<NatTargetV6>() == 20 && align_of::<NatTargetV6>() == 4);
+const _: () = assert!(size_of::<NatRangeV4>() == 16 && align_of::<NatRangeV4>() == 4);
+// A multiple of 8: array maps round elements up to 8 bytes, and userspace
+// addresses them through the mapping with this size.
+const _: () = assert!(size_of::<NatRangeV6>() == 56 && align_of::<NatRangeV6>() == 4);
+const _: () = assert!(NAT_RANGES_PER_TABLE == 1 << NAT_SEARCH_STEPS);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: repr(C), only u8 fields and explicit padding: every bit pattern is valid.
-    unsafe impl aya::Pod for super::NatKeyV4 {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::NatKeyV6 {}
-    // SAFETY: repr(C), a byte array then a u32 at an aligned offset, no padding.
-    unsafe impl aya::Pod for super::NatTargetV4 {}
-    // SAFETY: as above (16 bytes then a u32).
-    unsafe impl aya::Pod for super::NatTargetV6 {}
+    // SAFETY: repr(C), only u32 fields: every bit pattern is valid, no padding.
+    unsafe impl aya::Pod for super::NatRangeV4 {}
+    // SAFETY: repr(C), only u32 fields and arrays, explicit padding field.
+    unsafe impl aya::Pod for super::NatRangeV6 {}
 }
 
 #[cfg(test)]
@@ -206,6 +195,28 @@ mod tests {
         );
         assert_eq!(splice_v6(a6, t6, 128), t6);
         assert_eq!(splice_v6(a6, t6, 0), a6);
+    }
+
+    #[test]
+    fn tables_and_lengths_do_not_overlap() {
+        let mut starts = [0u32; 4];
+        let mut lens = [0u32; 8];
+        let mut n = 0;
+        for generation in 0..NAT_GENERATIONS {
+            for side in NatSide::ALL {
+                starts[n] = table_index(generation, side);
+                lens[n] = len_index(false, generation, side);
+                lens[n + 4] = len_index(true, generation, side);
+                n += 1;
+            }
+        }
+        starts.sort_unstable();
+        for (i, start) in starts.iter().enumerate() {
+            assert_eq!(*start, i as u32 * NAT_RANGES_PER_TABLE);
+        }
+        lens.sort_unstable();
+        assert_eq!(lens, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert!(starts[3] + NAT_RANGES_PER_TABLE <= NAT_RANGES_MAX_ENTRIES);
     }
 
     #[test]

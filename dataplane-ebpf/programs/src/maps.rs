@@ -12,8 +12,11 @@ use strait_common::{
         FabricCounter, LocalEndpoints, NextHop, PacketCount, VniEntry, LOCAL_MAP,
         ROUTES_MAX_ENTRIES, ROUTES_V4_MAP, ROUTES_V6_MAP, STATS_MAP, VNIS_MAP, VNIS_MAX_ENTRIES,
     },
-    nat::{NAT_ACTIVE_MAP, NAT_MAX_ENTRIES, NAT_V4_MAP, NAT_V6_MAP},
-    Counter, CounterKey, DropReason, NatKeyV4, NatKeyV6, NatTargetV4, NatTargetV6,
+    nat::{
+        BPF_F_MMAPABLE, NAT_ACTIVE_MAP, NAT_LEN_MAP, NAT_LEN_MAX_ENTRIES, NAT_RANGES_MAX_ENTRIES,
+        NAT_V4_MAP, NAT_V6_MAP,
+    },
+    Counter, CounterKey, DropReason, NatRangeV4, NatRangeV6,
 };
 
 const _: () = assert!(matches!(COUNTERS_MAP.as_bytes(), b"STRAIT_COUNTERS"));
@@ -23,9 +26,10 @@ const _: () = assert!(matches!(ROUTES_V6_MAP.as_bytes(), b"STRAIT_FAB_RT6"));
 const _: () = assert!(matches!(VNIS_MAP.as_bytes(), b"STRAIT_FAB_VNIS"));
 const _: () = assert!(matches!(LOCAL_MAP.as_bytes(), b"STRAIT_FAB_LOCAL"));
 const _: () = assert!(matches!(STATS_MAP.as_bytes(), b"STRAIT_FAB_STATS"));
-const _: () = assert!(matches!(NAT_V4_MAP.as_bytes(), b"STRAIT_NAT_V4"));
-const _: () = assert!(matches!(NAT_V6_MAP.as_bytes(), b"STRAIT_NAT_V6"));
+const _: () = assert!(matches!(NAT_V4_MAP.as_bytes(), b"STRAIT_NAT_R4"));
+const _: () = assert!(matches!(NAT_V6_MAP.as_bytes(), b"STRAIT_NAT_R6"));
 const _: () = assert!(matches!(NAT_ACTIVE_MAP.as_bytes(), b"STRAIT_NAT_ACTIVE"));
+const _: () = assert!(matches!(NAT_LEN_MAP.as_bytes(), b"STRAIT_NAT_LEN"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -72,13 +76,18 @@ pub static FABRIC_SCRATCH: PerCpuArray<crate::fabric::EncapScratch> =
 #[map(name = "STRAIT_ICMP_SCR")]
 pub static ICMP_SCRATCH: PerCpuArray<crate::icmp::IcmpScratch> =
     PerCpuArray::with_max_entries(1, 0);
-/// IPv4 NAT mappings of both generations and both sides (see strait_common::nat).
-#[map(name = "STRAIT_NAT_V4")]
-pub static NAT_V4: LpmTrie<NatKeyV4, NatTargetV4> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+/// IPv4 NAT ranges: four tables, both generations of both sides (see
+/// strait_common::nat); userspace writes them through a memory mapping.
+#[map(name = "STRAIT_NAT_R4")]
+pub static NAT_V4: Array<NatRangeV4> = Array::pinned(NAT_RANGES_MAX_ENTRIES, BPF_F_MMAPABLE);
 
-/// IPv6 NAT mappings, as `NAT_V4`.
-#[map(name = "STRAIT_NAT_V6")]
-pub static NAT_V6: LpmTrie<NatKeyV6, NatTargetV6> = LpmTrie::pinned(NAT_MAX_ENTRIES, 0);
+/// IPv6 NAT ranges, as `NAT_V4`.
+#[map(name = "STRAIT_NAT_R6")]
+pub static NAT_V6: Array<NatRangeV6> = Array::pinned(NAT_RANGES_MAX_ENTRIES, BPF_F_MMAPABLE);
+
+/// How many ranges each NAT table holds.
+#[map(name = "STRAIT_NAT_LEN")]
+pub static NAT_LEN: Array<u32> = Array::pinned(NAT_LEN_MAX_ENTRIES, 0);
 
 /// Slot 0: the NAT generation the programs use.
 #[map(name = "STRAIT_NAT_ACTIVE")]

@@ -265,9 +265,8 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         NatCommand::Show => {
             let tables = NatTables::open_pinned(&PinDir::open(pin_dir)?)?;
             let generation = tables.active_generation()?;
-            let mut entries = tables.active_entries()?;
-            entries.sort_by_key(|t| (t.side, t.from, t.prefix_len));
-            println!("generation {generation}, {} entries", entries.len());
+            let entries = tables.active_entries()?;
+            println!("generation {generation}, {} ranges", entries.len());
             for t in entries {
                 println!("{t}");
             }

@@ -1,16 +1,13 @@
 //! IPv4: the header checksum, TCP/UDP pseudo-header checksums, ICMP errors
 //! (whose embedded IPv4 header has a checksum of its own) and fragments.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use strait_common::{
-    nat::{splice_v4, NAT_KEY_HEADER_BITS},
-    DropReason, NatKeyV4, NatSide,
-};
+use aya_ebpf::programs::TcContext;
+use strait_common::{nat::splice_v4, DropReason, NatSide};
 
 use super::{
     checksum::{self, Coverage},
-    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
-    UDP_HDR_LEN,
+    table, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
+    UDP_CSUM_OFF, UDP_HDR_LEN,
 };
 use crate::maps::NAT_V4;
 
@@ -229,15 +226,13 @@ fn addr_at(hdr: &[u8; MIN_HDR_LEN], off: usize) -> u32 {
 /// The translated address, in packet byte order, if a mapping covers `addr`.
 #[inline(always)]
 fn lookup(generation: u8, side: NatSide, addr: u32) -> Option<u32> {
-    let key = Key::new(
-        NAT_KEY_HEADER_BITS + 32,
-        NatKeyV4::new(generation, side, addr.to_ne_bytes()),
-    );
-    let target = NAT_V4.get(&key)?;
-    let spliced = splice_v4(
-        u32::from_be_bytes(addr.to_ne_bytes()),
-        u32::from_be_bytes(target.addr),
-        target.prefix_len,
-    );
+    let value = u32::from_be_bytes(addr.to_ne_bytes());
+    let range = table::candidate(&NAT_V4, false, generation, side, |r| {
+        table::at_most(r.first, value)
+    })?;
+    if table::at_most(value, range.last) == 0 {
+        return None;
+    }
+    let spliced = splice_v4(value, range.target, range.prefix_len);
     Some(u32::from_ne_bytes(spliced.to_be_bytes()))
 }

@@ -2,16 +2,13 @@
 //! covers the addresses through the pseudo header; extension headers are
 //! walked (a bounded number) to find the transport header and fragments.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use strait_common::{
-    nat::{splice_v6, NAT_KEY_HEADER_BITS},
-    DropReason, NatKeyV6, NatSide,
-};
+use aya_ebpf::programs::TcContext;
+use strait_common::{nat::splice_v6, DropReason, NatSide};
 
 use super::{
     checksum::{self, Coverage},
-    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
-    UDP_HDR_LEN,
+    table, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
+    UDP_CSUM_OFF, UDP_HDR_LEN,
 };
 use crate::maps::NAT_V6;
 
@@ -245,13 +242,14 @@ fn fix_quoted_transport(
 /// The translated address, if a mapping covers `addr`.
 #[inline(always)]
 fn lookup(generation: u8, side: NatSide, addr: &Addr) -> Option<Addr> {
-    let bytes = to_bytes(addr);
-    let key = Key::new(
-        NAT_KEY_HEADER_BITS + 128,
-        NatKeyV6::new(generation, side, bytes),
-    );
-    let target = NAT_V6.get(&key)?;
-    let spliced = splice_v6(be_words(&bytes), be_words(&target.addr), target.prefix_len);
+    let value = be_words(&to_bytes(addr));
+    let range = table::candidate(&NAT_V6, true, generation, side, |r| {
+        table::at_most_v6(&r.first, &value)
+    })?;
+    if table::at_most_v6(&value, &range.last) == 0 {
+        return None;
+    }
+    let spliced = splice_v6(value, range.target, range.prefix_len);
     let mut out = [0u32; 4];
     let mut i = 0;
     while i < 4 {

@@ -16,6 +16,7 @@
 mod checksum;
 mod ipv4;
 mod ipv6;
+mod table;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use strait_common::{DropReason, NatSide};

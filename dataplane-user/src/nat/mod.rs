@@ -1,36 +1,27 @@
-//! The NAT tables: validation of a NatConfiguration spec and its atomic
-//! application to the pinned LPM tries the `strait_nat_*` programs read.
-//!
-//! Each trie holds two generations (see `strait_common::nat`). Applying a
-//! spec writes it completely into the generation the programs are not using,
-//! then flips the one-slot active-generation array: packets see either the
-//! whole old table or the whole new one. The previous generation is left in
-//! place, unused, and cleared at the start of the next apply: clearing it
-//! right after the flip could race with a program that read the old
-//! generation number an instant before the flip and is still looking up.
+//! The NAT tables: validation of a NatConfiguration spec ([`NatPlan`]), its
+//! flattening into sorted disjoint ranges ([`ranges`]) and its atomic
+//! application to the pinned arrays the `strait_nat_*` programs search
+//! ([`NatTables`]).
+
+mod ranges;
+mod tables;
 
 use std::{
     collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, Instant},
 };
 
-use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError};
+use aya::maps::MapError;
 use strait_api::networking::{NatConfigurationSpec, NatDirection};
-use strait_common::{
-    nat::{
-        NAT_ACTIVE_MAP, NAT_GENERATIONS, NAT_KEY_HEADER_BITS, NAT_MAX_ENTRIES, NAT_V4_MAP,
-        NAT_V6_MAP,
-    },
-    NatKeyV4, NatKeyV6, NatSide, NatTargetV4, NatTargetV6,
-};
-use tracing::info;
+use strait_common::{nat::NAT_RANGES_PER_TABLE, NatSide};
 
-use crate::bpffs::PinDir;
+pub use ranges::TableRange;
+pub use tables::{NatApplied, NatTables};
 
-/// Entries of one family that fit in one generation of its trie.
-pub const MAX_ENTRIES_PER_FAMILY: usize = (NAT_MAX_ENTRIES / NAT_GENERATIONS as u32) as usize;
+/// Translations of one family on one side that a table always holds: nested
+/// prefixes flatten to at most twice as many ranges as there are prefixes.
+pub const MAX_TRANSLATIONS_PER_TABLE: usize = NAT_RANGES_PER_TABLE as usize / 2;
 
 /// Why a spec cannot be applied, naming the offending entry
 /// (`prefixes[2]`, `addresses[0]`).
@@ -74,11 +65,20 @@ pub enum NatError {
         side: &'static str,
         prefix: String,
     },
-    #[error("{count} {family} entries exceed the table's {max} per generation")]
+    #[error("{count} {family} translations on the {side} side exceed the {max} a table holds")]
     TooManyEntries {
         family: &'static str,
+        side: &'static str,
         count: usize,
         max: usize,
+    },
+    #[error("map {name} was pinned by another version of Strait: {problem}; detach and remove the pin directory, then attach again")]
+    IncompatibleMap { name: &'static str, problem: String },
+    #[error("mapping map {name} into memory")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("map {name}")]
     Map {
@@ -245,22 +245,20 @@ impl NatPlan {
                 },
             )?;
         }
-        for (family, count) in [
-            (
-                "IPv4",
-                translations.iter().filter(|t| t.from.is_ipv4()).count(),
-            ),
-            (
-                "IPv6",
-                translations.iter().filter(|t| t.from.is_ipv6()).count(),
-            ),
-        ] {
-            if count > MAX_ENTRIES_PER_FAMILY {
-                return Err(NatError::TooManyEntries {
-                    family,
-                    count,
-                    max: MAX_ENTRIES_PER_FAMILY,
-                });
+        for side in NatSide::ALL {
+            for (family, ipv6) in [("IPv4", false), ("IPv6", true)] {
+                let count = translations
+                    .iter()
+                    .filter(|t| t.side == side && t.from.is_ipv6() == ipv6)
+                    .count();
+                if count > MAX_TRANSLATIONS_PER_TABLE {
+                    return Err(NatError::TooManyEntries {
+                        family,
+                        side: side.as_str(),
+                        count,
+                        max: MAX_TRANSLATIONS_PER_TABLE,
+                    });
+                }
             }
         }
         Ok(NatPlan { translations })
@@ -325,195 +323,6 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
             let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
-    }
-}
-
-/// What an apply did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NatApplied {
-    /// The generation now active.
-    pub generation: u8,
-    pub entries: usize,
-    /// Leftover entries of the generation before last that were removed.
-    pub cleared: usize,
-    pub elapsed: Duration,
-}
-
-/// The pinned NAT maps, opened for writing.
-pub struct NatTables {
-    v4: LpmTrie<MapData, NatKeyV4, NatTargetV4>,
-    v6: LpmTrie<MapData, NatKeyV6, NatTargetV6>,
-    active: Array<MapData, u32>,
-    /// The pin directory, flocked during an apply: two writers filling the
-    /// same inactive generation would interleave their tables.
-    pin_root: std::path::PathBuf,
-}
-
-/// An exclusive flock(2) on a directory, released when dropped (the file
-/// closes).
-struct DirLock {
-    _dir: std::fs::File,
-}
-
-impl DirLock {
-    fn exclusive(path: &std::path::Path) -> Result<Self, NatError> {
-        use std::os::fd::AsRawFd as _;
-        let err = |source| NatError::Lock {
-            path: path.to_owned(),
-            source,
-        };
-        let dir = std::fs::File::open(path).map_err(err)?;
-        // SAFETY: flock on a descriptor we own and keep open for the lock's life.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        Ok(DirLock { _dir: dir })
-    }
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> NatError {
-    move |source| NatError::Map { name, source }
-}
-
-fn open_pinned(pin_dir: &PinDir, name: &'static str) -> Result<Map, NatError> {
-    pin_dir.open_map(name).map_err(map_err(name))
-}
-
-impl NatTables {
-    /// Opens the maps a loaded [`crate::programs::Dataplane`] pinned in `pin_dir`.
-    pub fn open_pinned(pin_dir: &PinDir) -> Result<Self, NatError> {
-        Ok(NatTables {
-            v4: LpmTrie::try_from(open_pinned(pin_dir, NAT_V4_MAP)?)
-                .map_err(map_err(NAT_V4_MAP))?,
-            v6: LpmTrie::try_from(open_pinned(pin_dir, NAT_V6_MAP)?)
-                .map_err(map_err(NAT_V6_MAP))?,
-            active: Array::try_from(open_pinned(pin_dir, NAT_ACTIVE_MAP)?)
-                .map_err(map_err(NAT_ACTIVE_MAP))?,
-            pin_root: pin_dir.root().to_owned(),
-        })
-    }
-
-    /// The generation the programs currently read.
-    pub fn active_generation(&self) -> Result<u8, NatError> {
-        let raw = self.active.get(&0, 0).map_err(map_err(NAT_ACTIVE_MAP))?;
-        match u8::try_from(raw) {
-            Ok(g) if g < NAT_GENERATIONS => Ok(g),
-            _ => Err(NatError::CorruptGeneration(raw)),
-        }
-    }
-
-    /// Replaces the whole table with `plan`, atomically for the programs.
-    pub fn apply(&mut self, plan: &NatPlan) -> Result<NatApplied, NatError> {
-        let started = Instant::now();
-        let _lock = DirLock::exclusive(&self.pin_root)?;
-        let active = self.active_generation()?;
-        let target = (active + 1) % NAT_GENERATIONS;
-        let cleared = self.clear_generation(target)?;
-        for t in plan.translations() {
-            self.insert(target, t)?;
-        }
-        // The single write that makes the new table visible.
-        self.active
-            .set(0, u32::from(target), 0)
-            .map_err(map_err(NAT_ACTIVE_MAP))?;
-        let applied = NatApplied {
-            generation: target,
-            entries: plan.translations().len(),
-            cleared,
-            elapsed: started.elapsed(),
-        };
-        info!(
-            generation = applied.generation,
-            entries = applied.entries,
-            cleared = applied.cleared,
-            elapsed_us = applied.elapsed.as_micros() as u64,
-            "applied NAT table"
-        );
-        Ok(applied)
-    }
-
-    fn insert(&mut self, generation: u8, t: &Translation) -> Result<(), NatError> {
-        let prefix_len = NAT_KEY_HEADER_BITS + u32::from(t.prefix_len);
-        match (t.from, t.to) {
-            (IpAddr::V4(from), IpAddr::V4(to)) => {
-                let key = Key::new(prefix_len, NatKeyV4::new(generation, t.side, from.octets()));
-                let target = NatTargetV4 {
-                    addr: to.octets(),
-                    prefix_len: u32::from(t.prefix_len),
-                };
-                self.v4.insert(&key, target, 0).map_err(map_err(NAT_V4_MAP))
-            }
-            (IpAddr::V6(from), IpAddr::V6(to)) => {
-                let key = Key::new(prefix_len, NatKeyV6::new(generation, t.side, from.octets()));
-                let target = NatTargetV6 {
-                    addr: to.octets(),
-                    prefix_len: u32::from(t.prefix_len),
-                };
-                self.v6.insert(&key, target, 0).map_err(map_err(NAT_V6_MAP))
-            }
-            // NatPlan::from_spec refuses mixed families; a plan is only built there.
-            _ => Ok(()),
-        }
-    }
-
-    /// Removes every entry of `generation`; returns how many there were.
-    fn clear_generation(&mut self, generation: u8) -> Result<usize, NatError> {
-        let stale_v4: Vec<Key<NatKeyV4>> = self
-            .v4
-            .keys()
-            .filter(|k| !matches!(k, Ok(k) if k.data().generation != generation))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(NAT_V4_MAP))?;
-        let stale_v6: Vec<Key<NatKeyV6>> = self
-            .v6
-            .keys()
-            .filter(|k| !matches!(k, Ok(k) if k.data().generation != generation))
-            .collect::<Result<_, _>>()
-            .map_err(map_err(NAT_V6_MAP))?;
-        for key in &stale_v4 {
-            self.v4.remove(key).map_err(map_err(NAT_V4_MAP))?;
-        }
-        for key in &stale_v6 {
-            self.v6.remove(key).map_err(map_err(NAT_V6_MAP))?;
-        }
-        Ok(stale_v4.len() + stale_v6.len())
-    }
-
-    /// Entries of the active generation, as (side, from, prefix length, to).
-    pub fn active_entries(&self) -> Result<Vec<Translation>, NatError> {
-        let generation = self.active_generation()?;
-        let mut out = Vec::new();
-        for entry in self.v4.iter() {
-            let (key, target) = entry.map_err(map_err(NAT_V4_MAP))?;
-            let data = key.data();
-            if data.generation != generation {
-                continue;
-            }
-            if let Some(side) = NatSide::from_raw(data.side) {
-                out.push(Translation {
-                    side,
-                    from: IpAddr::V4(Ipv4Addr::from(data.addr)),
-                    to: IpAddr::V4(Ipv4Addr::from(target.addr)),
-                    prefix_len: key.prefix_len().saturating_sub(NAT_KEY_HEADER_BITS) as u8,
-                });
-            }
-        }
-        for entry in self.v6.iter() {
-            let (key, target) = entry.map_err(map_err(NAT_V6_MAP))?;
-            let data = key.data();
-            if data.generation != generation {
-                continue;
-            }
-            if let Some(side) = NatSide::from_raw(data.side) {
-                out.push(Translation {
-                    side,
-                    from: IpAddr::V6(Ipv6Addr::from(data.addr)),
-                    to: IpAddr::V6(Ipv6Addr::from(target.addr)),
-                    prefix_len: key.prefix_len().saturating_sub(NAT_KEY_HEADER_BITS) as u8,
-                });
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -656,7 +465,7 @@ spec:
 
     #[test]
     fn more_entries_than_a_generation_holds_are_refused() {
-        let addresses = (0..=MAX_ENTRIES_PER_FAMILY / 2)
+        let addresses = (0..=MAX_TRANSLATIONS_PER_TABLE)
             .map(|i| AddressMapping {
                 remapped: Ipv4Addr::from(0xc613_0000 + i as u32).to_string(),
                 local: Ipv4Addr::from(0xc612_0000 + i as u32).to_string(),
