@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI runs, in one place.
 mod bootstrap;
 mod cmd;
+mod images;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,16 @@ enum Task {
     Demo,
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
+    /// Build the container images (docker or podman), one per binary.
+    Images {
+        /// Only list the builds, exactly as they would run (no runtime needed).
+        #[arg(long)]
+        print: bool,
+        #[arg(long, default_value = images::DEFAULT_REGISTRY)]
+        registry: String,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// Benchmarks (need root); the last line of each is key=value ratios
     /// against baselines measured in the same run.
     Bench {
@@ -58,6 +69,11 @@ fn main() -> Result<()> {
             test()
         }
         Task::Crdgen => crdgen(false),
+        Task::Images {
+            print,
+            registry,
+            tag,
+        } => images::run(print, &registry, &tag),
         Task::Demo => {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
@@ -141,7 +157,11 @@ fn test() -> Result<()> {
         "strait-ebpf",
         "--exclude",
         "strait-testbed",
+        "--exclude",
+        "strait-chart-tests",
     ])?;
+    cmd::step("chart: rendered and linted by Helm's library, objects, RBAC, golden file");
+    cmd::cargo(&["test", "--no-fail-fast", "--package", "strait-chart-tests"])?;
     cmd::step("privileged network-namespace tests");
     cmd::require_root("the netns tests create namespaces and load eBPF programs")?;
     // Serial: each test owns namespaces and bpffs pins; a single thread keeps
