@@ -234,7 +234,7 @@ fn bad_values_are_refused_at_install_with_the_offending_key() {
             "/offloading/enabled",
         ),
         (
-            json!({"controller": {"replicas": 2}}),
+            json!({"controller": {"replicas": 9}}),
             "/controller/replicas",
         ),
         (

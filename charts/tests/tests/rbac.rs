@@ -194,6 +194,25 @@ async fn the_network_module_runs_on_the_chart_rbac_and_nothing_more() {
     for task in tasks {
         task.abort();
     }
+    // Leader election on the chart's Lease role.
+    let mut election = strait_controller::leader::LeaderElection::new(
+        cluster
+            .client_as(&service_account("strait-controller"), SA_GROUPS)
+            .await
+            .expect("controller client"),
+        NAMESPACE,
+        "strait-controller",
+        "strait-controller-0",
+        strait_controller::leader::Timing::default(),
+    );
+    assert!(election
+        .try_acquire_or_renew()
+        .await
+        .expect("create the Lease"));
+    assert!(election
+        .try_acquire_or_renew()
+        .await
+        .expect("renew the Lease"));
 
     // Least privilege: what the components never do is refused.
     let controller = cluster
