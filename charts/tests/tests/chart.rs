@@ -257,3 +257,28 @@ fn bad_values_are_refused_at_install_with_the_offending_key() {
         }
     }
 }
+
+#[test]
+fn the_fabric_agent_accepts_the_config_the_chart_gives_it() {
+    let helm = helm();
+    let custom = json!({"fabric": {"config": {
+        "underlay": "eth1",
+        "encapInterfaces": ["cni0"],
+        "localEndpoints": ["198.18.0.11"],
+        "routes": [{"destinations": ["10.70.0.0/16"], "gateways": ["198.18.0.1"], "vni": 42}],
+    }}});
+    for values in [json!({}), custom] {
+        let objects = render_objects(&helm, &values);
+        let Some(configmap) = find(&objects, "ConfigMap", "strait-fabric") else {
+            panic!("no strait-fabric ConfigMap")
+        };
+        let text = configmap["data"]["fabric.yaml"]
+            .as_str()
+            .unwrap_or_default();
+        let config = strait_dataplane::fabric::FabricConfig::from_yaml(text)
+            .unwrap_or_else(|e| panic!("strait-fabric refuses the chart's config {text}: {e}"));
+        if let Err(e) = config.tables(1, 1500) {
+            panic!("strait-fabric refuses the chart's config {text}: {e}");
+        }
+    }
+}
