@@ -282,3 +282,46 @@ fn the_fabric_agent_accepts_the_config_the_chart_gives_it() {
         }
     }
 }
+
+#[test]
+fn the_values_strait_install_writes_are_accepted_by_the_chart() {
+    use strait_cli::cli::{InstallArgs, Module};
+    let helm = helm();
+    let cases = [
+        (
+            vec![Module::Network, Module::Authentication, Module::Offloading],
+            vec![],
+            vec![],
+        ),
+        (
+            vec![Module::Network],
+            vec!["10.42.0.0/16".to_owned(), "fd00:42::/56".to_owned()],
+            vec!["10.64.0.0/10".to_owned(), "fd00:ffff::/32".to_owned()],
+        ),
+        (vec![Module::Offloading], vec![], vec![]),
+    ];
+    for (modules, reserved_cidrs, remap_pools) in cases {
+        let args = InstallArgs {
+            modules,
+            reserved_cidrs,
+            remap_pools,
+            output: None,
+            force: false,
+        };
+        let yaml = strait_cli::install::values(&args).unwrap_or_else(|e| panic!("{e}"));
+        let values: Value = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let objects = render_objects(&helm, &values);
+        let Some(controller) = find(&objects, "Deployment", "strait-controller") else {
+            panic!("no controller for {yaml}")
+        };
+        let args = controller["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        for cidr in values["network"]["reservedCIDRs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let flag = format!("--reserved-cidr={}", cidr.as_str().unwrap_or_default());
+            assert!(args.contains(&flag), "{flag} not in {args}");
+        }
+    }
+}

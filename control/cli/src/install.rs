@@ -19,7 +19,8 @@ pub enum Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // pad, so the report's columns line up.
+        f.pad(match self {
             Self::Pass => "ok",
             Self::Warn => "warn",
             Self::Fail => "FAIL",
