@@ -148,7 +148,10 @@ fn test() -> Result<()> {
     cmd::step("build");
     // Default members: everything but the BPF-only crate, which build.rs builds.
     cmd::cargo(&["build", "--bins"])?;
-    cmd::step("unit tests");
+    // Includes strait-chart-tests: the chart rendered and linted by Helm's
+    // library (installed by bootstrap), golden render, RBAC. In the same
+    // run, so dependencies are built once with the same features.
+    cmd::step("unit tests and chart tests");
     cmd::cargo(&[
         "test",
         "--no-fail-fast",
@@ -157,11 +160,7 @@ fn test() -> Result<()> {
         "strait-ebpf",
         "--exclude",
         "strait-testbed",
-        "--exclude",
-        "strait-chart-tests",
     ])?;
-    cmd::step("chart: rendered and linted by Helm's library, objects, RBAC, golden file");
-    cmd::cargo(&["test", "--no-fail-fast", "--package", "strait-chart-tests"])?;
     cmd::step("privileged network-namespace tests");
     cmd::require_root("the netns tests create namespaces and load eBPF programs")?;
     // Serial: each test owns namespaces and bpffs pins; a single thread keeps
