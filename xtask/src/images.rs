@@ -1,9 +1,9 @@
 //! `cargo xtask images`: the container images, one per binary, each built
 //! from `images/<binary>.Dockerfile` with the repository root as context.
 //! `--print` lists exactly the builds, without a container runtime.
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
@@ -51,12 +51,24 @@ pub fn run(print: bool, registry: &str, tag: &str) -> Result<()> {
         }
     }
     let builds = builds(registry, tag);
+    let binaries = workspace_binaries()?;
+    let missing: Vec<&str> = IMAGES
+        .iter()
+        .map(|(binary, _)| *binary)
+        .filter(|binary| !binaries.contains(*binary))
+        .collect();
     if print {
         for ((binary, what), args) in IMAGES.iter().zip(&builds) {
             println!("# {binary}: {what}");
+            if missing.contains(binary) {
+                println!("# (no such binary in the workspace yet: this build would fail)");
+            }
             println!("docker {}", args.join(" "));
         }
         return Ok(());
+    }
+    if !missing.is_empty() {
+        bail!("binaries not in the workspace yet: {missing:?}; build the others one by one (see --print)");
     }
     let runtime = ["docker", "podman"]
         .into_iter()
@@ -72,6 +84,26 @@ pub fn run(print: bool, registry: &str, tag: &str) -> Result<()> {
         cmd::run(runtime, &args)?;
     }
     Ok(())
+}
+
+/// Names of every binary target in the workspace, from `cargo metadata`.
+fn workspace_binaries() -> Result<BTreeSet<String>> {
+    let metadata = cmd::output("cargo", &["metadata", "--no-deps", "--format-version", "1"])
+        .context("cargo metadata failed")?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&metadata).context("reading cargo metadata")?;
+    Ok(metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect())
 }
 
 #[cfg(test)]
@@ -99,6 +131,23 @@ mod tests {
                 "{binary}: runtime is not distroless"
             );
         }
+    }
+
+    #[test]
+    fn the_workspace_binaries_are_found() {
+        let binaries = workspace_binaries().expect("cargo metadata");
+        for binary in [
+            "strait-controller",
+            "strait-fabric",
+            "strait",
+            "kubectl-strait",
+        ] {
+            assert!(binaries.contains(binary), "{binary} not in {binaries:?}");
+        }
+        assert!(
+            !binaries.contains("strait-chart-tests"),
+            "a library is not a binary"
+        );
     }
 
     #[test]
