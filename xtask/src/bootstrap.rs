@@ -39,6 +39,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    helm_sdk()?;
     Ok(())
 }
 
@@ -177,6 +178,42 @@ fn cargo_home() -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cargo"))
+}
+
+/// Helm's own library, for the chart tests: PyPI's helm-python-sdk bundles
+/// Helm v4 as a shared library (no helm binary, no Go toolchain).
+pub const HELM_SDK: &str = "helm-python-sdk==0.2.2";
+
+/// The virtualenv the chart tests run Helm from (they look in the same place).
+pub fn helm_venv() -> Result<PathBuf> {
+    Ok(cargo_home()?.join("strait-helm-venv"))
+}
+
+fn helm_sdk() -> Result<()> {
+    let venv = helm_venv()?;
+    let python = venv.join("bin/python");
+    let python_str = python.to_str().context("non-UTF-8 CARGO_HOME")?;
+    let wanted_version = HELM_SDK.rsplit("==").next().unwrap_or_default();
+    let check = format!(
+        "import importlib.metadata as m, helm_python; assert m.version('helm-python-sdk') == '{wanted_version}'"
+    );
+    if cmd::succeeds(python_str, &["-c", &check]) {
+        return Ok(());
+    }
+    let venv_str = venv.to_str().context("non-UTF-8 CARGO_HOME")?;
+    cmd::run("python3", &["-m", "venv", venv_str])
+        .context("creating the chart tests' Python venv (needs python3 with venv)")?;
+    cmd::run(
+        python_str,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            HELM_SDK,
+        ],
+    )
 }
 
 /// The pin directories live on bpffs at /sys/fs/bpf; a fresh machine may not

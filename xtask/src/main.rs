@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a developer or CI runs, in one place.
 mod bootstrap;
 mod cmd;
+mod images;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,16 @@ enum Task {
     Demo,
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
+    /// Build the container images (docker or podman), one per binary.
+    Images {
+        /// Only list the builds, exactly as they would run (no runtime needed).
+        #[arg(long)]
+        print: bool,
+        #[arg(long, default_value = images::DEFAULT_REGISTRY)]
+        registry: String,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// Benchmarks (need root); the last line of each is key=value ratios
     /// against baselines measured in the same run.
     Bench {
@@ -58,6 +69,11 @@ fn main() -> Result<()> {
             test()
         }
         Task::Crdgen => crdgen(false),
+        Task::Images {
+            print,
+            registry,
+            tag,
+        } => images::run(print, &registry, &tag),
         Task::Demo => {
             bootstrap::run()?;
             cmd::cargo(&["build", "--bins"])?;
@@ -134,7 +150,10 @@ fn test() -> Result<()> {
     cmd::step("build");
     // Default members: everything but the BPF-only crate, which build.rs builds.
     cmd::cargo(&["build", "--bins"])?;
-    cmd::step("unit tests");
+    // Includes strait-chart-tests: the chart rendered and linted by Helm's
+    // library (installed by bootstrap), golden render, RBAC. In the same
+    // run, so dependencies are built once with the same features.
+    cmd::step("unit tests and chart tests");
     cmd::cargo(&[
         "test",
         "--no-fail-fast",

@@ -2,6 +2,7 @@
 //! against the cluster of its kubeconfig (in-cluster config in a pod).
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
+use strait_controller::leader::{LeaderElection, Timing};
 use strait_network::{
     configuration_controller, internal_node_controller,
     ipam::{parse_cidr, Allocator},
@@ -25,6 +26,18 @@ struct Cli {
     /// Pools remapped ranges are taken from. Repeatable, one or more per family.
     #[arg(long = "remap-pool", value_name = "CIDR")]
     pools: Vec<String>,
+    /// Reconcile only while holding the Lease `strait-controller` in this
+    /// namespace, so several replicas can run with one active (the chart
+    /// passes its release namespace). Without it, this process always runs.
+    #[arg(
+        long,
+        env = "STRAIT_LEADER_ELECTION_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    leader_election_namespace: Option<String>,
+    /// This replica's name in the Lease (the chart passes the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "strait-controller")]
+    leader_identity: String,
 }
 
 #[tokio::main]
@@ -51,8 +64,29 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+    let mut election = cli.leader_election_namespace.as_deref().map(|namespace| {
+        LeaderElection::new(
+            client.clone(),
+            namespace,
+            "strait-controller",
+            &cli.leader_identity,
+            Timing::default(),
+        )
+    });
+    if let Some(election) = election.as_mut() {
+        tracing::info!(identity = %cli.leader_identity, "waiting to become leader");
+        election.acquire().await.context("leader election")?;
+    }
+    // Without election, `hold` never returns.
+    let lost = async {
+        match election.as_mut() {
+            Some(election) => election.hold().await,
+            None => std::future::pending().await,
+        }
+    };
     tracing::info!(reserved = ?cli.reserved, pools = ?cli.pools, "network module starting");
     tokio::select! {
+        error = lost => bail!("stopping, no longer leader: {error}"),
         result = ipam_controller::run(client.clone(), Allocator::new(reserved, pools)) => result.context("IPAM controller")?,
         () = configuration_controller::run(client.clone()) => {}
         () = internal_node_controller::run(client) => {}

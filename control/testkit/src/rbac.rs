@@ -78,6 +78,11 @@ fn binds(binding: &Value, user: &User) -> bool {
                 match meta::str_at(subject, "/kind") {
                     "User" => name == user.name,
                     "Group" => user.groups.iter().any(|g| g == name),
+                    // A ServiceAccount authenticates as this user name.
+                    "ServiceAccount" => {
+                        let namespace = meta::str_at(subject, "/namespace");
+                        user.name == format!("system:serviceaccount:{namespace}:{name}")
+                    }
                     _ => false,
                 }
             })

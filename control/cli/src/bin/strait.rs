@@ -1,0 +1,5 @@
+//! `strait`: see `strait --help`.
+#[tokio::main]
+async fn main() {
+    std::process::exit(strait_cli::main_as("strait").await);
+}

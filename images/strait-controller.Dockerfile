@@ -1,0 +1,17 @@
+# syntax=docker/dockerfile:1
+# strait-controller: the module controllers (Deployment)
+# Built from the repository root: see `cargo xtask images --print`.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# Host-only build: this binary embeds no eBPF object.
+ENV AYA_BUILD_SKIP=1
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin strait-controller \
+ && install -D target/release/strait-controller /out/strait-controller
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/strait-controller /usr/local/bin/strait-controller
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/strait-controller"]
