@@ -45,6 +45,11 @@ impl ClusterIdentity {
         })
     }
 
+    /// A new identity with a fresh key (what `ensure` stores on first start).
+    pub fn generate(cluster_id: &str) -> Result<Self, Error> {
+        Self::from_pkcs8(cluster_id, &generate_key_pkcs8()?)
+    }
+
     pub fn key(&self) -> &Ed25519KeyPair {
         &self.key
     }
