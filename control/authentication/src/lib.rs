@@ -174,3 +174,37 @@ pub mod object_names {
         format!("{identity}-kubeconfig")
     }
 }
+
+impl ApiServerEndpoint {
+    /// The API server a client config points at, with the CA it trusts
+    /// (in a pod: the service account's CA). Consumers need an address they
+    /// can reach, so in-cluster the address is normally given explicitly.
+    pub fn from_kube_config(config: &kube::Config) -> Self {
+        use base64::Engine as _;
+        let ca_pem = config
+            .root_cert
+            .iter()
+            .flatten()
+            .map(|der| {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> = encoded
+                    .as_bytes()
+                    .chunks(64)
+                    .filter_map(|c| std::str::from_utf8(c).ok())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect();
+        Self {
+            address: config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_owned(),
+            ca_pem,
+        }
+    }
+}
