@@ -40,6 +40,9 @@ enum Bench {
     /// Throughput with no NAT, nftables, iptables NETMAP and Strait's eBPF
     /// NAT with 1 and 10,000 mappings, and the time to apply 10,000.
     Nat,
+    /// Time from applying the peering YAML to the ResourceSlice being
+    /// Accepted, on two TLS test control planes.
+    Peering,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +73,14 @@ fn main() -> Result<()> {
             match bench {
                 Bench::Fabric => cmd::run("target/debug/strait-bench", &["fabric"]),
                 Bench::Nat => cmd::run("target/debug/strait-nat-bench", &[]),
+                Bench::Peering => cmd::cargo(&[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "strait-authentication",
+                    "--example",
+                    "peering-bench",
+                ]),
             }
         }
     }
