@@ -429,3 +429,20 @@ async fn slices_get_a_share_of_free_capacity_and_resizes_are_regranted() {
         (ConditionStatus::False, "Denied".to_owned())
     );
 }
+
+#[test]
+fn the_readme_shows_the_yaml_the_tests_apply() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{dir}/README.md")).expect("README.md");
+    for file in [
+        "provider.yaml",
+        "provider-bootstrap-rbac.yaml",
+        "consumer.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(format!("{dir}/peering/{file}")).expect("yaml");
+        assert!(
+            readme.contains(yaml.trim_end()),
+            "README.md does not show peering/{file} as it is"
+        );
+    }
+}
