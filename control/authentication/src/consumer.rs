@@ -56,8 +56,6 @@ impl ConsumerView {
 
 /// A renewed certificate is fetched once two thirds of the current one's life have passed.
 const RENEW_AT: f64 = 2.0 / 3.0;
-/// How often a working identity is checked against the provider.
-const RECHECK: Duration = Duration::from_secs(30);
 
 /// One step of the handshake with a provider.
 pub async fn peer(fc: &ForeignCluster, ctx: &Context) -> Result<ConsumerView, Error> {
@@ -81,7 +79,9 @@ pub async fn peer(fc: &ForeignCluster, ctx: &Context) -> Result<ConsumerView, Er
                         format!(
                             "control-plane Identity {namespace}/{name} works against {provider}"
                         ),
-                        RECHECK.min(Duration::from_secs(until_renewal)),
+                        ctx.config
+                            .identity_check_interval
+                            .min(Duration::from_secs(until_renewal)),
                     ));
                 }
                 Err(why) => {

@@ -83,9 +83,13 @@ pub struct Config {
     /// Share of the free capacity (Nodes' allocatable minus Pods' requests
     /// minus other grants) a ResourceSlice may be granted, 0 < f <= 1.
     pub share_fraction: f64,
+    /// How often a consumer checks that the provider still accepts its
+    /// Identity (a revoked one is replaced through a new handshake).
+    pub identity_check_interval: Duration,
 }
 
 impl Config {
+    pub const DEFAULT_IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(30);
     pub const DEFAULT_IDENTITY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
     pub const DEFAULT_SHARE_FRACTION: f64 = 0.5;
 }

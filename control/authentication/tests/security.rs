@@ -307,3 +307,57 @@ async fn certificates_are_renewed_before_expiry_and_refused_after_it() {
         (ConditionStatus::False, "CertificateExpired")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tenant_is_detected_and_the_peering_converges_again() {
+    let a = Peer::start("cluster-a").await;
+    let b = Peer::start("cluster-b").await;
+    peer_a_to_b(&a, &b).await;
+    answered_slice(&a, "cluster-b", "cluster-b-compute").await;
+    let old = identity_client(&a, "cluster-b").await;
+
+    // The provider's admin revokes the consumer: Tenant deleted, so its CSR,
+    // RBAC and slices go.
+    Api::<Tenant>::all(b.client())
+        .delete("cluster-a", &Default::default())
+        .await
+        .expect("delete tenant");
+    let own =
+        |client: Client| Api::<ResourceSlice>::namespaced(client, &tenant_namespace("cluster-a"));
+    eventually("the old identity is refused", STEP, || async {
+        own(old.clone()).list(&ListParams::default()).await.is_err()
+    })
+    .await;
+    // The consumer notices, handshakes again (B still expects it), and the
+    // same objects converge: Tenant, RBAC and slice are back.
+    eventually("the Tenant is back", STEP, || async {
+        Api::<Tenant>::all(b.client())
+            .get_opt("cluster-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    wait_authenticated(&a, "cluster-b").await;
+    eventually(
+        "the slice is back on the provider and accepted",
+        STEP,
+        || async {
+            own(b.client())
+                .get("cluster-b-compute")
+                .await
+                .ok()
+                .and_then(|s| s.status)
+                .is_some_and(|s| {
+                    find_condition(&s.conditions, "Accepted")
+                        .is_some_and(|c| c.status == ConditionStatus::True)
+                })
+        },
+    )
+    .await;
+    own(identity_client(&a, "cluster-b").await)
+        .list(&ListParams::default())
+        .await
+        .expect("the new identity works");
+}

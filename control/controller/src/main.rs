@@ -156,6 +156,7 @@ async fn authentication_module(
         api_server,
         identity_lifetime: Duration::from_secs(cli.identity_lifetime_seconds),
         share_fraction: cli.share_fraction,
+        identity_check_interval: strait_authentication::Config::DEFAULT_IDENTITY_CHECK_INTERVAL,
     };
     strait_authentication::run(client, settings)
         .await

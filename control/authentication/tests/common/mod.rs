@@ -41,6 +41,11 @@ impl Peer {
     /// A cluster whose issued identities live `lifetime`, with one Node of
     /// 8 CPUs, 32Gi and 110 pods.
     pub async fn start_with(id: &str, lifetime: Duration) -> Self {
+        // RUST_LOG=strait_authentication=debug shows what the controllers do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let options = Options {
             tls: true,
             ..Options::default()
@@ -117,6 +122,7 @@ fn spawn_controller(
         },
         identity_lifetime: lifetime,
         share_fraction: 0.5,
+        identity_check_interval: Duration::from_secs(1),
     };
     let client = cluster.client();
     tokio::spawn(async move {
