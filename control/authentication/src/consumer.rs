@@ -98,7 +98,7 @@ pub async fn peer(fc: &ForeignCluster, ctx: &Context) -> Result<ConsumerView, Er
         .map(|i| i.spec.auth_params.signed_crt.as_str());
     match outcome {
         Outcome::Issued(auth, remote_namespace) if Some(auth.signed_crt.as_str()) != current_certificate => {
-            store_identity(ctx, provider, auth, &remote_namespace).await?;
+            store_identity(ctx, &IdentityKind::control_plane(ctx, provider), auth, &remote_namespace).await?;
             Ok(ConsumerView::ready(
                 "IdentityReady",
                 format!("{provider} issued the control-plane Identity {namespace}/{name}"),
@@ -214,7 +214,7 @@ async fn handshake(fc: &ForeignCluster, ctx: &Context) -> Result<Outcome, Error>
             format!("{provider} publishes no nonce for {local} (Secret {nonce_namespace}/{NONCE_SECRET}): apply a ForeignCluster named {local} with spec.modules.authentication: true on {provider}"),
         ));
     };
-    let (_, csr) = client_key(ctx, provider).await?;
+    let (_, csr) = client_key(ctx, &IdentityKind::control_plane(ctx, provider)).await?;
     let signature = handshake::sign(
         ctx.identity.key(),
         &handshake::statement(provider, local, &nonce),
@@ -265,11 +265,36 @@ async fn handshake(fc: &ForeignCluster, ctx: &Context) -> Result<Outcome, Error>
     }
 }
 
-/// This cluster's client key and CSR for a provider, made once and kept
-/// in a Secret next to the Identity.
-async fn client_key(ctx: &Context, provider: &str) -> Result<(String, String), Error> {
+/// What an Identity this cluster holds is for.
+pub(crate) struct IdentityKind<'a> {
+    pub provider: &'a str,
+    /// The Identity's name in the provider's tenant namespace here.
+    pub name: String,
+    /// The user its certificate names.
+    pub user: String,
+    pub type_: &'a str,
+}
+
+impl<'a> IdentityKind<'a> {
+    fn control_plane(ctx: &Context, provider: &'a str) -> Self {
+        Self {
+            provider,
+            name: control_plane_identity(provider),
+            user: handshake::control_plane_user(&ctx.identity.cluster_id),
+            type_: "ControlPlane",
+        }
+    }
+}
+
+/// This cluster's client key and CSR for an Identity, made once and kept
+/// in a Secret next to it.
+pub(crate) async fn client_key(
+    ctx: &Context,
+    kind: &IdentityKind<'_>,
+) -> Result<(String, String), Error> {
+    let provider = kind.provider;
     let namespace = tenant_namespace(provider);
-    let name = identity_key_secret(&control_plane_identity(provider));
+    let name = identity_key_secret(&kind.name);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let text = |secret: &Secret, key: &str| {
         secret
@@ -283,8 +308,7 @@ async fn client_key(ctx: &Context, provider: &str) -> Result<(String, String), E
             return Ok((key, csr));
         }
     }
-    let (key, csr) =
-        handshake::new_client_request(&handshake::control_plane_user(&ctx.identity.cluster_id))?;
+    let (key, csr) = handshake::new_client_request(&kind.user)?;
     apply_secret(
         &ctx.client,
         &namespace,
@@ -326,15 +350,16 @@ async fn apply_secret(
 }
 
 /// Writes the Identity the provider issued and the kubeconfig made from it.
-async fn store_identity(
+pub(crate) async fn store_identity(
     ctx: &Context,
-    provider: &str,
+    kind: &IdentityKind<'_>,
     auth: AuthParams,
     remote_namespace: &str,
 ) -> Result<(), Error> {
+    let provider = kind.provider;
     let namespace = tenant_namespace(provider);
-    let name = control_plane_identity(provider);
-    let (key, _) = client_key(ctx, provider).await?;
+    let name = kind.name.clone();
+    let (key, _) = client_key(ctx, kind).await?;
     let server = auth
         .api_server
         .as_ref()
@@ -367,7 +392,7 @@ async fn store_identity(
         }},
         "spec": {
             "clusterID": provider,
-            "type": "ControlPlane",
+            "type": kind.type_,
             "authParams": auth,
             "namespace": remote_namespace,
         },

@@ -113,6 +113,12 @@ pub fn control_plane_user(consumer_id: &str) -> String {
     format!("strait:consumer:{consumer_id}")
 }
 
+/// The user a slice's certificate authenticates as on the provider (the
+/// virtual kubelets of that slice).
+pub fn slice_user(consumer_id: &str, slice: &str) -> String {
+    format!("strait:slice:{consumer_id}:{slice}")
+}
+
 /// A new client key and a PEM certificate signing request for `user`
 /// (the key, PEM, stays with the consumer).
 pub fn new_client_request(user: &str) -> Result<(String, String), Error> {

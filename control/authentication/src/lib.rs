@@ -168,6 +168,21 @@ pub mod object_names {
         format!("{provider_id}-control-plane")
     }
 
+    /// The provider's CertificateSigningRequest for a slice's identity.
+    pub fn slice_csr(consumer_id: &str, slice: &str) -> String {
+        format!("strait-{consumer_id}-slice-{slice}")
+    }
+
+    /// Role and RoleBinding of a slice's identity on the provider.
+    pub fn slice_role(slice: &str) -> String {
+        format!("strait-slice-{slice}")
+    }
+
+    /// The consumer's ResourceSlice-scoped Identity for one of its slices.
+    pub fn slice_identity(slice: &str) -> String {
+        format!("{slice}-slice")
+    }
+
     /// Secret with an Identity's private key and CSR (keys `key`, `csr`).
     pub fn identity_key_secret(identity: &str) -> String {
         format!("{identity}-key")

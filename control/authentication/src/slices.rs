@@ -10,21 +10,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
-use strait_api::authentication::{ResourceSlice, Tenant, TenantCondition};
+use strait_api::authentication::{
+    ApiServer, AuthParams, Identity, ResourceSlice, Tenant, TenantCondition,
+};
 use strait_api::condition::{find_condition, is_condition_true, ConditionStatus};
 use strait_api::names::{finalizer::RESOURCE_SLICE, label, tenant_namespace};
 use strait_api::{Condition, ConditionUpdate};
 
-use crate::consumer::{identity_client, identity_ready};
+use crate::consumer::{client_key, identity_client, identity_ready, store_identity, IdentityKind};
+use crate::handshake::{self, slice_user};
+use crate::object_names::{
+    identity_key_secret, identity_kubeconfig_secret, slice_csr, slice_identity, slice_role,
+};
 use crate::policy::Amounts;
 use crate::quantity::{format_milli, parse_milli};
+use crate::tenant::issue_certificate;
 use crate::tenant::{ignore_missing, READY};
 use crate::{merged_conditions, Context, Error, FIELD_MANAGER};
 
@@ -32,6 +42,8 @@ use crate::{merged_conditions, Context, Error, FIELD_MANAGER};
 pub const ACCEPTED: &str = "Accepted";
 /// The condition the printer column shows (reason Accepted or Denied).
 pub const RESOURCES: &str = "Resources";
+/// Whether the slice-scoped identity is issued.
+pub const AUTHENTICATION: &str = "Authentication";
 
 /// How often a consumer looks at the provider's answer while it is pending,
 /// and once it is settled (grants change when the provider re-decides).
@@ -74,8 +86,17 @@ async fn reconcile(slice: Arc<ResourceSlice>, ctx: Arc<Context>) -> Result<Actio
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)));
     }
-    if slice.spec.provider_cluster_id == local && slice.metadata.deletion_timestamp.is_none() {
-        return answer(&slice, &ctx).await;
+    if slice.spec.provider_cluster_id == local {
+        let namespace = slice.namespace().unwrap_or_default();
+        let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
+        return finalizer(&api, RESOURCE_SLICE, slice, |event| async {
+            match event {
+                Event::Apply(slice) => answer(&slice, &ctx).await,
+                Event::Cleanup(slice) => revoke(&slice, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)));
     }
     Ok(Action::await_change())
 }
@@ -155,6 +176,13 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_millis(500)));
     };
     let remote_slices: Api<ResourceSlice> = Api::namespaced(remote, &identity.spec.namespace);
+    let kind = slice_identity_kind(slice, ctx);
+    let mut spec = serde_json::to_value(&slice.spec)?;
+    if slice.spec.csr.is_empty() {
+        // The slice's virtual kubelets get an identity of their own; this
+        // cluster keeps its key.
+        spec["csr"] = json!(client_key(ctx, &kind).await?.1);
+    }
     let desired = json!({
         "apiVersion": "authentication.strait.dev/v1beta1",
         "kind": "ResourceSlice",
@@ -162,7 +190,7 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
             label::MANAGED_BY: label::MANAGED_BY_VALUE,
             label::REMOTE_CLUSTER_ID: slice.spec.consumer_cluster_id,
         }},
-        "spec": slice.spec,
+        "spec": spec,
     });
     let mirrored = match remote_slices
         .patch(
@@ -205,6 +233,21 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
     for condition in &mut conditions {
         condition.observed_generation = slice.metadata.generation;
     }
+    if let Some(auth) = answer
+        .auth_params
+        .clone()
+        .filter(|a| !a.signed_crt.is_empty())
+    {
+        if slice.spec.csr.is_empty() {
+            let stored = Api::<Identity>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&kind.name)
+                .await?
+                .map(|i| i.spec.auth_params.signed_crt);
+            if stored.as_deref() != Some(auth.signed_crt.as_str()) {
+                store_identity(ctx, &kind, auth, &identity.spec.namespace).await?;
+            }
+        }
+    }
     write_status(
         slice,
         ctx,
@@ -220,6 +263,20 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
 /// effort when the peering is already gone).
 async fn withdraw(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
     let provider = slice.spec.provider_cluster_id.as_str();
+    let namespace = slice.namespace().unwrap_or_default();
+    let kind = slice_identity_kind(slice, ctx);
+    ignore_missing(
+        Api::<Identity>::namespaced(ctx.client.clone(), &namespace)
+            .delete(&kind.name, &DeleteParams::default())
+            .await,
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    for secret in [
+        identity_key_secret(&kind.name),
+        identity_kubeconfig_secret(&kind.name),
+    ] {
+        ignore_missing(secrets.delete(&secret, &DeleteParams::default()).await)?;
+    }
     let Ok(Some(identity)) = identity_ready(ctx, provider).await else {
         return Ok(Action::await_change());
     };
@@ -330,50 +387,200 @@ async fn answer(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
         }
         _ => {}
     }
-    if decided {
-        // Grants are stable: only a change of the slice (a resize) re-decides.
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-    let mut asked = Amounts::new();
-    for (name, quantity) in &slice.spec.resources {
-        match parse_milli(&quantity.0) {
-            Some(milli) => asked.insert(name.clone(), milli),
-            None => {
-                let message = format!("resources.{name}: {:?} is not a quantity", quantity.0);
-                write_status(
-                    slice,
-                    ctx,
-                    Some(&empty),
-                    None,
-                    decide(ConditionStatus::False, "InvalidQuantity", message),
-                )
-                .await?;
-                return Ok(Action::await_change());
-            }
-        };
-    }
-    let free = free_capacity(ctx, slice).await?;
-    let decision = ctx.policy.decide(&asked, &free);
-    let granted: BTreeMap<_, _> = decision
-        .granted
-        .iter()
-        .map(|(name, milli)| (name.clone(), format_milli(*milli)))
-        .collect();
-    let status = if decision.accepted() {
-        ConditionStatus::True
+    // Grants are stable: only a change of the slice (a resize) re-decides.
+    let (resources, conditions) = if decided {
+        (existing.resources.clone(), existing.conditions.clone())
     } else {
-        ConditionStatus::False
+        let mut asked = Amounts::new();
+        for (name, quantity) in &slice.spec.resources {
+            match parse_milli(&quantity.0) {
+                Some(milli) => asked.insert(name.clone(), milli),
+                None => {
+                    let message = format!("resources.{name}: {:?} is not a quantity", quantity.0);
+                    write_status(
+                        slice,
+                        ctx,
+                        Some(&empty),
+                        None,
+                        decide(ConditionStatus::False, "InvalidQuantity", message),
+                    )
+                    .await?;
+                    return Ok(Action::await_change());
+                }
+            };
+        }
+        let free = free_capacity(ctx, slice).await?;
+        let decision = ctx.policy.decide(&asked, &free);
+        let granted: BTreeMap<_, _> = decision
+            .granted
+            .iter()
+            .map(|(name, milli)| (name.clone(), format_milli(*milli)))
+            .collect();
+        let status = if decision.accepted() {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        tracing::info!(%consumer, slice = %slice.name_any(), reason = decision.reason, "slice answered");
+        (granted, decide(status, decision.reason, decision.message))
     };
-    tracing::info!(%consumer, slice = %slice.name_any(), reason = decision.reason, "slice answered");
+    let accepted = is_condition_true(&conditions, ACCEPTED);
+    let issued = issue_slice_identity(slice, ctx, accepted).await?;
+    let conditions = merged_conditions(
+        &conditions,
+        &[ConditionUpdate {
+            type_: AUTHENTICATION,
+            status: issued.status,
+            reason: issued.reason,
+            message: issued.message,
+        }],
+        generation,
+    );
     write_status(
         slice,
         ctx,
-        Some(&granted),
-        None,
-        decide(status, decision.reason, decision.message),
+        Some(&resources),
+        issued.auth.as_ref(),
+        conditions,
     )
     .await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(Action::requeue(issued.retry))
+}
+
+fn slice_identity_kind<'a>(slice: &'a ResourceSlice, ctx: &Context) -> IdentityKind<'a> {
+    IdentityKind {
+        provider: &slice.spec.provider_cluster_id,
+        name: slice_identity(&slice.name_any()),
+        user: slice_user(&ctx.identity.cluster_id, &slice.name_any()),
+        type_: "ResourceSlice",
+    }
+}
+
+struct SliceIdentity {
+    auth: Option<AuthParams>,
+    status: ConditionStatus,
+    reason: &'static str,
+    message: String,
+    retry: Duration,
+}
+
+/// Provider: the slice-scoped identity of an accepted slice with a CSR,
+/// allowed by RBAC to read that slice only (the offloading module grants
+/// its virtual kubelets more).
+async fn issue_slice_identity(
+    slice: &ResourceSlice,
+    ctx: &Context,
+    accepted: bool,
+) -> Result<SliceIdentity, Error> {
+    let consumer = slice.spec.consumer_cluster_id.as_str();
+    let name = slice.name_any();
+    let not_issued = |reason, message: String, retry| SliceIdentity {
+        auth: None,
+        status: ConditionStatus::False,
+        reason,
+        message,
+        retry,
+    };
+    if !accepted {
+        return Ok(not_issued(
+            "NotAccepted",
+            "no identity for a slice that is not accepted".into(),
+            Duration::from_secs(60),
+        ));
+    }
+    if slice.spec.csr.is_empty() {
+        return Ok(not_issued(
+            "NoCSR",
+            "spec.csr is empty: no slice identity was asked for".into(),
+            Duration::from_secs(60),
+        ));
+    }
+    let user = slice_user(consumer, &name);
+    if let Err(refusal) = handshake::check_client_request(&slice.spec.csr, &user) {
+        return Ok(not_issued(
+            "CSRInvalid",
+            refusal.message().to_owned(),
+            Duration::from_secs(60),
+        ));
+    }
+    let namespace = slice.namespace().unwrap_or_default();
+    let role = slice_role(&name);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let labels =
+        json!({label::MANAGED_BY: label::MANAGED_BY_VALUE, label::REMOTE_CLUSTER_ID: consumer});
+    Api::<Role>::namespaced(ctx.client.clone(), &namespace)
+        .patch(&role, &apply, &Patch::Apply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": role, "namespace": namespace, "labels": labels},
+            "rules": [{"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"], "resourceNames": [name], "verbs": ["get", "watch"]}],
+        })))
+        .await?;
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace)
+        .patch(&role, &apply, &Patch::Apply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": namespace, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        })))
+        .await?;
+    let csr_labels = BTreeMap::from([(label::REMOTE_CLUSTER_ID.to_owned(), consumer.to_owned())]);
+    let Some((certificate, validity)) = issue_certificate(
+        ctx,
+        &slice_csr(consumer, &name),
+        &slice.spec.csr,
+        csr_labels,
+        Vec::new(),
+    )
+    .await?
+    else {
+        return Ok(not_issued(
+            "CertificatePending",
+            "waiting for the cluster's signer".into(),
+            Duration::from_millis(200),
+        ));
+    };
+    let renew_in = (validity.at_fraction(0.5) - handshake::now()).max(1) as u64;
+    Ok(SliceIdentity {
+        auth: Some(AuthParams {
+            ca: ctx.config.api_server.ca_pem.clone(),
+            signed_crt: certificate,
+            api_server: Some(ApiServer {
+                address: ctx.config.api_server.address.clone(),
+                ..Default::default()
+            }),
+            proxy_url: None,
+        }),
+        status: ConditionStatus::True,
+        reason: "IdentityIssued",
+        message: format!("identity {user} issued for this slice"),
+        retry: Duration::from_secs(renew_in.min(60)),
+    })
+}
+
+/// Provider: a slice is gone; so are its identity's CSR and RBAC.
+async fn revoke(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
+    let consumer = slice.spec.consumer_cluster_id.as_str();
+    let name = slice.name_any();
+    let namespace = slice.namespace().unwrap_or_default();
+    ignore_missing(
+        Api::<CertificateSigningRequest>::all(ctx.client.clone())
+            .delete(&slice_csr(consumer, &name), &DeleteParams::default())
+            .await,
+    )?;
+    let role = slice_role(&name);
+    ignore_missing(
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace)
+            .delete(&role, &DeleteParams::default())
+            .await,
+    )?;
+    ignore_missing(
+        Api::<Role>::namespaced(ctx.client.clone(), &namespace)
+            .delete(&role, &DeleteParams::default())
+            .await,
+    )?;
+    Ok(Action::await_change())
 }
 
 /// What this cluster has free for `slice`: Nodes' allocatable minus the

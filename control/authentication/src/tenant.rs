@@ -380,11 +380,12 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let consumer = &tenant.spec.cluster_id;
     let namespace = tenant_namespace(consumer);
     tracing::info!(%consumer, "Tenant deleted: revoking its identity and slices");
-    ignore_missing(
-        Api::<CertificateSigningRequest>::all(ctx.client.clone())
-            .delete(&control_plane_csr(consumer), &DeleteParams::default())
-            .await,
-    )?;
+    // The control plane's and every slice's certificate requests.
+    let csrs: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let selector = format!("{}={consumer}", label::REMOTE_CLUSTER_ID);
+    for csr in csrs.list(&ListParams::default().labels(&selector)).await? {
+        ignore_missing(csrs.delete(&csr.name_any(), &DeleteParams::default()).await)?;
+    }
     ignore_missing(
         Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace)
             .delete(CONSUMER_ROLE, &DeleteParams::default())

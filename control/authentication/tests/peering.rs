@@ -396,17 +396,13 @@ async fn slices_get_a_share_of_free_capacity_and_resizes_are_regranted() {
     );
     resize(json!({"cpu": "1500m"})).await;
     let small = answered_slice(&a, "cluster-b", "cluster-b-compute").await;
+    let small_granted = small.status.clone().expect("status").resources;
     assert_eq!(
         condition(&small, "Accepted"),
         (ConditionStatus::True, "Granted".to_owned())
     );
     assert_eq!(
-        small
-            .status
-            .expect("status")
-            .resources
-            .get("cpu")
-            .map(|q| q.0.as_str()),
+        small_granted.get("cpu").map(|q| q.0.as_str()),
         Some("1500m")
     );
     // Something B does not have at all is refused, with a reason.
@@ -428,6 +424,90 @@ async fn slices_get_a_share_of_free_capacity_and_resizes_are_regranted() {
         condition(&refused, "Resources"),
         (ConditionStatus::False, "Denied".to_owned())
     );
+    assert_eq!(
+        condition(&refused, "Authentication").0,
+        ConditionStatus::False
+    );
+
+    // The accepted slice has an identity of its own, for itself only.
+    eventually("the slice's identity is issued", STEP, || async {
+        slices
+            .get("cluster-b-compute")
+            .await
+            .ok()
+            .and_then(|s| s.status)
+            .is_some_and(|s| {
+                strait_api::condition::is_condition_true(&s.conditions, "Authentication")
+            })
+    })
+    .await;
+    let slice_identities: Api<Identity> =
+        Api::namespaced(a.client(), &tenant_namespace("cluster-b"));
+    eventually("the slice Identity is stored", STEP, || async {
+        slice_identities
+            .get_opt("cluster-b-compute-slice")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|i| i.status)
+            .is_some()
+    })
+    .await;
+    let identity = slice_identities
+        .get("cluster-b-compute-slice")
+        .await
+        .expect("slice identity");
+    assert_eq!(
+        identity.spec.type_,
+        strait_api::authentication::IdentityType::ResourceSlice
+    );
+    let secret = identity
+        .status
+        .and_then(|s| s.kubeconfig_secret_ref)
+        .expect("kubeconfig ref");
+    let kubelet = client_from_kubeconfig(
+        &secret_kubeconfig(&a, &tenant_namespace("cluster-b"), &secret.name).await,
+    )
+    .await;
+    let on_b: Api<ResourceSlice> = Api::namespaced(kubelet.clone(), &tenant_namespace("cluster-a"));
+    on_b.get("cluster-b-compute")
+        .await
+        .expect("the slice identity reads its slice");
+    forbidden(on_b.get("cluster-b-gpu").await, "another slice");
+    forbidden(on_b.list(&ListParams::default()).await, "listing slices");
+    forbidden(
+        Api::<Secret>::namespaced(kubelet, &tenant_namespace("cluster-a"))
+            .list(&ListParams::default())
+            .await,
+        "secrets",
+    );
+    // Deleting the slice revokes its identity on both sides.
+    slices
+        .delete("cluster-b-compute", &Default::default())
+        .await
+        .expect("delete slice");
+    eventually("the slice identity is gone on both sides", STEP, || async {
+        let local = slice_identities
+            .get_opt("cluster-b-compute-slice")
+            .await
+            .ok()
+            .flatten()
+            .is_none();
+        let csr = Api::<CertificateSigningRequest>::all(b.client())
+            .get_opt("strait-cluster-a-slice-cluster-b-compute")
+            .await
+            .ok()
+            .flatten()
+            .is_none();
+        let role = Api::<Role>::namespaced(b.client(), &tenant_namespace("cluster-a"))
+            .get_opt("strait-slice-cluster-b-compute")
+            .await
+            .ok()
+            .flatten()
+            .is_none();
+        local && csr && role
+    })
+    .await;
 }
 
 #[test]
