@@ -9,6 +9,7 @@
 
 pub mod cluster_identity;
 mod consumer;
+mod discovery;
 pub mod foreign_cluster;
 pub mod handshake;
 mod kubeconfig;
@@ -117,7 +118,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), Error> {
     tokio::select! {
         () = foreign_cluster::run(context.clone()) => {}
         () = tenant::run(context.clone()) => {}
-        () = slices::run(context) => {}
+        () = slices::run(context.clone()) => {}
+        () = discovery::run(context) => {}
     }
     Ok(())
 }

@@ -526,3 +526,40 @@ fn the_readme_shows_the_yaml_the_tests_apply() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_identity_shows_up_as_a_foreign_cluster() {
+    let a = Peer::start("cluster-a").await;
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("offload-q".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(a.client())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let identity: Identity = serde_json::from_value(json!({
+        "metadata": {"name": "q", "namespace": "offload-q", "labels": {"strait.dev/remote-cluster-id": "cluster-q"}},
+        "spec": {"clusterID": "cluster-q", "type": "ControlPlane", "namespace": "strait-tenant-cluster-a",
+                 "authParams": {"signedCRT": "written by hand"}},
+    }))
+    .expect("identity");
+    Api::<Identity>::namespaced(a.client(), "offload-q")
+        .create(&PostParams::default(), &identity)
+        .await
+        .expect("identity");
+    let fcs: Api<ForeignCluster> = Api::all(a.client());
+    eventually("ForeignCluster cluster-q", STEP, || async {
+        fcs.get_opt("cluster-q").await.ok().flatten().is_some()
+    })
+    .await;
+    let fc = fcs.get("cluster-q").await.expect("fc");
+    assert_eq!(fc.spec.cluster_id, "cluster-q");
+    assert!(
+        !fc.spec.modules.authentication,
+        "discovery selects no module"
+    );
+}
