@@ -159,7 +159,7 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
     let Some(identity) = identity_ready(ctx, provider).await? else {
         let message = format!("waiting for the peering with {provider} (ForeignCluster {provider}, condition AuthenticationReady)");
         write_status(slice, ctx, None, None, pending("IdentityPending", message)).await?;
-        return Ok(Action::requeue(Duration::from_millis(500)));
+        return Ok(Action::requeue(POLL_PENDING));
     };
     let Some(remote) = identity_client(ctx, &identity).await? else {
         write_status(
@@ -173,7 +173,7 @@ async fn mirror(slice: &ResourceSlice, ctx: &Context) -> Result<Action, Error> {
             ),
         )
         .await?;
-        return Ok(Action::requeue(Duration::from_millis(500)));
+        return Ok(Action::requeue(POLL_PENDING));
     };
     let remote_slices: Api<ResourceSlice> = Api::namespaced(remote, &identity.spec.namespace);
     let kind = slice_identity_kind(slice, ctx);
