@@ -241,7 +241,7 @@ async fn current_certificate(a: &Peer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_renewed_before_expiry_and_refused_after_it() {
-    let lifetime = Duration::from_secs(6);
+    let lifetime = Duration::from_secs(10);
     let a = Peer::start("cluster-a").await;
     let b = Peer::start_with("cluster-b", lifetime).await;
     peer_a_to_b(&a, &b).await;

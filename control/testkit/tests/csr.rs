@@ -111,7 +111,7 @@ async fn approved_requests_are_signed_and_authenticate_their_subject_until_they_
     approve(&csrs, "elsewhere").await;
 
     let (key, carol) = request("carol", "readers");
-    submit(&csrs, "carol", &carol, CLIENT_SIGNER, Some(5)).await;
+    submit(&csrs, "carol", &carol, CLIENT_SIGNER, Some(8)).await;
     approve(&csrs, "carol").await;
     eventually("carol's certificate", limit, || async {
         certificate(&csrs, "carol").await.is_some()
@@ -183,7 +183,7 @@ async fn approved_requests_are_signed_and_authenticate_their_subject_until_they_
     .await;
 
     // expirationSeconds is honoured: after it, the certificate is refused.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let expired = client_with(
         &cluster,
         &certificate(&csrs, "carol").await.expect("cert"),
