@@ -86,17 +86,16 @@ pub async fn expect(consumer: &str, ctx: &Context) -> Result<ProviderView, Error
 }
 
 /// Removes the remote cluster's Tenant (its finalizer revokes the identity
-/// and slices) and its tenant namespace with the nonce. Done when both are gone.
-pub async fn forget(consumer: &str, ctx: &Context) -> Result<bool, Error> {
-    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    ignore_missing(tenants.delete(consumer, &DeleteParams::default()).await)?;
-    let namespace = tenant_namespace(consumer);
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+/// and slices) and its tenant namespace with the nonce.
+pub async fn forget(consumer: &str, ctx: &Context) -> Result<(), Error> {
     ignore_missing(
-        namespaces
-            .delete(&namespace, &DeleteParams::default())
+        Api::<Tenant>::all(ctx.client.clone())
+            .delete(consumer, &DeleteParams::default())
             .await,
     )?;
-    Ok(tenants.get_opt(consumer).await?.is_none()
-        && namespaces.get_opt(&namespace).await?.is_none())
+    ignore_missing(
+        Api::<Namespace>::all(ctx.client.clone())
+            .delete(&tenant_namespace(consumer), &DeleteParams::default())
+            .await,
+    )
 }

@@ -44,7 +44,7 @@ struct Cli {
     #[arg(long = "api-server-ca-file", value_name = "FILE")]
     api_server_ca_file: Option<std::path::PathBuf>,
     /// Validity of the client certificates issued to consumers, in seconds;
-    /// reissued at half of it.
+    /// reissued at half of it. Kubernetes' CSR API refuses less than 600.
     #[arg(long = "identity-lifetime-seconds", value_name = "SECONDS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(2..))]
     identity_lifetime_seconds: u64,
