@@ -51,6 +51,9 @@ enum Bench {
     /// Throughput with no NAT, nftables, iptables NETMAP and Strait's eBPF
     /// NAT with 1 and 10,000 mappings, and the time to apply 10,000.
     Nat,
+    /// Time from applying the peering YAML to the ResourceSlice being
+    /// Accepted, on two TLS test control planes.
+    Peering,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +91,15 @@ fn main() -> Result<()> {
             match bench {
                 Bench::Fabric => cmd::run("target/release/strait-bench", &["fabric"]),
                 Bench::Nat => cmd::run("target/release/strait-nat-bench", &[]),
+                Bench::Peering => cmd::cargo(&[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "strait-authentication",
+                    "--example",
+                    "peering-bench",
+                ]),
             }
         }
     }

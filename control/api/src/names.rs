@@ -18,6 +18,9 @@ pub const CATEGORY: &str = "strait";
 pub mod finalizer {
     /// Held by a ForeignCluster until every module has torn its peering down.
     pub const FOREIGN_CLUSTER: &str = "core.strait.dev/peering-teardown";
+    /// Held by a ForeignCluster until the authentication module has torn its
+    /// side of the peering down (Tenant, Identity, tenant namespace).
+    pub const FOREIGN_CLUSTER_AUTHENTICATION: &str = "authentication.strait.dev/peering-teardown";
     /// Held by a Tenant until its namespace, identities and RBAC are removed.
     pub const TENANT: &str = "authentication.strait.dev/tenant-cleanup";
     /// Held by a ResourceSlice until its grant and slice identity are revoked.

@@ -84,6 +84,13 @@ impl TestCluster {
             (None, None)
         };
         let (shutdown, shutdown_signal) = watch::channel(false);
+        if let Some(pki) = &pki {
+            tokio::spawn(crate::signer::run(
+                store.clone(),
+                pki.clone(),
+                shutdown_signal.clone(),
+            ));
+        }
         let server = Arc::new(Server {
             registry,
             store,

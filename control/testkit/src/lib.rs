@@ -26,6 +26,7 @@ mod registry;
 mod routes;
 mod selectors;
 mod server;
+mod signer;
 mod store;
 mod table;
 mod watch;
@@ -34,6 +35,7 @@ pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};
 pub use error::{ApiError, Error};
 pub use pki::{PkiError, User};
 pub use rbac::SUPERUSER_GROUP;
+pub use signer::CLIENT_SIGNER;
 
 /// Polls `check` every 50 ms until it holds; panics naming `what` once
 /// `limit` has passed. For tests waiting on a controller's eventual result.

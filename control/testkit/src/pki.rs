@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, DnValue, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -35,6 +35,8 @@ pub enum PkiError {
     Certificate(#[from] rcgen::Error),
     #[error("configuring TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("the certificate signing request has no common name (the user)")]
+    NoCommonName,
     #[error("configuring client-certificate verification: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
@@ -129,6 +131,54 @@ impl Pki {
             certificate_pem: certificate.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// Signs a PEM certificate signing request as the API server's client
+    /// signer does (`kubernetes.io/kube-apiserver-client`): a client
+    /// certificate valid for `lifetime` whose CN is the user and whose O
+    /// entries are its groups, remembered like the ones `issue` makes.
+    pub fn sign_request(
+        &self,
+        request_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<(String, User), PkiError> {
+        let request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)?;
+        let text = |value: &DnValue| match value {
+            DnValue::Utf8String(s) => Some(s.clone()),
+            DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        let mut name = None;
+        let mut groups = Vec::new();
+        for (kind, value) in request.params.distinguished_name.iter() {
+            match kind {
+                DnType::CommonName => name = text(value),
+                DnType::OrganizationName => groups.extend(text(value)),
+                _ => {}
+            }
+        }
+        let name = name
+            .filter(|n| !n.is_empty())
+            .ok_or(PkiError::NoCommonName)?;
+        // Only the subject and key are taken from the request: the signer
+        // decides usages and validity, as kube-controller-manager does.
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = request.params.distinguished_name.clone();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::seconds(1);
+        params.not_after = now + lifetime;
+        let signed = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        }
+        .signed_by(&self.ca)?;
+        let user = User { name, groups };
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(signed.der().to_vec(), user.clone());
+        Ok((signed.pem(), user))
     }
 
     /// The user a verified client certificate was issued to.

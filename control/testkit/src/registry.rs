@@ -136,6 +136,13 @@ impl Registry {
                 false,
             ),
             ResourceType::builtin(
+                "certificates.k8s.io",
+                "CertificateSigningRequest",
+                "certificatesigningrequests",
+                false,
+                true,
+            ),
+            ResourceType::builtin(
                 "apiextensions.k8s.io",
                 "CustomResourceDefinition",
                 "customresourcedefinitions",

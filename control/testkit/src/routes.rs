@@ -86,6 +86,11 @@ fn object_route(registry: &Registry, group: &str, version: &str, rest: &[&str]) 
         [plural] => (*plural, None, false),
         [plural, name] => (*plural, Some((*name).to_owned()), false),
         [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
+        // A CSR's approval subresource writes its status (the conditions)
+        // like `/status` does; see the README.
+        ["certificatesigningrequests", name, "approval"] if group == "certificates.k8s.io" => {
+            ("certificatesigningrequests", Some((*name).to_owned()), true)
+        }
         _ => return None,
     };
     let type_id = registry.find(group, version, plural)?;
