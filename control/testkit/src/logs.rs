@@ -59,9 +59,11 @@ impl PodLogs {
                 )))
             }
             (None, [only]) => *only,
-            (None, _) => return Err(ApiError::bad_request(format!(
+            (None, _) => {
+                return Err(ApiError::bad_request(format!(
                 "a container name must be specified for pod {pod}, choose one of: {containers:?}"
-            ))),
+            )))
+            }
         }
         .to_owned();
         drop(state);
