@@ -39,6 +39,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         offloading::NamespaceOffloading::crd(),
         offloading::ShadowPod::crd(),
         offloading::ShadowEndpointSlice::crd(),
+        offloading::NamespaceMap::crd(),
     ]
 }
 

@@ -33,6 +33,8 @@ pub mod finalizer {
     pub const VIRTUAL_NODE: &str = "offloading.strait.dev/virtual-node-drain";
     /// Held by a NamespaceOffloading until remote namespaces are deleted.
     pub const NAMESPACE_OFFLOADING: &str = "offloading.strait.dev/remote-namespaces";
+    /// Held by a NamespaceMap until the namespaces it asked for are deleted.
+    pub const NAMESPACE_MAP: &str = "offloading.strait.dev/remote-namespace-cleanup";
     /// Held by a ShadowPod until its pod is gone.
     pub const SHADOW_POD: &str = "offloading.strait.dev/shadow-pod";
 }
@@ -49,6 +51,10 @@ pub mod label {
     /// Node label of virtual nodes: `strait.dev/type=virtual-node`.
     pub const NODE_TYPE: &str = "strait.dev/type";
     pub const NODE_TYPE_VIRTUAL: &str = "virtual-node";
+    /// On ShadowPods and Nodes: the virtual node an offloaded pod runs on.
+    pub const VIRTUAL_NODE: &str = "offloading.strait.dev/virtual-node";
+    /// On reflected objects: the namespace they come from on the consumer.
+    pub const ORIGIN_NAMESPACE: &str = "offloading.strait.dev/origin-namespace";
     /// Marks a Secret as a tenant nonce.
     pub const NONCE_SECRET: &str = "authentication.strait.dev/nonce";
 }
@@ -56,6 +62,11 @@ pub mod label {
 pub mod annotation {
     /// Set by the user to keep a resource out of reflection.
     pub const SKIP_REFLECTION: &str = "offloading.strait.dev/skip-reflection";
+    /// On a virtual node's Node: `<namespace>/<name>` of its VirtualNode.
+    pub const VIRTUAL_NODE: &str = "offloading.strait.dev/virtual-node";
+    /// On a provider's tenant namespace: None, Soft or Hard (the controller's
+    /// default when absent), how the tenant's quota is enforced.
+    pub const QUOTA_ENFORCEMENT: &str = "offloading.strait.dev/quota-enforcement";
 }
 
 /// Taint key on virtual nodes; only pods tolerating it are offloaded.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
-    core::v1::{NodeSelector, PodSpec, Taint, Toleration},
+    core::v1::{NodeSelector, PodSpec, PodStatus, Taint, Toleration},
     discovery::v1::{Endpoint, EndpointPort},
 };
 use kube::{CustomResource, KubeSchema};
@@ -249,6 +249,10 @@ pub struct ShadowPodStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = rules::conditions_merge())]
     pub conditions: Vec<Condition>,
+    /// The real pod's status as the provider reports it (addresses are the
+    /// provider's; the consumer translates them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_status: Option<PodStatus>,
 }
 
 /// Address family of an endpoint slice.
@@ -297,4 +301,64 @@ pub struct EndpointSliceTemplate {
     #[serde(default)]
     #[schemars(length(max = 100))]
     pub ports: Vec<EndpointPort>,
+}
+
+/// The namespaces a consumer asks a provider to create for it, living in the
+/// consumer's tenant namespace on the provider. The consumer's identity can
+/// only write here; the provider creates each namespace and grants the
+/// consumer's subjects access to it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    derive = "PartialEq",
+    group = "offloading.strait.dev",
+    version = "v1beta1",
+    kind = "NamespaceMap",
+    plural = "namespacemaps",
+    shortname = "nm",
+    namespaced,
+    category = "strait",
+    status = "NamespaceMapStatus",
+    doc = "Namespaces a consumer asks its provider to create (in the tenant namespace on the provider).",
+    printcolumn = r#"{"name":"Consumer","type":"string","jsonPath":".spec.consumerClusterID"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceMapSpec {
+    /// Cluster ID of the consumer asking. Immutable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = rules::CLUSTER_ID_PATTERN))]
+    #[x_kube(validation = rules::immutable("consumerClusterID"))]
+    #[serde(rename = "consumerClusterID")]
+    pub consumer_cluster_id: String,
+    /// Remote namespace wanted for each local namespace, by local name.
+    #[serde(default)]
+    pub desired_mapping: BTreeMap<String, String>,
+}
+
+/// What the provider made of a NamespaceMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceMapStatus {
+    /// The state of each desired mapping, by local namespace name.
+    #[serde(default)]
+    pub current_mapping: BTreeMap<String, RemoteNamespaceState>,
+}
+
+/// One remote namespace as the provider reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteNamespaceState {
+    /// Name of the namespace on the provider.
+    pub remote_namespace: String,
+    /// Ready (created, consumer granted access) or Failed (see message).
+    pub phase: RemoteNamespacePhase,
+    /// Why it failed, for a person.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Whether a remote namespace could be set up.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteNamespacePhase {
+    Ready,
+    Failed,
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use strait_api::admission::admit;
 use support::{crd, example, examples, merge_patch};
 
-const KINDS: [&str; 18] = [
+const KINDS: [&str; 19] = [
     "ForeignCluster",
     "Tenant",
     "Identity",
@@ -26,6 +26,7 @@ const KINDS: [&str; 18] = [
     "NamespaceOffloading",
     "ShadowPod",
     "ShadowEndpointSlice",
+    "NamespaceMap",
 ];
 
 #[test]
@@ -382,6 +383,21 @@ const INVALID: &[(&str, &str, &str)] = &[
         "ShadowEndpointSlice",
         r#"{"spec":{"template":{"ports":[{"port":"http"}]}}}"#,
         "spec.template.ports[0].port: Invalid value: \"http\": must be of type integer",
+    ),
+    (
+        "NamespaceMap",
+        r#"{"spec":{"consumerClusterID":"Cluster_A"}}"#,
+        "spec.consumerClusterID: Invalid value",
+    ),
+    (
+        "NamespaceMap",
+        r#"{"spec":{"desiredMapping":{"ml":7}}}"#,
+        "must be of type string",
+    ),
+    (
+        "NamespaceMap",
+        r#"{"status":{"currentMapping":{"ml":{"remoteNamespace":"ml-a","phase":"Lost"}}}}"#,
+        "supported values: \"Ready\", \"Failed\"",
     ),
 ];
 

@@ -200,6 +200,7 @@ fn every_example_round_trips_through_its_rust_type() {
                 "NamespaceOffloading" => round_trip::<offloading::NamespaceOffloading>(doc),
                 "ShadowPod" => round_trip::<offloading::ShadowPod>(doc),
                 "ShadowEndpointSlice" => round_trip::<offloading::ShadowEndpointSlice>(doc),
+                "NamespaceMap" => round_trip::<offloading::NamespaceMap>(doc),
                 other => panic!("no Rust type for {other}"),
             }
         }

@@ -1,7 +1,11 @@
 //! strait-controller: runs the controllers of the modules it is told to,
 //! against the cluster of its kubeconfig (in-cluster config in a pod).
+use std::time::Duration;
+
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
+use futures::future::BoxFuture;
+use strait_authentication::ApiServerEndpoint;
 use strait_controller::leader::{LeaderElection, Timing};
 use strait_network::{
     configuration_controller, internal_node_controller,
@@ -15,17 +19,17 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "strait-controller", version, about)]
 struct Cli {
-    /// Run the network module: IPAM of remapped CIDRs, peering
-    /// Configurations, and InternalNodes from Nodes.
-    #[arg(long)]
-    network: bool,
-    /// CIDRs this cluster uses itself (pods, services, nodes): peers that
-    /// overlap them are remapped. Repeatable, dual-stack.
-    #[arg(long = "reserved-cidr", value_name = "CIDR")]
-    reserved: Vec<String>,
-    /// Pools remapped ranges are taken from. Repeatable, one or more per family.
-    #[arg(long = "remap-pool", value_name = "CIDR")]
-    pools: Vec<String>,
+    /// This cluster's ID (a DNS label). Default: the stored one (ConfigMap
+    /// strait-cluster-identity), else one derived from the kube-system
+    /// namespace. It never changes once stored.
+    #[arg(long = "cluster-id", value_name = "ID", global = true)]
+    cluster_id: Option<String>,
+    #[command(flatten)]
+    network: NetworkArgs,
+    #[command(flatten)]
+    authentication: AuthenticationArgs,
+    #[command(flatten)]
+    offloading: OffloadingArgs,
     /// Reconcile only while holding the Lease `strait-controller` in this
     /// namespace, so several replicas can run with one active (the chart
     /// passes its release namespace). Without it, this process always runs.
@@ -40,6 +44,107 @@ struct Cli {
     leader_identity: String,
 }
 
+/// The network module's flags.
+#[derive(clap::Args, Debug)]
+struct NetworkArgs {
+    /// Run the network module: IPAM of remapped CIDRs, peering
+    /// Configurations, and InternalNodes from Nodes.
+    #[arg(long = "network")]
+    enabled: bool,
+    /// CIDRs this cluster uses itself (pods, services, nodes): peers that
+    /// overlap them are remapped. Repeatable, dual-stack.
+    #[arg(long = "reserved-cidr", value_name = "CIDR")]
+    reserved: Vec<String>,
+    /// Pools remapped ranges are taken from. Repeatable, one or more per family.
+    #[arg(long = "remap-pool", value_name = "CIDR")]
+    pools: Vec<String>,
+}
+
+/// The authentication module's flags.
+#[derive(clap::Args, Debug)]
+struct AuthenticationArgs {
+    /// Run the authentication module: this cluster's identity, the
+    /// declarative peering handshake (Tenant / Identity) and ResourceSlices.
+    #[arg(long = "authentication")]
+    enabled: bool,
+    /// HTTPS address consumers reach this cluster's API server at, written
+    /// into the Identities it issues. Default: the address this controller uses.
+    #[arg(long = "api-server-address", value_name = "URL")]
+    api_server_address: Option<String>,
+    /// PEM CA of that API server, handed to consumers. Default: the CA this
+    /// controller trusts (in a pod, the service account's).
+    #[arg(long = "api-server-ca-file", value_name = "FILE")]
+    api_server_ca_file: Option<std::path::PathBuf>,
+    /// Validity of the client certificates issued to consumers, in seconds;
+    /// reissued at half of it. Kubernetes' CSR API refuses less than 600.
+    #[arg(long = "identity-lifetime-seconds", value_name = "SECONDS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    identity_lifetime_seconds: u64,
+    /// Share of the free capacity one ResourceSlice may be granted (0 < f <= 1).
+    #[arg(
+        long = "share-fraction",
+        value_name = "FRACTION",
+        default_value_t = 0.5
+    )]
+    share_fraction: f64,
+}
+
+/// The offloading module's flags.
+#[derive(clap::Args, Debug)]
+struct OffloadingArgs {
+    /// Run the offloading module: VirtualNodes (one virtual kubelet each),
+    /// NamespaceOffloadings, and the provider side (NamespaceMaps,
+    /// ShadowPods with tenant quota, ShadowEndpointSlices).
+    #[arg(long = "offloading")]
+    enabled: bool,
+    /// Run each virtual kubelet as a child process of this binary (local
+    /// simulation) instead of as a Deployment.
+    #[arg(long, value_name = "PATH")]
+    virtual_kubelet_binary: Option<std::path::PathBuf>,
+    /// Image of the virtual kubelet Deployments.
+    #[arg(long, default_value = concat!("ghcr.io/strait-dev/strait-virtual-kubelet:", env!("CARGO_PKG_VERSION")))]
+    virtual_kubelet_image: String,
+    /// Seconds a provider may be unreachable before its virtual nodes are NotReady.
+    #[arg(long, default_value_t = 10)]
+    not_ready_grace_seconds: u64,
+    /// Milliseconds between two node status checks of a virtual kubelet.
+    #[arg(long, default_value_t = 1000)]
+    node_status_interval_ms: u64,
+    /// Quota enforcement of tenants whose namespace has no
+    /// offloading.strait.dev/quota-enforcement annotation: None, Soft or Hard.
+    #[arg(long, default_value = "Hard")]
+    quota_enforcement: strait_offloading::shadow_pod_controller::Enforcement,
+}
+
+impl OffloadingArgs {
+    fn module(&self, cluster_id: Option<String>) -> strait_offloading::module::ModuleConfig {
+        use strait_offloading::kubelet::{KubeletSettings, Launcher, ProcessLauncher};
+        let local = self.virtual_kubelet_binary.is_some();
+        let launcher = match &self.virtual_kubelet_binary {
+            Some(binary) => Launcher::Process(ProcessLauncher::new(binary.clone())),
+            None => Launcher::Deployment {
+                image: self.virtual_kubelet_image.clone(),
+                service_account: "strait-virtual-kubelet".into(),
+            },
+        };
+        let mut kubelet = KubeletSettings {
+            not_ready_grace: Duration::from_secs(self.not_ready_grace_seconds),
+            status_interval: Duration::from_millis(self.node_status_interval_ms),
+            ..KubeletSettings::default()
+        };
+        if local {
+            kubelet.listen_address = "127.0.0.1:0".into();
+            kubelet.node_ip = "127.0.0.1".into();
+        }
+        strait_offloading::module::ModuleConfig {
+            cluster_id,
+            launcher,
+            kubelet,
+            quota_enforcement: self.quota_enforcement,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -48,22 +153,25 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    if !cli.network {
-        bail!("no module enabled: pass --network (the only module served so far)");
+    if !cli.network.enabled && !cli.authentication.enabled && !cli.offloading.enabled {
+        bail!("no module enabled: pass one or more of --network, --authentication, --offloading");
     }
-    let parse_all = |what: &str, list: &[String]| -> Result<Vec<_>> {
-        list.iter()
-            .map(|c| parse_cidr(c).with_context(|| format!("--{what} {c}")))
-            .collect()
-    };
-    let reserved = parse_all("reserved-cidr", &cli.reserved)?;
-    let pools = parse_all("remap-pool", &cli.pools)?;
-    if pools.is_empty() {
-        bail!("--network needs at least one --remap-pool to take remapped ranges from");
+    // Flags are checked before connecting, so a mistake is reported as such.
+    let allocator = cli
+        .network
+        .enabled
+        .then(|| network_allocator(&cli.network))
+        .transpose()?;
+    let share = cli.authentication.share_fraction;
+    if cli.authentication.enabled && !(share > 0.0 && share <= 1.0) {
+        bail!("--share-fraction must be in (0, 1], not {share}");
     }
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
+    let client = kube::Client::try_from(config.clone())
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+
     let mut election = cli.leader_election_namespace.as_deref().map(|namespace| {
         LeaderElection::new(
             client.clone(),
@@ -84,13 +192,83 @@ async fn main() -> Result<()> {
             None => std::future::pending().await,
         }
     };
-    tracing::info!(reserved = ?cli.reserved, pools = ?cli.pools, "network module starting");
+
+    let mut modules: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
+    if let Some(allocator) = allocator {
+        tracing::info!(reserved = ?cli.network.reserved, pools = ?cli.network.pools, "network module starting");
+        modules.push(network_module(client.clone(), allocator));
+    }
+    if cli.authentication.enabled {
+        let settings = authentication_settings(&cli, &config)?;
+        let client = client.clone();
+        modules.push(Box::pin(async move {
+            strait_authentication::run(client, settings)
+                .await
+                .context("authentication module")
+        }));
+    }
+    if cli.offloading.enabled {
+        let settings = cli.offloading.module(cli.cluster_id.clone());
+        let client = client.clone();
+        modules.push(Box::pin(async move {
+            strait_offloading::module::run(client, settings)
+                .await
+                .context("offloading module")
+        }));
+    }
     tokio::select! {
         error = lost => bail!("stopping, no longer leader: {error}"),
-        result = ipam_controller::run(client.clone(), Allocator::new(reserved, pools)) => result.context("IPAM controller")?,
-        () = configuration_controller::run(client.clone()) => {}
-        () = internal_node_controller::run(client) => {}
+        (result, _, _) = futures::future::select_all(modules) => result?,
         _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
     }
     Ok(())
+}
+
+/// The network module's IPAM allocator from its flags.
+fn network_allocator(args: &NetworkArgs) -> Result<Allocator> {
+    let parse_all = |what: &str, list: &[String]| -> Result<Vec<_>> {
+        list.iter()
+            .map(|c| parse_cidr(c).with_context(|| format!("--{what} {c}")))
+            .collect()
+    };
+    let reserved = parse_all("reserved-cidr", &args.reserved)?;
+    let pools = parse_all("remap-pool", &args.pools)?;
+    if pools.is_empty() {
+        bail!("--network needs at least one --remap-pool to take remapped ranges from");
+    }
+    Ok(Allocator::new(reserved, pools))
+}
+
+/// The network module's controllers.
+fn network_module(client: kube::Client, allocator: Allocator) -> BoxFuture<'static, Result<()>> {
+    Box::pin(async move {
+        tokio::select! {
+            result = ipam_controller::run(client.clone(), allocator) => result.context("IPAM controller")?,
+            () = configuration_controller::run(client.clone()) => {}
+            () = internal_node_controller::run(client) => {}
+        }
+        Ok(())
+    })
+}
+
+fn authentication_settings(
+    cli: &Cli,
+    config: &kube::Config,
+) -> Result<strait_authentication::Config> {
+    let args = &cli.authentication;
+    let mut api_server = ApiServerEndpoint::from_kube_config(config);
+    if let Some(address) = &args.api_server_address {
+        api_server.address = address.clone();
+    }
+    if let Some(path) = &args.api_server_ca_file {
+        api_server.ca_pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--api-server-ca-file {}", path.display()))?;
+    }
+    Ok(strait_authentication::Config {
+        cluster_id: cli.cluster_id.clone(),
+        api_server,
+        identity_lifetime: Duration::from_secs(args.identity_lifetime_seconds),
+        share_fraction: args.share_fraction,
+        identity_check_interval: strait_authentication::Config::DEFAULT_IDENTITY_CHECK_INTERVAL,
+    })
 }

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::logs::PodLogs;
 use crate::meta;
 use crate::pki::{ClientCredentials, Pki};
 use crate::rbac::SUPERUSER_GROUP;
@@ -53,6 +54,7 @@ pub struct TestCluster {
     pki: Option<Arc<Pki>>,
     admin: Option<ClientCredentials>,
     shutdown: watch::Sender<bool>,
+    logs: Arc<PodLogs>,
 }
 
 impl TestCluster {
@@ -91,7 +93,9 @@ impl TestCluster {
                 shutdown_signal.clone(),
             ));
         }
+        let logs = Arc::new(PodLogs::default());
         let server = Arc::new(Server {
+            logs: logs.clone(),
             registry,
             store,
             address,
@@ -109,6 +113,7 @@ impl TestCluster {
             admin: None,
             pki,
             shutdown,
+            logs,
         };
         if let Some(pki) = &cluster.pki {
             let admin = pki.issue(ADMIN_USER, &[SUPERUSER_GROUP])?;
@@ -145,6 +150,12 @@ impl TestCluster {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Sets what `GET .../namespaces/<namespace>/pods/<pod>/log?container=<container>`
+    /// returns: there is no kubelet, so the test says what the container printed.
+    pub fn set_pod_log(&self, namespace: &str, pod: &str, container: &str, text: &str) {
+        self.logs.set(namespace, pod, container, text);
     }
 
     pub fn name(&self) -> &str {

@@ -16,6 +16,7 @@ mod cluster;
 mod discovery;
 mod error;
 mod handlers;
+mod logs;
 mod meta;
 mod openapi;
 mod ownership;

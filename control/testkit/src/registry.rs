@@ -104,6 +104,13 @@ impl Registry {
             ResourceType::builtin("", "Node", "nodes", false, true),
             ResourceType::builtin("", "Event", "events", true, false),
             ResourceType::builtin("", "ServiceAccount", "serviceaccounts", true, false),
+            ResourceType::builtin(
+                "",
+                "PersistentVolumeClaim",
+                "persistentvolumeclaims",
+                true,
+                true,
+            ),
             ResourceType::builtin("coordination.k8s.io", "Lease", "leases", true, false),
             ResourceType::builtin(
                 "discovery.k8s.io",

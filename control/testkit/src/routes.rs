@@ -14,6 +14,11 @@ pub enum Route {
         version: String,
     },
     Object(Target),
+    /// `pods/<name>/log` in a namespace.
+    PodLog {
+        namespace: String,
+        name: String,
+    },
     /// The OpenAPI v3 index and one group/version document (see `openapi`).
     OpenApiRoot,
     OpenApiGroupVersion {
@@ -49,6 +54,10 @@ pub fn parse(registry: &Registry, path: &str) -> Result<Route, ApiError> {
         ["api", "v1"] => Ok(Route::Resources {
             group: String::new(),
             version: "v1".to_owned(),
+        }),
+        ["api", "v1", "namespaces", namespace, "pods", name, "log"] => Ok(Route::PodLog {
+            namespace: (*namespace).to_owned(),
+            name: (*name).to_owned(),
         }),
         ["api", "v1", rest @ ..] => object_route(registry, "", "v1", rest).ok_or_else(not_found),
         ["apis"] => Ok(Route::Groups),

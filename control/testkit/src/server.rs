@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers::{self, Call, Query, Reply};
+use crate::logs::PodLogs;
 use crate::openapi;
 use crate::pki::{Pki, User};
 use crate::rbac;
@@ -41,6 +42,8 @@ pub struct Server {
     /// Set for a TLS cluster: then every request must come with a client
     /// certificate from this CA and is authorized by RBAC.
     pub tls: Option<Tls>,
+    /// What `pods/<name>/log` returns, set by the test.
+    pub logs: Arc<PodLogs>,
 }
 
 pub struct Tls {
@@ -152,6 +155,11 @@ async fn handle(
     let result = dispatch(server, &parts);
     let response = match result {
         Ok(Reply::Json(code, value)) => json_response(code, &value),
+        Ok(Reply::Text(text)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, "text/plain")
+            .body(BodyExt::boxed(Full::new(Bytes::from(text))))
+            .unwrap_or_else(|_| plain_500()),
         Ok(Reply::Watch(receiver)) => {
             let stream = StreamBody::new(ReceiverStream::new(receiver));
             Response::builder()
@@ -218,6 +226,34 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
                 Some(document) => read_only(document),
                 None => Err(ApiError::path_not_found(path)),
             }
+        }
+        Route::PodLog { namespace, name } => {
+            if *method != Method::GET {
+                return Err(ApiError::method_not_allowed(method.as_str(), path));
+            }
+            if let (Some(_), Some(user)) = (&server.tls, user) {
+                let attributes = rbac::Attributes {
+                    verb: "get",
+                    group: "",
+                    resource: "pods/log",
+                    namespace: Some(&namespace),
+                    name: Some(&name),
+                };
+                if !rbac::allowed(&server.store.lock(), user, &attributes) {
+                    return Err(ApiError::forbidden_by_rbac(
+                        "",
+                        "pods",
+                        "pods",
+                        Some(&name),
+                        rbac::refusal(user, &attributes),
+                    ));
+                }
+            }
+            let text =
+                server
+                    .logs
+                    .read(&server.store, &namespace, &name, query.get("container"))?;
+            return Ok(Reply::Text(text));
         }
         Route::Object(target) => target,
     };

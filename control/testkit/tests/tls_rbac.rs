@@ -204,3 +204,71 @@ async fn kubectl_over_tls_and_clients_without_a_certificate() {
         Err(Error::NotTls(_))
     ));
 }
+
+#[tokio::test]
+async fn pod_logs_are_what_the_test_set_and_need_the_pods_log_right() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::LogParams;
+    let cluster = tls_cluster("logs").await;
+    let admin = cluster.client();
+    let pod: Pod = object(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"containers": [{"name": "app", "image": "x"}, {"name": "sidecar", "image": "y"}]},
+    }));
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
+    cluster.set_pod_log("default", "web", "app", "line one\nline two\n");
+    let for_app = LogParams {
+        container: Some("app".into()),
+        ..LogParams::default()
+    };
+    let text = pods.logs("web", &for_app).await.expect("log of app");
+    assert_eq!(text, "line one\nline two\n");
+    let sidecar = LogParams {
+        container: Some("sidecar".into()),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs("web", &sidecar).await.expect("empty log"), "");
+    let unnamed = api_error(pods.logs("web", &LogParams::default()).await);
+    assert!(
+        unnamed
+            .message
+            .contains("a container name must be specified"),
+        "{}",
+        unnamed.message
+    );
+    assert_eq!(api_error(pods.logs("nope", &for_app).await).code, 404);
+
+    let bob = within("bob", cluster.client_as("bob", &[]))
+        .await
+        .expect("bob");
+    let bob_pods: Api<Pod> = Api::namespaced(bob, "default");
+    let refused = api_error(bob_pods.logs("web", &for_app).await);
+    assert_eq!(refused.code, 403);
+    let role: Role = object(json!({
+        "metadata": {"name": "log-reader", "namespace": "default"},
+        "rules": [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
+    }));
+    Api::<Role>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
+    let binding: RoleBinding = object(json!({
+        "metadata": {"name": "bob-logs", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "log-reader"},
+        "subjects": [{"kind": "User", "name": "bob"}],
+    }));
+    Api::<RoleBinding>::namespaced(admin, "default")
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+    assert_eq!(
+        bob_pods
+            .logs("web", &for_app)
+            .await
+            .expect("bob may read logs now"),
+        "line one\nline two\n"
+    );
+}

@@ -108,4 +108,6 @@ impl Call<'_> {
 pub enum Reply {
     Json(u16, Value),
     Watch(mpsc::Receiver<Chunk>),
+    /// A plain-text body (container logs).
+    Text(String),
 }

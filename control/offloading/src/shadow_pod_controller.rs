@@ -1,0 +1,399 @@
+//! ShadowPod controller (provider side): admits each ShadowPod against its
+//! tenant's quota, runs the real pod (owned by the ShadowPod), and mirrors
+//! the pod's status back. A finished pod releases its quota and is never
+//! started again.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    api::{DeleteParams, PostParams},
+    runtime::{
+        controller::Action,
+        finalizer::{finalizer, Event},
+        watcher, Controller,
+    },
+    Api, Client, Resource as _, ResourceExt as _,
+};
+use strait_api::{
+    authentication::ResourceSlice,
+    condition::find_condition,
+    names,
+    offloading::{PodPhase, ShadowPod, ShadowPodStatus},
+    ConditionStatus,
+};
+use tracing::warn;
+
+use crate::{
+    quantity::{describe_shortfall, pod_requests, Resources},
+    status::{apply_status, condition, ignore_not_found, merge_conditions},
+    Error,
+};
+
+pub const FIELD_MANAGER: &str = "strait-offloading-shadowpod";
+
+/// How a tenant's quota is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Everything is admitted.
+    None,
+    /// Requests are counted against the grant; containers may omit them.
+    Soft,
+    /// Requests are counted, and every container must request cpu and memory.
+    Hard,
+}
+
+impl std::str::FromStr for Enforcement {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "None" => Ok(Self::None),
+            "Soft" => Ok(Self::Soft),
+            "Hard" => Ok(Self::Hard),
+            other => Err(format!(
+                "{other:?} is not a quota enforcement: use None, Soft or Hard"
+            )),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub default_enforcement: Enforcement,
+    /// Admitted, unfinished ShadowPods by uid: (tenant, requests). Kept under
+    /// one lock so concurrent admissions never overcommit a tenant.
+    ledger: Mutex<HashMap<String, (String, Resources)>>,
+}
+
+impl Context {
+    pub fn new(client: Client, default_enforcement: Enforcement) -> Self {
+        Self {
+            client,
+            default_enforcement,
+            ledger: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Resources)>> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn is_admitted(shadow: &ShadowPod) -> bool {
+    shadow
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, "Admitted"))
+        .is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+fn is_finished(phase: PodPhase) -> bool {
+    matches!(phase, PodPhase::Succeeded | PodPhase::Failed)
+}
+
+pub async fn run(context: Arc<Context>) -> Result<(), Error> {
+    let client = context.client.clone();
+    // The quota in use survives a restart: it is what the statuses say.
+    let tenants = tenant_of_namespaces(&client).await?;
+    for shadow in Api::<ShadowPod>::all(client.clone())
+        .list(&Default::default())
+        .await?
+    {
+        let finished = shadow.status.as_ref().is_some_and(|s| is_finished(s.phase));
+        let tenant = tenants.get(&shadow.namespace().unwrap_or_default());
+        if let (true, false, Some(tenant)) = (is_admitted(&shadow), finished, tenant) {
+            let requests = pod_requests(&shadow.spec.pod).unwrap_or_default();
+            context
+                .ledger()
+                .insert(shadow.uid().unwrap_or_default(), (tenant.clone(), requests));
+        }
+    }
+    Controller::new(
+        Api::<ShadowPod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .run(
+        reconcile,
+        |_, _: &Error, _| Action::requeue(Duration::from_secs(2)),
+        context,
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            warn!(%error, "ShadowPod reconcile failed");
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn tenant_of_namespaces(client: &Client) -> Result<HashMap<String, String>, Error> {
+    Ok(Api::<Namespace>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .into_iter()
+        .filter_map(|ns| {
+            let tenant = ns.labels().get(names::label::REMOTE_CLUSTER_ID)?.clone();
+            Some((ns.name_any(), tenant))
+        })
+        .collect())
+}
+
+async fn reconcile(shadow: Arc<ShadowPod>, context: Arc<Context>) -> Result<Action, Error> {
+    let namespace = shadow.namespace().ok_or(Error::Unnamed("ShadowPod"))?;
+    let api = Api::<ShadowPod>::namespaced(context.client.clone(), &namespace);
+    finalizer(&api, names::finalizer::SHADOW_POD, shadow, |event| async {
+        match event {
+            Event::Apply(shadow) => apply(&shadow, &context, &api, &namespace).await,
+            Event::Cleanup(shadow) => cleanup(&shadow, &context, &namespace).await,
+        }
+    })
+    .await
+    .map_err(Error::finalizer)
+}
+
+fn phase_of(pod: &Pod) -> PodPhase {
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") => PodPhase::Pending,
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        _ => PodPhase::Unknown,
+    }
+}
+
+async fn apply(
+    shadow: &ShadowPod,
+    context: &Context,
+    api: &Api<ShadowPod>,
+    namespace: &str,
+) -> Result<Action, Error> {
+    let name = shadow.name_any();
+    let uid = shadow.uid().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace);
+    let mut status = shadow.status.clone().unwrap_or_default();
+    if let Some(pod) = pods.get_opt(&name).await? {
+        let owned = pod.owner_references().iter().any(|o| o.uid == uid);
+        if !owned {
+            merge_conditions(&mut status.conditions, vec![condition("Admitted", false, "NameTaken", format!("pod {namespace}/{name} exists and is not this ShadowPod's: delete it or rename the pod"))], shadow.metadata.generation);
+        } else {
+            status.phase = phase_of(&pod);
+            status.pod_status = pod.status.clone();
+            if is_finished(status.phase) {
+                context.ledger().remove(&uid);
+            }
+        }
+        return write_status(shadow, api, status).await;
+    }
+    if is_finished(status.phase) {
+        // A completed pod is never resurrected.
+        return Ok(Action::await_change());
+    }
+    let verdict = admit(shadow, context, namespace).await?;
+    let admitted = verdict.is_ok();
+    let update = match &verdict {
+        Ok(()) => condition(
+            "Admitted",
+            true,
+            "WithinQuota",
+            "admitted within the tenant's quota",
+        ),
+        Err((reason, message)) => condition("Admitted", false, reason, message.clone()),
+    };
+    merge_conditions(
+        &mut status.conditions,
+        vec![update],
+        shadow.metadata.generation,
+    );
+    if admitted {
+        status.phase = PodPhase::Pending;
+        let mut pod = Pod {
+            spec: Some(shadow.spec.pod.clone()),
+            ..Pod::default()
+        };
+        pod.metadata.name = Some(name.clone());
+        pod.metadata.labels = Some(shadow.labels().clone());
+        pod.metadata.annotations = Some(shadow.annotations().clone());
+        pod.metadata.owner_references = shadow.controller_owner_ref(&()).map(|o| vec![o]);
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => {
+                context.ledger().remove(&uid);
+                return Err(error.into());
+            }
+        }
+    } else {
+        status.phase = PodPhase::Pending;
+    }
+    write_status(shadow, api, status).await?;
+    // Refused pods are looked at again: quota frees up when others finish.
+    Ok(if admitted {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    })
+}
+
+async fn write_status(
+    shadow: &ShadowPod,
+    api: &Api<ShadowPod>,
+    status: ShadowPodStatus,
+) -> Result<Action, Error> {
+    if shadow.status.as_ref() != Some(&status) {
+        apply_status(api, &shadow.name_any(), FIELD_MANAGER, &status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Admits `shadow` into its tenant's ledger, or says why not.
+async fn admit(
+    shadow: &ShadowPod,
+    context: &Context,
+    namespace: &str,
+) -> Result<Result<(), (&'static str, String)>, Error> {
+    let uid = shadow.uid().unwrap_or_default();
+    if context.ledger().contains_key(&uid) {
+        return Ok(Ok(()));
+    }
+    let ns = Api::<Namespace>::all(context.client.clone())
+        .get_opt(namespace)
+        .await?;
+    let Some(tenant) = ns
+        .as_ref()
+        .and_then(|ns| ns.labels().get(names::label::REMOTE_CLUSTER_ID))
+        .cloned()
+    else {
+        return Ok(Err(("NotATenantNamespace", format!("namespace {namespace} was not created for a consumer (no {} label): ShadowPods only run in offloaded namespaces", names::label::REMOTE_CLUSTER_ID))));
+    };
+    let tenant_namespace = names::tenant_namespace(&tenant);
+    let tenant_ns = Api::<Namespace>::all(context.client.clone())
+        .get_opt(&tenant_namespace)
+        .await?;
+    let enforcement = match tenant_ns
+        .as_ref()
+        .and_then(|ns| ns.annotations().get(names::annotation::QUOTA_ENFORCEMENT))
+    {
+        Some(text) => match text.parse::<Enforcement>() {
+            Ok(enforcement) => enforcement,
+            Err(message) => {
+                return Ok(Err((
+                    "InvalidEnforcement",
+                    format!(
+                        "annotation {} on {tenant_namespace}: {message}",
+                        names::annotation::QUOTA_ENFORCEMENT
+                    ),
+                )))
+            }
+        },
+        None => context.default_enforcement,
+    };
+    let requests = match pod_requests(&shadow.spec.pod) {
+        Ok(requests) => requests,
+        Err(error) => return Ok(Err(("InvalidResources", error.to_string()))),
+    };
+    if enforcement == Enforcement::Hard {
+        for container in &shadow.spec.pod.containers {
+            let declared = |name: &str| {
+                let r = container.resources.as_ref();
+                r.and_then(|r| r.requests.as_ref())
+                    .is_some_and(|m| m.contains_key(name))
+                    || r.and_then(|r| r.limits.as_ref())
+                        .is_some_and(|m| m.contains_key(name))
+            };
+            if !declared("cpu") || !declared("memory") {
+                return Ok(Err((
+                    "RequestsRequired",
+                    format!(
+                        "tenant {tenant}'s quota is Hard: container {} must request cpu and memory",
+                        container.name
+                    ),
+                )));
+            }
+        }
+    }
+    let mut grant = Resources::default();
+    if enforcement != Enforcement::None {
+        let slices = Api::<ResourceSlice>::namespaced(context.client.clone(), &tenant_namespace)
+            .list(&Default::default())
+            .await?;
+        for slice in slices {
+            if let Some(status) = slice.status {
+                match Resources::from_list(&status.resources) {
+                    Ok(granted) => grant.add(&granted),
+                    Err(error) => {
+                        warn!(slice = %slice.metadata.name.unwrap_or_default(), %error, "ignoring an unreadable grant")
+                    }
+                }
+            }
+        }
+        if grant.0.is_empty() {
+            return Ok(Err(("NoGrant", format!("no ResourceSlice in {tenant_namespace} grants resources to {tenant}: nothing can run until one is accepted"))));
+        }
+    }
+    let mut ledger = context.ledger();
+    if enforcement != Enforcement::None {
+        let mut wanted = Resources::default();
+        for (owner, used) in ledger.values() {
+            if *owner == tenant {
+                wanted.add(used);
+            }
+        }
+        wanted.add(&requests);
+        let shortfall = grant.shortfall(&wanted);
+        if !shortfall.is_empty() {
+            let left: Vec<_> = shortfall
+                .into_iter()
+                .map(|(name, _, limit)| {
+                    let need = requests.0.get(&name).copied().unwrap_or(0);
+                    let used = wanted.0.get(&name).copied().unwrap_or(0) - need;
+                    (name, need, (limit - used).max(0))
+                })
+                .collect();
+            return Ok(Err((
+                "QuotaExceeded",
+                format!(
+                    "tenant {tenant}'s quota is exhausted: {}",
+                    describe_shortfall(&left)
+                ),
+            )));
+        }
+    }
+    ledger.insert(uid, (tenant, requests));
+    Ok(Ok(()))
+}
+
+async fn cleanup(shadow: &ShadowPod, context: &Context, namespace: &str) -> Result<Action, Error> {
+    context.ledger().remove(&shadow.uid().unwrap_or_default());
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace);
+    let name = shadow.name_any();
+    let owned = |pod: &Pod| {
+        pod.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == shadow.metadata.uid.as_ref())
+    };
+    match pods.get_opt(&name).await? {
+        Some(pod) if owned(&pod) => {
+            ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)?;
+            if pods.get_opt(&name).await?.is_some_and(|p| owned(&p)) {
+                return Err(Error::Waiting(format!(
+                    "pod {namespace}/{name} is terminating"
+                )));
+            }
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// Whether the ShadowPod's status says its pod ran to completion.
+pub fn finished(status: &ShadowPodStatus) -> bool {
+    is_finished(status.phase)
+}

@@ -1,0 +1,87 @@
+//! strait-virtual-kubelet: the virtual node of one VirtualNode.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use strait_offloading::ipmap::{CidrRemap, IpTranslation};
+use strait_virtual_kubelet::{parent_gone, parse_virtual_node, run, Config};
+use tracing_subscriber::EnvFilter;
+
+/// A virtual node backed by a provider cluster: registers the Node, runs
+/// pods there as ShadowPods, reflects what they need, serves their logs.
+/// Started by strait-controller --offloading, one per VirtualNode.
+#[derive(Parser, Debug)]
+#[command(name = "strait-virtual-kubelet", version, about)]
+struct Cli {
+    /// The VirtualNode to run, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    virtual_node: String,
+    /// Name of the Node to register.
+    #[arg(long)]
+    node_name: String,
+    /// This (consumer) cluster's ID.
+    #[arg(long)]
+    local_cluster_id: String,
+    /// Seconds the provider may be unreachable before the node is NotReady.
+    #[arg(long, default_value_t = 10)]
+    not_ready_grace_seconds: u64,
+    /// Milliseconds between two looks at the provider and the node status.
+    #[arg(long, default_value_t = 1000)]
+    node_status_interval_ms: u64,
+    /// Address of the kubelet endpoints (container logs).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen_address: String,
+    /// Address published on the Node for reaching those endpoints.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+    /// Workers reflecting pods.
+    #[arg(long, default_value_t = 8)]
+    pod_workers: usize,
+    /// Workers of each other reflector.
+    #[arg(long, default_value_t = 2)]
+    reflection_workers: usize,
+    /// A provider pod CIDR seen locally under another prefix, REMOTE=LOCAL
+    /// (when the network module remaps it). Repeatable.
+    #[arg(long = "pod-cidr-remap", value_name = "REMOTE=LOCAL")]
+    pod_cidr_remaps: Vec<CidrRemap>,
+    /// Exit when the parent process exits (set by the controller when it
+    /// runs kubelets as processes).
+    #[arg(long)]
+    exit_with_parent: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let (virtual_node_namespace, virtual_node_name) = parse_virtual_node(&cli.virtual_node)?;
+    let config = Config {
+        virtual_node_namespace,
+        virtual_node_name,
+        node_name: cli.node_name,
+        local_cluster_id: cli.local_cluster_id,
+        not_ready_grace: Duration::from_secs(cli.not_ready_grace_seconds),
+        status_interval: Duration::from_millis(cli.node_status_interval_ms.max(50)),
+        listen_address: cli.listen_address,
+        node_ip: cli.node_ip,
+        pod_workers: cli.pod_workers,
+        reflection_workers: cli.reflection_workers,
+        translation: IpTranslation {
+            remaps: cli.pod_cidr_remaps,
+        },
+    };
+    let local = kube::Client::try_default()
+        .await
+        .context("connecting to the consumer's API (kubeconfig or in-cluster config)")?;
+    let watch_parent = cli.exit_with_parent;
+    tokio::select! {
+        result = run(local, config) => result.context("virtual kubelet")?,
+        () = parent_gone(), if watch_parent => tracing::info!("parent exited; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+    }
+    Ok(())
+}

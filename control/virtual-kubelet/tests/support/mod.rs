@@ -1,0 +1,430 @@
+//! A consumer and providers on the test control plane, the offloading
+//! module running on each, and the test playing the provider's kubelet
+//! and the consumer's scheduler.
+#![allow(dead_code)]
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use kube::{
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client, ResourceExt as _,
+};
+use serde_json::{json, Value};
+use strait_api::{names, offloading::VirtualNode};
+use strait_offloading::{
+    kubelet::{KubeletSettings, Launcher, ProcessLauncher},
+    module::{self, ModuleConfig},
+    shadow_pod_controller::Enforcement,
+};
+use strait_testkit::{Options, TestCluster};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+pub async fn create<T>(client: &Client, namespace: Option<&str>, value: Value) -> T
+where
+    T: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<T> = Api::namespaced(client.clone(), namespace.unwrap_or("default"));
+    api.create(&PostParams::default(), &object(value))
+        .await
+        .expect("create")
+}
+
+pub async fn namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &object(json!({"metadata": {"name": name}})),
+        )
+        .await
+        .expect("namespace");
+}
+
+/// The offloading module of one cluster, stopped when dropped.
+pub struct Module(tokio::task::JoinHandle<()>);
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the offloading module of `cluster` in this process; its virtual
+/// kubelets are processes registering in `cluster` through `kubeconfig`.
+pub fn start_module(
+    cluster_id: &str,
+    client: Client,
+    kubeconfig: &std::path::Path,
+    settings: KubeletSettings,
+    enforcement: Enforcement,
+) -> Module {
+    let launcher = ProcessLauncher::new(env!("CARGO_BIN_EXE_strait-virtual-kubelet").into())
+        .env("KUBECONFIG", &kubeconfig.display().to_string())
+        .env("RUST_LOG", "warn");
+    let config = ModuleConfig {
+        cluster_id: Some(cluster_id.to_owned()),
+        launcher: Launcher::Process(launcher),
+        kubelet: KubeletSettings {
+            listen_address: "127.0.0.1:0".into(),
+            node_ip: "127.0.0.1".into(),
+            status_interval: Duration::from_millis(200),
+            ..settings
+        },
+        quota_enforcement: enforcement,
+    };
+    Module(tokio::spawn(async move {
+        if let Err(error) = module::run(client, config).await {
+            panic!("offloading module stopped: {error}");
+        }
+    }))
+}
+
+/// A provider: a TLS cluster where the consumer's identity may only touch
+/// its tenant namespace (and, once granted, the namespaces it offloads).
+pub struct Provider {
+    pub id: String,
+    pub cluster: TestCluster,
+    pub consumer_kubeconfig: String,
+    _module: Module,
+    _kubelet: tokio::task::JoinHandle<()>,
+}
+
+impl Provider {
+    /// `grant` is the hand-made ResourceSlice grant of the consumer.
+    pub async fn start(id: &str, consumer_id: &str, grant: Value, dir: &std::path::Path) -> Self {
+        let cluster = TestCluster::start_with(
+            id,
+            Options {
+                tls: true,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("provider starts");
+        let admin = cluster.client();
+        let tenant = names::tenant_namespace(consumer_id);
+        namespace(&admin, &tenant).await;
+        let user = format!("strait-consumer-{consumer_id}");
+        let _: k8s_openapi::api::rbac::v1::Role = create(&admin, Some(&tenant), json!({
+            "metadata": {"name": "strait-tenant"},
+            "rules": [
+                {"apiGroups": [names::group::OFFLOADING], "resources": ["namespacemaps"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                {"apiGroups": [names::group::AUTHENTICATION], "resources": ["resourceslices"], "verbs": ["get", "list", "watch"]},
+            ],
+        })).await;
+        let _: k8s_openapi::api::rbac::v1::RoleBinding = create(&admin, Some(&tenant), json!({
+            "metadata": {"name": "strait-tenant"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "strait-tenant"},
+            "subjects": [{"kind": "User", "name": user}],
+        })).await;
+        let slices: Api<strait_api::authentication::ResourceSlice> =
+            Api::namespaced(admin.clone(), &tenant);
+        let slice: strait_api::authentication::ResourceSlice = create(&admin, Some(&tenant), json!({
+            "apiVersion": "authentication.strait.dev/v1beta1", "kind": "ResourceSlice",
+            "metadata": {"name": "default"},
+            "spec": {"consumerClusterID": consumer_id, "providerClusterID": id, "resources": grant.clone()},
+        })).await;
+        slices
+            .patch_status(
+                &slice.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"resources": grant}})),
+            )
+            .await
+            .expect("grant");
+        let consumer_kubeconfig = cluster
+            .kubeconfig_yaml_as(&user, &[])
+            .expect("consumer kubeconfig");
+        let path = dir.join(format!("{id}-admin.kubeconfig"));
+        cluster.write_kubeconfig(&path).expect("kubeconfig");
+        let module = start_module(
+            id,
+            admin.clone(),
+            &path,
+            KubeletSettings::default(),
+            Enforcement::Hard,
+        );
+        let kubelet = tokio::spawn(play_kubelet(admin));
+        Self {
+            id: id.to_owned(),
+            cluster,
+            consumer_kubeconfig,
+            _module: module,
+            _kubelet: kubelet,
+        }
+    }
+}
+
+/// Address the fake kubelet gives the n-th pod it starts.
+pub fn pod_ip(n: u32) -> String {
+    format!("198.18.{}.{}", n / 250, n % 250 + 1)
+}
+
+/// The provider's kubelet, played by the test: every pod that appears is
+/// Running with an address, unless its annotation asks otherwise.
+async fn play_kubelet(client: Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut started = 0u32;
+    let mut events = watcher(pods, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(pod) = event else { continue };
+        if pod.status.as_ref().and_then(|s| s.phase.as_ref()).is_some()
+            || pod.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let ip = pod_ip(started);
+        started += 1;
+        let status = json!({"status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "hostIP": "198.18.255.1",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }});
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        let _ = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await;
+    }
+}
+
+/// The consumer: a plain cluster with the offloading module.
+pub struct Consumer {
+    pub id: String,
+    pub cluster: TestCluster,
+    pub dir: tempfile::TempDir,
+    module: Option<Module>,
+}
+
+impl Consumer {
+    pub async fn start(id: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let cluster = TestCluster::start(id).await.expect("consumer starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        namespace(&cluster.client(), names::SYSTEM_NAMESPACE).await;
+        Self {
+            id: id.to_owned(),
+            cluster,
+            dir,
+            module: None,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.cluster.client()
+    }
+
+    pub fn start_module(&mut self, settings: KubeletSettings) {
+        let path = self.dir.path().join("consumer.kubeconfig");
+        self.cluster.write_kubeconfig(&path).expect("kubeconfig");
+        self.module = Some(start_module(
+            &self.id,
+            self.client(),
+            &path,
+            settings,
+            Enforcement::Hard,
+        ));
+    }
+
+    /// A hand-made identity: the kubeconfig Secret a VirtualNode points to.
+    pub async fn add_provider_secret(&self, provider: &Provider) -> String {
+        let name = names::peering_kubeconfig_secret(&provider.id);
+        let _: Secret = create(
+            &self.client(),
+            Some(names::SYSTEM_NAMESPACE),
+            json!({
+                "metadata": {"name": name},
+                "stringData": {"kubeconfig": provider.consumer_kubeconfig},
+            }),
+        )
+        .await;
+        name
+    }
+
+    pub async fn add_virtual_node(
+        &self,
+        name: &str,
+        provider: &Provider,
+        secret: &str,
+        spec: Value,
+    ) -> VirtualNode {
+        let mut full = json!({
+            "apiVersion": "offloading.strait.dev/v1beta1", "kind": "VirtualNode",
+            "metadata": {"name": name},
+            "spec": {"clusterID": provider.id, "kubeconfigSecretRef": {"name": secret}},
+        });
+        if let (Some(target), Value::Object(extra)) = (full["spec"].as_object_mut(), spec) {
+            target.extend(extra);
+        }
+        create(&self.client(), Some(names::SYSTEM_NAMESPACE), full).await
+    }
+
+    pub async fn wait_node_ready(&self, node: &str, ready: bool) {
+        let nodes: Api<Node> = Api::all(self.client());
+        strait_testkit::eventually(&format!("node {node} Ready={ready}"), WAIT, || {
+            let nodes = nodes.clone();
+            async move {
+                nodes
+                    .get_opt(node)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| node_ready(&n) == Some(ready))
+            }
+        })
+        .await;
+    }
+}
+
+pub fn node_ready(node: &Node) -> Option<bool> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True")
+}
+
+/// Binds a pod to a node, as the scheduler does.
+pub async fn bind(client: &Client, namespace: &str, pod: &str, node: &str) {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeName": node}})),
+        )
+        .await
+        .expect("bind");
+}
+
+pub async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> Option<String> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .get_opt(pod)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|p| p.status.and_then(|s| s.phase))
+}
+
+pub async fn wait_phase(client: &Client, namespace: &str, pod: &str, phase: &str) {
+    strait_testkit::eventually(&format!("pod {namespace}/{pod} {phase}"), WAIT, || async {
+        pod_phase(client, namespace, pod).await.as_deref() == Some(phase)
+    })
+    .await;
+}
+
+/// Everything Strait left in a cluster: names of objects of the kinds it
+/// creates, in every namespace, skipping what the test made itself.
+pub async fn leftovers(client: &Client, keep_namespaces: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let mut found = BTreeMap::new();
+    let names_of = |items: Vec<String>| items;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("pods");
+    found.insert(
+        "pods".into(),
+        names_of(
+            pods.into_iter()
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect(),
+        ),
+    );
+    let shadows = Api::<strait_api::offloading::ShadowPod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("shadowpods");
+    found.insert(
+        "shadowpods".into(),
+        shadows.into_iter().map(|p| p.name_any()).collect(),
+    );
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("nodes");
+    found.insert(
+        "nodes".into(),
+        nodes.into_iter().map(|n| n.name_any()).collect(),
+    );
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("namespaces");
+    let builtin = ["default", "kube-system", "kube-public", "kube-node-lease"];
+    found.insert(
+        "namespaces".into(),
+        namespaces
+            .into_iter()
+            .map(|n| n.name_any())
+            .filter(|n| !builtin.contains(&n.as_str()) && !keep_namespaces.contains(&n.as_str()))
+            .collect(),
+    );
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("leases");
+    found.insert(
+        "leases".into(),
+        leases.into_iter().map(|l| l.name_any()).collect(),
+    );
+    found.retain(|_, v| !v.is_empty());
+    found
+}
+
+/// What a kubelet endpoint of a virtual node answers.
+pub async fn kubelet_get(client: &Client, node: &str, path: &str) -> (u16, String) {
+    let node = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .expect("node");
+    let status = node.status.expect("node status");
+    let address = &status.addresses.expect("addresses")[0].address;
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .expect("kubelet port");
+    let stream = tokio::net::TcpStream::connect((address.as_str(), port as u16))
+        .await
+        .expect("connect to the kubelet");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = stream;
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+pub type Shared<T> = Arc<T>;
