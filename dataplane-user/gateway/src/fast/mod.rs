@@ -1,0 +1,461 @@
+//! Strait's fast userspace datapath.
+//!
+//! - TUN with IFF_VNET_HDR and TSO/USO enabled (tun-rs): the kernel hands
+//!   over up to 64 KB TCP segments, split here into MTU-sized packets, and
+//!   decrypted packets of one flow are coalesced (GRO) before being written
+//!   back, so the TCP stacks on both sides see few, large packets.
+//! - UDP GSO on send: the encrypted packets of one batch leave in one
+//!   sendmsg; UDP GRO and recvmmsg on receive.
+//! - The WireGuard protocol from boringtun's noise core (`Tunn`).
+//! - One thread per direction: each flow is handled in order by a single
+//!   thread, so packets of a flow are never reordered; encryption and
+//!   decryption run on different cores.
+
+pub mod peer;
+pub mod udp;
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use defguard_boringtun::noise::{errors::WireGuardError, TunnResult};
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use crate::{config::Cidr, Error, PeerStats, Plan, PrivateKey, PublicKey};
+use peer::{drop_reason, PeerState, Target};
+use udp::{poll, RecvBatch, UdpIo};
+
+/// How long the I/O threads wait before looking at the stop flag again.
+const POLL_MS: i32 = 200;
+/// recvmmsg batch size.
+const RECV_BATCH: usize = 16;
+/// Datagram scratch space for handshakes and keepalives.
+const SCRATCH: usize = 2048;
+
+struct Shared {
+    peer: Mutex<PeerState>,
+    udp: Mutex<UdpIo>,
+    udp_fd: i32,
+    tun: SyncDevice,
+    mtu: usize,
+    stop: AtomicBool,
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
+}
+
+impl Shared {
+    fn peer(&self) -> MutexGuard<'_, PeerState> {
+        // A panic on another thread while holding the lock leaves the
+        // state usable (counters and sessions), so keep going.
+        self.peer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, to: SocketAddr, data: &[u8], segment: usize) {
+        let mut udp = self.udp.lock().unwrap_or_else(|p| p.into_inner());
+        match udp.send_run(to, data, segment) {
+            Ok(()) => {
+                self.tx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(%to, error = %e, "sending to the peer"),
+        }
+    }
+}
+
+/// A running fast-path gateway; stops its threads and removes the TUN on drop.
+pub struct FastDevice {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl FastDevice {
+    pub fn start(
+        plan: &Plan,
+        mtu: u32,
+        key: PrivateKey,
+        peer_key: PublicKey,
+    ) -> Result<Self, Error> {
+        let mut builder = DeviceBuilder::new()
+            .name(plan.interface.clone())
+            .mtu(u16::try_from(mtu).unwrap_or(u16::MAX))
+            .offload(true)
+            .tx_queue_len(1000);
+        for cidr in &plan.addresses {
+            builder = match cidr.addr {
+                std::net::IpAddr::V4(a) => builder.ipv4(a, cidr.len, None),
+                std::net::IpAddr::V6(a) => builder.ipv6(a, cidr.len),
+            };
+        }
+        let tun = builder
+            .build_sync()
+            .map_err(Error::io(format!("creating TUN {} with offloads", plan.interface)))?;
+        tracing::info!(
+            interface = %plan.interface,
+            tcp_gso = tun.tcp_gso(),
+            udp_gso = tun.udp_gso(),
+            "TUN created"
+        );
+        add_routes(&plan.interface, &plan.routes)?;
+        let udp = UdpIo::bind(plan.listen_port())
+            .map_err(Error::io(format!("binding UDP port {}", plan.listen_port())))?;
+        tracing::info!(port = ?udp.local_port(), "listening for the peer");
+        let peer = PeerState::new(
+            key,
+            peer_key,
+            plan.initial_endpoint(),
+            plan.allowed_ips.clone(),
+            plan.persistent_keepalive,
+        );
+        let shared = Arc::new(Shared {
+            peer: Mutex::new(peer),
+            udp_fd: udp.fd(),
+            udp: Mutex::new(udp),
+            tun,
+            mtu: mtu as usize,
+            stop: AtomicBool::new(false),
+            tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+        });
+        let spawn = |name: &str, f: fn(&Shared)| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || f(&shared))
+                .map_err(Error::io(format!("starting thread {name}")))
+        };
+        let threads = vec![
+            spawn("gw-encrypt", tun_to_network)?,
+            spawn("gw-decrypt", network_to_tun)?,
+            spawn("gw-timers", timers)?,
+        ];
+        Ok(FastDevice { shared, threads })
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        let peer = self.shared.peer();
+        PeerStats {
+            last_handshake: peer.last_handshake(),
+            tx_bytes: self.shared.tx_bytes.load(Ordering::Relaxed),
+            rx_bytes: self.shared.rx_bytes.load(Ordering::Relaxed),
+            endpoint: peer.endpoint,
+        }
+    }
+
+    pub fn drops(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared
+            .peer()
+            .drops
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect()
+    }
+
+    /// The peer published a new key.
+    pub fn set_peer_key(&self, key: PublicKey) {
+        let mut scratch = [0u8; SCRATCH];
+        let mut peer = self.shared.peer();
+        let endpoint = peer.endpoint;
+        if let (Some(init), Some(to)) = (peer.peer_key_changed(key, &mut scratch), endpoint) {
+            let init = init.to_vec();
+            drop(peer);
+            self.shared.send(to, &init, init.len());
+        }
+    }
+
+    /// We rotated our own key.
+    pub fn set_own_key(&self, key: PrivateKey) {
+        let mut scratch = [0u8; SCRATCH];
+        let mut peer = self.shared.peer();
+        let endpoint = peer.endpoint;
+        if let (Some(init), Some(to)) = (peer.own_key_changed(key, &mut scratch), endpoint) {
+            let init = init.to_vec();
+            drop(peer);
+            self.shared.send(to, &init, init.len());
+        }
+    }
+}
+
+impl Drop for FastDevice {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Encrypts what the TUN hands over and sends it to the peer in GSO runs.
+fn tun_to_network(shared: &Shared) {
+    let stride = shared.mtu + 64;
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut bufs = vec![vec![0u8; stride]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    // Encrypted packets back to back, as UDP GSO wants them.
+    let mut out = vec![0u8; IDEAL_BATCH_SIZE * stride + SCRATCH];
+    let mut lens: Vec<usize> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    let tun_fd = shared.tun.as_raw_fd();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match poll(tun_fd, libc::POLLIN, POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the TUN");
+                return;
+            }
+        }
+        let n = match shared.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the TUN");
+                continue;
+            }
+        };
+        lens.clear();
+        let mut used = 0;
+        let endpoint = {
+            let mut peer = shared.peer();
+            for (buf, size) in bufs.iter().zip(&sizes).take(n) {
+                let Some(packet) = buf.get(..*size) else { continue };
+                if out.len() - used < packet.len() + SCRATCH {
+                    break;
+                }
+                if let TunnResult::WriteToNetwork(sealed) =
+                    peer.current.tunn.encapsulate(packet, &mut out[used..])
+                {
+                    let len = sealed.len();
+                    lens.push(len);
+                    used += len;
+                }
+            }
+            peer.endpoint
+        };
+        let Some(to) = endpoint else {
+            // A server that has not heard from its peer yet: nowhere to send.
+            shared.peer().drop_packet("no_endpoint");
+            continue;
+        };
+        send_runs(shared, to, &out[..used], &lens);
+    }
+}
+
+/// Sends back-to-back datagrams of lengths `lens` in runs of equal size
+/// (a shorter one may end a run), one system call per run.
+fn send_runs(shared: &Shared, to: SocketAddr, data: &[u8], lens: &[usize]) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < lens.len() {
+        let segment = lens[i];
+        let mut end = start + segment;
+        let mut count = 1;
+        i += 1;
+        while i < lens.len()
+            && count < udp::MAX_GSO_SEGMENTS
+            && lens[i] <= segment
+            && end + lens[i] <= start + 65_000
+        {
+            end += lens[i];
+            count += 1;
+            i += 1;
+            if lens[i - 1] < segment {
+                break;
+            }
+        }
+        shared.send(to, &data[start..end], segment);
+        start = end;
+    }
+}
+
+/// Decrypts what the peer sends and writes it to the TUN, coalesced.
+fn network_to_tun(shared: &Shared) {
+    let plain_len = VIRTIO_NET_HDR_LEN + shared.mtu + 64;
+    let mut batch = RecvBatch::new(RECV_BATCH);
+    let mut plain: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
+        .map(|_| Vec::with_capacity(65_535 + VIRTIO_NET_HDR_LEN))
+        .collect();
+    let mut gro = GROTable::default();
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match poll(shared.udp_fd, libc::POLLIN, POLL_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the UDP socket");
+                return;
+            }
+        }
+        let count = match batch.recv(&shared.udp.lock().unwrap_or_else(|p| p.into_inner())) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "receiving from the network");
+                continue;
+            }
+        };
+        let mut ready = 0;
+        {
+            let mut peer = shared.peer();
+            for i in 0..count {
+                let Some(received) = batch.get(i) else { continue };
+                shared
+                    .rx_bytes
+                    .fetch_add(received.data.len() as u64, Ordering::Relaxed);
+                for datagram in received.data.chunks(received.segment.max(1)) {
+                    if ready == plain.len() {
+                        drop(peer);
+                        flush_tun(shared, &mut gro, &mut plain[..ready]);
+                        ready = 0;
+                        peer = shared.peer();
+                    }
+                    let buf = &mut plain[ready];
+                    buf.clear();
+                    buf.resize(plain_len.max(VIRTIO_NET_HDR_LEN + datagram.len()), 0);
+                    if open(&mut peer, received.from, datagram, buf, &mut replies) {
+                        ready += 1;
+                    }
+                }
+            }
+        }
+        for (to, reply) in replies.drain(..) {
+            shared.send(to, &reply, reply.len());
+        }
+        flush_tun(shared, &mut gro, &mut plain[..ready]);
+    }
+}
+
+/// Decrypts one datagram into `buf` (after the virtio header room); true
+/// when `buf` now holds a packet for the TUN. Handshake answers go to `replies`.
+fn open(
+    peer: &mut PeerState,
+    from: SocketAddr,
+    datagram: &[u8],
+    buf: &mut Vec<u8>,
+    replies: &mut Vec<(SocketAddr, Vec<u8>)>,
+) -> bool {
+    let target = match peer.target(datagram) {
+        Ok(t) => t,
+        Err(e) => {
+            peer.drop_packet(drop_reason(&e));
+            return false;
+        }
+    };
+    let result = peer
+        .session(target)
+        .decapsulate(Some(from.ip()), datagram, &mut buf[VIRTIO_NET_HDR_LEN..]);
+    let (packet_len, source) = match result {
+        TunnResult::Done => {
+            // A keepalive, or a handshake completed with nothing queued.
+            finish_handshake(peer, target, from);
+            return false;
+        }
+        TunnResult::Err(e) => {
+            if matches!(e, WireGuardError::WrongIndex | WireGuardError::NoCurrentSession)
+                && peer.should_answer_unknown_session(Instant::now())
+            {
+                let mut scratch = [0u8; SCRATCH];
+                if let TunnResult::WriteToNetwork(init) =
+                    peer.current.tunn.format_handshake_initiation(&mut scratch, false)
+                {
+                    replies.push((from, init.to_vec()));
+                }
+            }
+            peer.drop_packet(drop_reason(&e));
+            return false;
+        }
+        TunnResult::WriteToNetwork(reply) => {
+            replies.push((from, reply.to_vec()));
+            // Packets queued while the handshake ran go out now.
+            let mut scratch = vec![0u8; 65_535];
+            while let TunnResult::WriteToNetwork(queued) =
+                peer.session(target).decapsulate(None, &[], &mut scratch)
+            {
+                replies.push((from, queued.to_vec()));
+            }
+            finish_handshake(peer, target, from);
+            return false;
+        }
+        TunnResult::WriteToTunnelV4(p, src) => (p.len(), std::net::IpAddr::V4(src)),
+        TunnResult::WriteToTunnelV6(p, src) => (p.len(), std::net::IpAddr::V6(src)),
+    };
+    finish_handshake(peer, target, from);
+    if !peer.allows(source) {
+        peer.drop_packet("source_not_allowed");
+        return false;
+    }
+    buf.truncate(VIRTIO_NET_HDR_LEN + packet_len);
+    true
+}
+
+/// An authenticated datagram arrived: follow the peer's address (roaming,
+/// restarts) and promote a session for a new key once it works.
+fn finish_handshake(peer: &mut PeerState, target: Target, from: SocketAddr) {
+    if peer.endpoint != Some(from) {
+        tracing::info!(endpoint = %from, "peer endpoint");
+        peer.endpoint = Some(from);
+    }
+    if target == Target::Pending && peer.session(Target::Pending).time_since_last_handshake().is_some()
+    {
+        peer.promote();
+    }
+}
+
+fn flush_tun(shared: &Shared, gro: &mut GROTable, packets: &mut [Vec<u8>]) {
+    if packets.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.tun.send_multiple(gro, packets, VIRTIO_NET_HDR_LEN) {
+        tracing::debug!(error = %e, "writing to the TUN");
+    }
+}
+
+/// Handshake retries, rekeying and keepalives, every 100 ms.
+fn timers(shared: &Shared) {
+    let mut scratch = vec![0u8; SCRATCH];
+    let mut to_send = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let endpoint = {
+            let mut peer = shared.peer();
+            for target in [Target::Current, Target::Pending] {
+                if target == Target::Pending && peer.pending.is_none() {
+                    continue;
+                }
+                if let TunnResult::WriteToNetwork(p) =
+                    peer.session(target).update_timers(&mut scratch)
+                {
+                    to_send.push(p.to_vec());
+                }
+            }
+            peer.endpoint
+        };
+        for p in to_send.drain(..) {
+            if let Some(to) = endpoint {
+                shared.send(to, &p, p.len());
+            }
+        }
+    }
+}
+
+/// Routes the peer's extra CIDRs into the tunnel (its own subnets are
+/// routed by the interface addresses).
+fn add_routes(interface: &str, routes: &[Cidr]) -> Result<(), Error> {
+    for route in routes {
+        let family = if route.addr.is_ipv4() { "-4" } else { "-6" };
+        let status = std::process::Command::new("ip")
+            .args([family, "route", "replace", &route.to_string(), "dev", interface])
+            .status()
+            .map_err(Error::io("running ip route"))?;
+        if !status.success() {
+            return Err(Error::Wireguard {
+                interface: interface.to_owned(),
+                detail: format!("`ip route replace {route} dev {interface}` failed: {status}"),
+            });
+        }
+    }
+    Ok(())
+}
