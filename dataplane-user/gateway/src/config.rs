@@ -110,7 +110,10 @@ impl Cidr {
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         };
-        Cidr { addr, len: self.len }
+        Cidr {
+            addr,
+            len: self.len,
+        }
     }
 
     pub fn host(addr: IpAddr) -> Cidr {
@@ -232,8 +235,7 @@ impl GatewayConfig {
     /// Checks the configuration and resolves the client's endpoint names.
     pub fn plan(&self) -> Result<Plan, Error> {
         let bad = |m: String| Error::Config(m);
-        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/')
-        {
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
             return Err(bad(format!(
                 "interface {:?}: a Linux interface name has 1-15 bytes and no '/'",
                 self.interface
@@ -254,10 +256,7 @@ impl GatewayConfig {
             }
             (None, Some(client)) => (
                 Role::Client {
-                    endpoints: resolve_endpoints(
-                        &client.endpoint.addresses,
-                        client.endpoint.port,
-                    )?,
+                    endpoints: resolve_endpoints(&client.endpoint.addresses, client.endpoint.port)?,
                 },
                 client.mtu,
             ),
@@ -272,12 +271,12 @@ impl GatewayConfig {
             .filter(|m| (1280..=9000).contains(m))
             .ok_or_else(|| bad(format!("mtu {mtu} is outside 1280-9000")))?;
         let peer_key = match (&self.peer_public_key, &self.peer_public_key_file) {
-            (Some(spec), None) => PeerKeySource::Inline(spec.public_key.parse().map_err(
-                |reason| Error::Key {
+            (Some(spec), None) => {
+                PeerKeySource::Inline(spec.public_key.parse().map_err(|reason| Error::Key {
                     what: "peerPublicKey".into(),
                     reason,
-                },
-            )?),
+                })?)
+            }
             (None, Some(path)) => PeerKeySource::File(path.clone()),
             _ => {
                 return Err(bad(
@@ -290,8 +289,15 @@ impl GatewayConfig {
             return Err(bad("tunnel.addresses needs at least one address".into()));
         }
         for family in [true, false] {
-            if addresses.iter().filter(|c| c.addr.is_ipv4() == family).count() > 1 {
-                return Err(bad("tunnel.addresses: at most one address per family".into()));
+            if addresses
+                .iter()
+                .filter(|c| c.addr.is_ipv4() == family)
+                .count()
+                > 1
+            {
+                return Err(bad(
+                    "tunnel.addresses: at most one address per family".into()
+                ));
             }
         }
         let routes = parse_cidrs("tunnel.allowedIps", &self.tunnel.allowed_ips)?;
@@ -301,8 +307,13 @@ impl GatewayConfig {
                 c.network()
             )));
         }
-        let mut allowed_ips: Vec<Cidr> =
-            self.tunnel.peer_addresses.iter().copied().map(Cidr::host).collect();
+        let mut allowed_ips: Vec<Cidr> = self
+            .tunnel
+            .peer_addresses
+            .iter()
+            .copied()
+            .map(Cidr::host)
+            .collect();
         allowed_ips.extend(routes.iter().copied());
         let persistent_keepalive = match role {
             Role::Client { .. } => Some(self.tunnel.persistent_keepalive.unwrap_or(10)),
@@ -328,19 +339,19 @@ impl GatewayConfig {
 fn parse_cidrs(field: &str, items: &[String]) -> Result<Vec<Cidr>, Error> {
     items
         .iter()
-        .map(|s| s.parse().map_err(|e| Error::Config(format!("{field}: {e}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|e| Error::Config(format!("{field}: {e}")))
+        })
         .collect()
 }
 
 fn resolve_endpoints(addresses: &[String], port: i32) -> Result<Vec<SocketAddr>, Error> {
-    let port = u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "client.endpoint.port {port} is not a UDP port (1-65535)"
-            ))
-        })?;
+    let port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+        Error::Config(format!(
+            "client.endpoint.port {port} is not a UDP port (1-65535)"
+        ))
+    })?;
     let mut resolved = Vec::new();
     for host in addresses {
         match host.parse::<IpAddr>() {
@@ -441,15 +452,27 @@ tunnel:
                 format!("{SERVER}client:\n  endpoint: {{ addresses: [198.18.0.1], port: 1 }}\n"),
                 "exactly one of `server`",
             ),
-            (SERVER.replace("port: 51820", "port: 70000"), "not a UDP port"),
+            (
+                SERVER.replace("port: 51820", "port: 70000"),
+                "not a UDP port",
+            ),
             (SERVER.replace("mtu: 1420", "mtu: 576"), "outside 1280-9000"),
-            (SERVER.replace("198.19.255.1/30", "198.19.255.1"), "CIDR notation"),
+            (
+                SERVER.replace("198.19.255.1/30", "198.19.255.1"),
+                "CIDR notation",
+            ),
             (
                 SERVER.replace("198.18.64.0/24", "198.18.64.1/24"),
                 "host bits set (did you mean 198.18.64.0/24?)",
             ),
-            (SERVER.replace("hwrY", "hwr"), "invalid WireGuard key in peerPublicKey"),
-            (SERVER.replace("gw-a", "a-very-long-interface"), "1-15 bytes"),
+            (
+                SERVER.replace("hwrY", "hwr"),
+                "invalid WireGuard key in peerPublicKey",
+            ),
+            (
+                SERVER.replace("gw-a", "a-very-long-interface"),
+                "1-15 bytes",
+            ),
             (
                 format!("{SERVER}peerPublicKeyFile: /x\n"),
                 "exactly one of `peerPublicKey`",
@@ -476,7 +499,11 @@ tunnel:
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("198.19.1.1".parse().unwrap()));
         assert_eq!(
-            "198.19.255.2/30".parse::<Cidr>().unwrap().network().to_string(),
+            "198.19.255.2/30"
+                .parse::<Cidr>()
+                .unwrap()
+                .network()
+                .to_string(),
             "198.19.255.0/30"
         );
     }

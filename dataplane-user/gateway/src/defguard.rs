@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use defguard_wireguard_rs::{
-    host::Host, key::Key, net::IpAddrMask, peer::Peer, InterfaceConfiguration, Kernel,
-    Userspace, WGApi, WireguardInterfaceApi,
+    host::Host, key::Key, net::IpAddrMask, peer::Peer, InterfaceConfiguration, Kernel, Userspace,
+    WGApi, WireguardInterfaceApi,
 };
 
 use crate::{config::Cidr, Error, PeerStats, Plan, PrivateKey, PublicKey};
@@ -31,12 +31,7 @@ pub fn interface_configuration(
     }
 }
 
-fn peer(
-    plan: &Plan,
-    peer_key: &PublicKey,
-    endpoint: Option<SocketAddr>,
-    allowed: &[Cidr],
-) -> Peer {
+fn peer(plan: &Plan, peer_key: &PublicKey, endpoint: Option<SocketAddr>, allowed: &[Cidr]) -> Peer {
     let mut peer = Peer::new(Key::new(*peer_key.as_bytes()));
     peer.endpoint = endpoint;
     peer.persistent_keepalive_interval = plan.persistent_keepalive;
@@ -79,9 +74,7 @@ impl DefguardDevice {
         let mut device = if kernel {
             DefguardDevice::Kernel(WGApi::<Kernel>::new(plan.interface.clone()).map_err(err)?)
         } else {
-            DefguardDevice::Embedded(
-                WGApi::<Userspace>::new(plan.interface.clone()).map_err(err)?,
-            )
+            DefguardDevice::Embedded(WGApi::<Userspace>::new(plan.interface.clone()).map_err(err)?)
         };
         device.api_mut().create_interface().map_err(err)?;
         device.api().configure_interface(config).map_err(err)?;
@@ -179,15 +172,21 @@ tunnel:
             crate::config::PeerKeySource::Inline(k) => *k,
             other => panic!("{other:?}"),
         };
-        let config =
-            interface_configuration(&plan, 1400, &key, &peer_key, plan.initial_endpoint());
+        let config = interface_configuration(&plan, 1400, &key, &peer_key, plan.initial_endpoint());
         assert_eq!(config.mtu, Some(1400));
         assert_eq!(
-            config.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            config
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["198.19.255.2/30", "fd00:ff::2/126"]
         );
         let host = kernel_host(&config).unwrap();
-        assert_eq!(host.listen_port, 0, "a client lets the kernel pick its port");
+        assert_eq!(
+            host.listen_port, 0,
+            "a client lets the kernel pick its port"
+        );
         assert_eq!(
             host.private_key.as_ref().map(Key::as_array),
             Some(key.secret().to_bytes())
@@ -198,7 +197,10 @@ tunnel:
         assert_eq!(peer.endpoint, Some("[fd00:5::1]:51820".parse().unwrap()));
         assert_eq!(peer.persistent_keepalive_interval, Some(5));
         assert_eq!(
-            peer.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            peer.allowed_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             ["198.19.255.1/32", "198.18.64.0/24", "fd00:64::/64"]
         );
         // The private key never shows in the logs defguard writes.

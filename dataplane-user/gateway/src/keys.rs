@@ -55,6 +55,10 @@ impl PrivateKey {
 pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        PublicKey(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -12,7 +12,12 @@ pub fn render(status: &GatewayStatus) -> String {
         "role=\"{}\",backend=\"{}\",interface=\"{}\"",
         status.role, status.backend, status.interface
     );
-    family(&mut out, "strait_gateway_connected", "1 when the tunnel is connected.", "gauge");
+    family(
+        &mut out,
+        "strait_gateway_connected",
+        "1 when the tunnel is connected.",
+        "gauge",
+    );
     let connected = u8::from(status.connection.value == ConnectionState::Connected);
     let _ = writeln!(out, "strait_gateway_connected{{{labels}}} {connected}");
     family(
@@ -40,7 +45,10 @@ pub fn render(status: &GatewayStatus) -> String {
         .last_handshake_time
         .as_ref()
         .map_or(0, |t| t.0.as_second());
-    let _ = writeln!(out, "strait_gateway_last_handshake_seconds{{{labels}}} {handshake}");
+    let _ = writeln!(
+        out,
+        "strait_gateway_last_handshake_seconds{{{labels}}} {handshake}"
+    );
     family(
         &mut out,
         "strait_gateway_latency_seconds",
@@ -56,10 +64,26 @@ pub fn render(status: &GatewayStatus) -> String {
         let _ = writeln!(out, "strait_gateway_latency_seconds{{{labels}}} {rtt}");
     }
     for (name, help, value) in [
-        ("strait_gateway_tx_bytes_total", "Bytes sent to the peer (encrypted).", status.tx_bytes),
-        ("strait_gateway_rx_bytes_total", "Bytes received from the peer (encrypted).", status.rx_bytes),
-        ("strait_gateway_probes_sent_total", "Probes sent through the tunnel.", status.probes_sent),
-        ("strait_gateway_probes_answered_total", "Probes answered through the tunnel.", status.probes_answered),
+        (
+            "strait_gateway_tx_bytes_total",
+            "Bytes sent to the peer (encrypted).",
+            status.tx_bytes,
+        ),
+        (
+            "strait_gateway_rx_bytes_total",
+            "Bytes received from the peer (encrypted).",
+            status.rx_bytes,
+        ),
+        (
+            "strait_gateway_probes_sent_total",
+            "Probes sent through the tunnel.",
+            status.probes_sent,
+        ),
+        (
+            "strait_gateway_probes_answered_total",
+            "Probes answered through the tunnel.",
+            status.probes_answered,
+        ),
     ] {
         family(&mut out, name, help, "counter");
         let _ = writeln!(out, "{name}{{{labels}}} {value}");
@@ -71,7 +95,10 @@ pub fn render(status: &GatewayStatus) -> String {
         "counter",
     );
     for (reason, count) in &status.drops {
-        let _ = writeln!(out, "strait_gateway_drops_total{{{labels},reason=\"{reason}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "strait_gateway_drops_total{{{labels},reason=\"{reason}\"}} {count}"
+        );
     }
     out
 }
@@ -139,7 +166,10 @@ mod tests {
             format!("strait_gateway_rx_bytes_total{{{l}}} 2000"),
             format!("strait_gateway_drops_total{{{l},reason=\"invalid_mac\"}} 7"),
         ] {
-            assert!(text.lines().any(|x| x == line), "{line} missing from\n{text}");
+            assert!(
+                text.lines().any(|x| x == line),
+                "{line} missing from\n{text}"
+            );
         }
     }
 }

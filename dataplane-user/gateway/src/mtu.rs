@@ -52,19 +52,52 @@ pub fn path_mtu_to(peer: SocketAddr) -> Option<u32> {
 
 /// For a server, which does not know where its peer will come from: the
 /// smallest MTU among the interfaces that are up (loopback and our own
-/// tunnel excluded).
+/// tunnel excluded). Asked through ioctls, which see the calling thread's
+/// network namespace (/sys/class/net shows whichever one mounted /sys).
 pub fn smallest_interface_mtu(exclude: &str) -> Option<u32> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name() != "lo" && e.file_name() != exclude)
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("operstate"))
-                .is_ok_and(|s| matches!(s.trim(), "up" | "unknown"))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("mtu")).ok())
-        .filter_map(|m| m.trim().parse().ok())
-        .min()
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // SAFETY: if_nameindex returns a NULL-terminated array (or NULL) that we
+    // free below and only read in between.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return None;
+    }
+    let mut smallest: Option<u32> = None;
+    let mut i = 0;
+    loop {
+        // SAFETY: within the array, which ends with a zeroed entry.
+        let entry = unsafe { &*list.add(i) };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        i += 1;
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        if name.to_bytes() == b"lo" || name.to_bytes() == exclude.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifreq is plain data; the name fits (IFNAMSIZ incl. NUL).
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.to_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCGIFMTU fill the union of the ifreq we own.
+        let up = unsafe {
+            libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) == 0
+                && (i32::from(req.ifr_ifru.ifru_flags) & libc::IFF_UP) != 0
+        };
+        // SAFETY: as above.
+        if up && unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &raw mut req) } == 0 {
+            // SAFETY: SIOCGIFMTU wrote the mtu member.
+            let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+            if let Ok(mtu) = u32::try_from(mtu) {
+                smallest = Some(smallest.map_or(mtu, |s| s.min(mtu)));
+            }
+        }
+    }
+    // SAFETY: the array came from if_nameindex and is freed once.
+    unsafe { libc::if_freenameindex(list) };
+    smallest
 }
 
 #[cfg(test)]

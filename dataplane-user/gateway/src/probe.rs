@@ -32,8 +32,9 @@ impl Prober {
             IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
             IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
         };
-        let socket = Socket::new(domain, Type::RAW, Some(protocol))
-            .map_err(Error::io("opening the raw ICMP socket for probes (needs CAP_NET_RAW)"))?;
+        let socket = Socket::new(domain, Type::RAW, Some(protocol)).map_err(Error::io(
+            "opening the raw ICMP socket for probes (needs CAP_NET_RAW)",
+        ))?;
         Ok(Prober {
             socket,
             target,
@@ -47,12 +48,7 @@ impl Prober {
     pub fn probe(&mut self, timeout: Duration) -> Option<Duration> {
         self.seq = self.seq.wrapping_add(1);
         let v4 = self.target.is_ipv4();
-        let mut packet = vec![
-            if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 },
-            0,
-            0,
-            0,
-        ];
+        let mut packet = vec![if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 }, 0, 0, 0];
         packet.extend_from_slice(&self.id.to_be_bytes());
         packet.extend_from_slice(&self.seq.to_be_bytes());
         packet.extend_from_slice(b"strait-gateway-probe");
@@ -140,6 +136,9 @@ mod tests {
     #[test]
     fn checksum_matches_rfc_1071_example() {
         // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complemented 220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 }

@@ -73,7 +73,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         public.publish(path)?;
     }
     tracing::info!(public_key = %public, "gateway key");
-    let mut peer_key = plan.peer_key.load()?;
+    let Some(mut peer_key) = wait_for_peer_key(plan, &controls.stop)? else {
+        return Ok(());
+    };
     let mtu = tunnel_mtu(plan);
     tracing::info!(mtu, spec_mtu = plan.mtu, "tunnel MTU");
     let datapath = match backend {
@@ -94,7 +96,11 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     let mut helpers = Vec::new();
     if let Some(target) = probing {
         let prober = probe::Prober::new(target)?;
-        let (state, stop, interval) = (probe_state.clone(), controls.stop.clone(), options.probe_interval);
+        let (state, stop, interval) = (
+            probe_state.clone(),
+            controls.stop.clone(),
+            options.probe_interval,
+        );
         helpers.push(std::thread::spawn(move || {
             probe::run(prober, interval, state, &stop)
         }));
@@ -105,7 +111,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             .map_err(Error::io(format!("binding the metrics address {address}")))?;
         tracing::info!(%address, "serving /metrics and /healthz");
         let (status, stop) = (shared_status.clone(), controls.stop.clone());
-        helpers.push(std::thread::spawn(move || serve_metrics(&listener, &status, &stop)));
+        helpers.push(std::thread::spawn(move || {
+            serve_metrics(&listener, &status, &stop)
+        }));
     }
 
     let mut pending_rotation: Option<(PrivateKey, Instant)> = None;
@@ -117,7 +125,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         // Our own key: publish the next one, use it after the notice.
         if controls.rotate.swap(false, Ordering::Relaxed) {
             if key_from_secret {
-                tracing::warn!("not rotating: the private key comes from a Secret; rotate the Secret instead");
+                tracing::warn!(
+                    "not rotating: the private key comes from a Secret; rotate the Secret instead"
+                );
             } else {
                 let next = PrivateKey::generate();
                 if let Some(path) = &plan.public_key_file {
@@ -196,6 +206,28 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     result
 }
 
+/// An inline key is there at once; a key file may be written by the peer
+/// (or its controller) after we start, so wait for it.
+fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>, Error> {
+    let mut warned = false;
+    loop {
+        match plan.peer_key.load() {
+            Ok(key) => return Ok(Some(key)),
+            Err(Error::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+                if !warned {
+                    tracing::info!(path = %path.display(), "waiting for the peer's public key");
+                    warned = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn tunnel_mtu(plan: &Plan) -> u32 {
     match &plan.role {
         Role::Client { endpoints } => {
@@ -233,7 +265,13 @@ fn switch_own_key(
     }
 }
 
-fn switch_peer_key(datapath: &Datapath, plan: &Plan, mtu: u32, key: &PrivateKey, peer_key: &PublicKey) {
+fn switch_peer_key(
+    datapath: &Datapath,
+    plan: &Plan,
+    mtu: u32,
+    key: &PrivateKey,
+    peer_key: &PublicKey,
+) {
     match datapath {
         Datapath::Fast(f) => f.set_peer_key(*peer_key),
         Datapath::Defguard(d) => {

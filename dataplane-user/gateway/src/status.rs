@@ -178,7 +178,10 @@ mod tests {
         };
         let s = assess(&peer, &probe, true, at(10));
         assert_eq!(s.value, ConnectionState::Connected);
-        assert_eq!(s.latency.as_ref().map(|l| l.value.as_str()), Some("1.234ms"));
+        assert_eq!(
+            s.latency.as_ref().map(|l| l.value.as_str()),
+            Some("1.234ms")
+        );
         assert_eq!(
             s.last_handshake_time.map(|t| t.0.as_second()),
             Some(1_800_000_000)
@@ -207,7 +210,10 @@ mod tests {
             consecutive_failures: 3,
             ..Default::default()
         };
-        assert_eq!(assess(&peer, &probe, true, at(5)).value, ConnectionState::Error);
+        assert_eq!(
+            assess(&peer, &probe, true, at(5)).value,
+            ConnectionState::Error
+        );
         // Without a probe target only the handshake counts.
         assert_eq!(
             assess(&peer, &probe, false, at(5)).value,

@@ -61,7 +61,8 @@ impl Shared {
         let mut udp = self.udp.lock().unwrap_or_else(|p| p.into_inner());
         match udp.send_run(to, data, segment) {
             Ok(()) => {
-                self.tx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.tx_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(%to, error = %e, "sending to the peer"),
         }
@@ -92,9 +93,10 @@ impl FastDevice {
                 std::net::IpAddr::V6(a) => builder.ipv6(a, cidr.len),
             };
         }
-        let tun = builder
-            .build_sync()
-            .map_err(Error::io(format!("creating TUN {} with offloads", plan.interface)))?;
+        let tun = builder.build_sync().map_err(Error::io(format!(
+            "creating TUN {} with offloads",
+            plan.interface
+        )))?;
         tracing::info!(
             interface = %plan.interface,
             tcp_gso = tun.tcp_gso(),
@@ -102,8 +104,10 @@ impl FastDevice {
             "TUN created"
         );
         add_routes(&plan.interface, &plan.routes)?;
-        let udp = UdpIo::bind(plan.listen_port())
-            .map_err(Error::io(format!("binding UDP port {}", plan.listen_port())))?;
+        let udp = UdpIo::bind(plan.listen_port()).map_err(Error::io(format!(
+            "binding UDP port {}",
+            plan.listen_port()
+        )))?;
         tracing::info!(port = ?udp.local_port(), "listening for the peer");
         let peer = PeerState::new(
             key,
@@ -158,13 +162,9 @@ impl FastDevice {
 
     /// The peer published a new key.
     pub fn set_peer_key(&self, key: PublicKey) {
-        let mut scratch = [0u8; SCRATCH];
-        let mut peer = self.shared.peer();
-        let endpoint = peer.endpoint;
-        if let (Some(init), Some(to)) = (peer.peer_key_changed(key, &mut scratch), endpoint) {
-            let init = init.to_vec();
-            drop(peer);
-            self.shared.send(to, &init, init.len());
+        let out = self.shared.peer().peer_key_changed(key);
+        for (to, datagram) in out {
+            self.shared.send(to, &datagram, datagram.len());
         }
     }
 
@@ -209,7 +209,10 @@ fn tun_to_network(shared: &Shared) {
                 return;
             }
         }
-        let n = match shared.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
+        let n = match shared
+            .tun
+            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+        {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
@@ -221,8 +224,18 @@ fn tun_to_network(shared: &Shared) {
         let mut used = 0;
         let endpoint = {
             let mut peer = shared.peer();
+            if peer.endpoint.is_none() {
+                // A server that has not heard from its peer yet: nowhere to
+                // send, and a handshake started now could not be sent either.
+                for _ in 0..n {
+                    peer.drop_packet("no_endpoint");
+                }
+                continue;
+            }
             for (buf, size) in bufs.iter().zip(&sizes).take(n) {
-                let Some(packet) = buf.get(..*size) else { continue };
+                let Some(packet) = buf.get(..*size) else {
+                    continue;
+                };
                 if out.len() - used < packet.len() + SCRATCH {
                     break;
                 }
@@ -236,12 +249,9 @@ fn tun_to_network(shared: &Shared) {
             }
             peer.endpoint
         };
-        let Some(to) = endpoint else {
-            // A server that has not heard from its peer yet: nowhere to send.
-            shared.peer().drop_packet("no_endpoint");
-            continue;
-        };
-        send_runs(shared, to, &out[..used], &lens);
+        if let Some(to) = endpoint {
+            send_runs(shared, to, &out[..used], &lens);
+        }
     }
 }
 
@@ -301,7 +311,9 @@ fn network_to_tun(shared: &Shared) {
         {
             let mut peer = shared.peer();
             for i in 0..count {
-                let Some(received) = batch.get(i) else { continue };
+                let Some(received) = batch.get(i) else {
+                    continue;
+                };
                 shared
                     .rx_bytes
                     .fetch_add(received.data.len() as u64, Ordering::Relaxed);
@@ -344,9 +356,9 @@ fn open(
             return false;
         }
     };
-    let result = peer
-        .session(target)
-        .decapsulate(Some(from.ip()), datagram, &mut buf[VIRTIO_NET_HDR_LEN..]);
+    let result =
+        peer.session(target)
+            .decapsulate(Some(from.ip()), datagram, &mut buf[VIRTIO_NET_HDR_LEN..]);
     let (packet_len, source) = match result {
         TunnResult::Done => {
             // A keepalive, or a handshake completed with nothing queued.
@@ -354,15 +366,22 @@ fn open(
             return false;
         }
         TunnResult::Err(e) => {
-            if matches!(e, WireGuardError::WrongIndex | WireGuardError::NoCurrentSession)
-                && peer.should_answer_unknown_session(Instant::now())
+            if matches!(
+                e,
+                WireGuardError::WrongIndex | WireGuardError::NoCurrentSession
+            ) && peer.should_answer_unknown_session(Instant::now())
             {
                 let mut scratch = [0u8; SCRATCH];
-                if let TunnResult::WriteToNetwork(init) =
-                    peer.current.tunn.format_handshake_initiation(&mut scratch, false)
+                if let TunnResult::WriteToNetwork(init) = peer
+                    .current
+                    .tunn
+                    .format_handshake_initiation(&mut scratch, true)
                 {
                     replies.push((from, init.to_vec()));
                 }
+            }
+            if matches!(e, WireGuardError::WrongKey) {
+                peer.remember_unknown_init(from, datagram);
             }
             peer.drop_packet(drop_reason(&e));
             return false;
@@ -398,7 +417,11 @@ fn finish_handshake(peer: &mut PeerState, target: Target, from: SocketAddr) {
         tracing::info!(endpoint = %from, "peer endpoint");
         peer.endpoint = Some(from);
     }
-    if target == Target::Pending && peer.session(Target::Pending).time_since_last_handshake().is_some()
+    if target == Target::Pending
+        && peer
+            .session(Target::Pending)
+            .time_since_last_handshake()
+            .is_some()
     {
         peer.promote();
     }
@@ -447,7 +470,14 @@ fn add_routes(interface: &str, routes: &[Cidr]) -> Result<(), Error> {
     for route in routes {
         let family = if route.addr.is_ipv4() { "-4" } else { "-6" };
         let status = std::process::Command::new("ip")
-            .args([family, "route", "replace", &route.to_string(), "dev", interface])
+            .args([
+                family,
+                "route",
+                "replace",
+                &route.to_string(),
+                "dev",
+                interface,
+            ])
             .status()
             .map_err(Error::io("running ip route"))?;
         if !status.success() {

@@ -26,6 +26,13 @@ pub struct Session {
     pub index: u32,
 }
 
+struct EarlyInit {
+    key: PublicKey,
+    from: SocketAddr,
+    datagram: Vec<u8>,
+    at: Instant,
+}
+
 /// Which session a received datagram belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -43,6 +50,12 @@ pub struct PeerState {
     next_index: u32,
     /// When we last answered an unknown session with a handshake of ours.
     last_unsolicited_handshake: Option<Instant>,
+    /// The latest handshake initiation from a key we do not know yet: a
+    /// peer that restarted with a new key may dial before its key reaches
+    /// us; once it does, this initiation is answered at once instead of
+    /// after the peer's 5 s retry.
+    early_init: Option<EarlyInit>,
+    early_init_checked: Option<Instant>,
     pub drops: BTreeMap<&'static str, u64>,
 }
 
@@ -64,6 +77,8 @@ impl PeerState {
             keepalive,
             next_index: 2,
             last_unsolicited_handshake: None,
+            early_init: None,
+            early_init_checked: None,
             drops: BTreeMap::new(),
         }
     }
@@ -77,25 +92,72 @@ impl PeerState {
     }
 
     /// The peer's key changed: keep the current session and add one for
-    /// the new key. Returns a handshake initiation to send, if any.
-    pub fn peer_key_changed<'a>(
-        &mut self,
-        key: PublicKey,
-        scratch: &'a mut [u8],
-    ) -> Option<&'a mut [u8]> {
-        if key == self.current.peer_key
-            || self.pending.as_ref().is_some_and(|p| p.peer_key == key)
+    /// the new key. Returns the datagrams to send: the answer to an
+    /// initiation that came early under that key, else our own initiation.
+    pub fn peer_key_changed(&mut self, key: PublicKey) -> Vec<(SocketAddr, Vec<u8>)> {
+        if key == self.current.peer_key || self.pending.as_ref().is_some_and(|p| p.peer_key == key)
         {
-            return None;
+            return Vec::new();
         }
         let index = self.next_index();
         let mut session = new_session(&self.own_key, key, self.keepalive, index);
-        let init = match session.tunn.format_handshake_initiation(scratch, false) {
-            TunnResult::WriteToNetwork(p) => Some(p),
-            _ => None,
-        };
+        let mut scratch = [0u8; 256];
+        let mut out = Vec::new();
+        if let Some(early) = self
+            .early_init
+            .take()
+            .filter(|e| e.key == key && e.at.elapsed() < Duration::from_secs(10))
+        {
+            if let TunnResult::WriteToNetwork(reply) =
+                session
+                    .tunn
+                    .decapsulate(Some(early.from.ip()), &early.datagram, &mut scratch)
+            {
+                out.push((early.from, reply.to_vec()));
+                self.endpoint = Some(early.from);
+            }
+        }
+        if out.is_empty() {
+            if let (TunnResult::WriteToNetwork(init), Some(to)) = (
+                session
+                    .tunn
+                    .format_handshake_initiation(&mut scratch, false),
+                self.endpoint,
+            ) {
+                out.push((to, init.to_vec()));
+            }
+        }
         self.pending = Some(session);
-        init
+        out
+    }
+
+    /// An initiation our sessions refused: remember it if it comes from a
+    /// key we may learn soon. At most 20 a second are examined, since each
+    /// costs a Diffie-Hellman.
+    pub fn remember_unknown_init(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let now = Instant::now();
+        if self
+            .early_init_checked
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(50))
+        {
+            return;
+        }
+        self.early_init_checked = Some(now);
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(datagram) else {
+            return;
+        };
+        let public = x25519_dalek::PublicKey::from(self.own_key.secret());
+        if let Ok(half) = parse_handshake_anon(self.own_key.secret(), &public, &init) {
+            let key = PublicKey::from_bytes(half.peer_static_public);
+            if key != self.current.peer_key {
+                self.early_init = Some(EarlyInit {
+                    key,
+                    from,
+                    datagram: datagram.to_vec(),
+                    at: now,
+                });
+            }
+        }
     }
 
     /// Our own key changed: every session now speaks with the new key and
@@ -197,7 +259,14 @@ impl PeerState {
 
 fn new_session(own: &PrivateKey, peer: PublicKey, keepalive: Option<u16>, index: u32) -> Session {
     Session {
-        tunn: Tunn::new(own.secret().clone(), peer.to_dalek(), None, keepalive, index, None),
+        tunn: Tunn::new(
+            own.secret().clone(),
+            peer.to_dalek(),
+            None,
+            keepalive,
+            index,
+            None,
+        ),
         peer_key: peer,
         index,
     }

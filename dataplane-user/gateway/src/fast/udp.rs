@@ -28,7 +28,10 @@ impl UdpIo {
         socket.set_nonblocking(true)?;
         // Bursts of a fast sender must not overflow the default buffers;
         // FORCE variants need CAP_NET_ADMIN, which the gateway has anyway.
-        for (name, size) in [(libc::SO_RCVBUFFORCE, 8 << 20), (libc::SO_SNDBUFFORCE, 8 << 20)] {
+        for (name, size) in [
+            (libc::SO_RCVBUFFORCE, 8 << 20),
+            (libc::SO_SNDBUFFORCE, 8 << 20),
+        ] {
             let _ = setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, name, size);
         }
         socket.bind(&SockAddr::from(SocketAddr::new(
@@ -302,4 +305,3 @@ pub fn poll(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<boo
         }
     }
 }
-
