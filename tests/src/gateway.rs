@@ -398,6 +398,29 @@ impl WireguardGo {
         })
     }
 
+    /// Replaces the peer `old` with `new`, allowed `allowed_ips`
+    /// (comma-separated CIDRs), for when a key is only known later.
+    pub fn replace_peer(
+        &self,
+        ns: &NetNs,
+        old: &str,
+        new: &str,
+        allowed_ips: &str,
+    ) -> Result<(), Error> {
+        run(ns.command("wg").args([
+            "set",
+            &self.interface,
+            "peer",
+            old,
+            "remove",
+            "peer",
+            new,
+            "allowed-ips",
+            allowed_ips,
+        ]))
+        .map(drop)
+    }
+
     /// `wg show <if> latest-handshakes`: whether a handshake completed.
     pub fn handshake_done(&self, ns: &NetNs) -> bool {
         run(ns
@@ -441,3 +464,20 @@ pub fn ping(ns: &NetNs, to: &str, count: u32, interval: &str) -> u32 {
         })
         .unwrap_or(0)
 }
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// A placeholder peer key for a wireguard-go server whose client key is
+/// published only after it starts (see [`WireguardGo::replace_peer`]).
+pub const PLACEHOLDER_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";

@@ -11,7 +11,7 @@ use strait_api::networking::ConnectionState;
 use strait_testbed::{
     gateway::{
         client_config, ping, server_config, underlay_v4, underlay_v6, unique_ifname, Gateway,
-        Internet, Scratch, Tunnel, WireguardGo,
+        Internet, Scratch, Tunnel, WireguardGo, PLACEHOLDER_KEY,
     },
     netns::run,
     traffic::{tcp_transfer, udp_burst},
@@ -246,7 +246,7 @@ fn wireguard_go_accepts_our_server_and_our_client() {
         &sites.scratch,
         PORT,
         // The client's key is not known yet; set below once published.
-        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        PLACEHOLDER_KEY,
         None,
         [Tunnel::SERVER_V4, Tunnel::SERVER_V6],
         [Tunnel::CLIENT_V4, Tunnel::CLIENT_V6],
@@ -256,18 +256,8 @@ fn wireguard_go_accepts_our_server_and_our_client() {
     let mut client = sites.start_client(&underlay_v6(1), &[]);
     let client_key = wait_for_file(&sites.client_key_file());
     let allowed = format!("{}/32,{}/128", Tunnel::CLIENT_V4, Tunnel::CLIENT_V6);
-    run(sites.server.command("wg").args([
-        "set",
-        &go.interface,
-        "peer",
-        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "remove",
-        "peer",
-        &client_key,
-        "allowed-ips",
-        &allowed,
-    ]))
-    .unwrap();
+    go.replace_peer(&sites.server, PLACEHOLDER_KEY, &client_key, &allowed)
+        .unwrap();
     connected(&mut client);
     assert!(go.handshake_done(&sites.server));
     assert_traffic_flows(&sites);
