@@ -131,50 +131,70 @@ fn fast_gateways_carry_tcp_udp_and_icmp_over_ipv4_and_ipv6_underlays() {
         assert_eq!(published.trim(), server_status.public_key);
         assert_traffic_flows(&sites);
         // Packets bigger than the tunnel MTU fail loudly at the sender, never vanish.
-        let fits = 1420 - 28;
-        let out = sites
-            .client
-            .command("ping")
-            .args([
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                &fits.to_string(),
-                Tunnel::SERVER_V4,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "a full-MTU packet crosses");
-        let out = sites
-            .client
-            .command("ping")
-            .args([
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                &(fits + 1).to_string(),
-                Tunnel::SERVER_V4,
-            ])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        assert!(!out.status.success() && said.contains("mtu=1420"), "{said}");
+        let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1420 - 28);
+        assert!(ok, "a full-MTU packet crosses: {said}");
+        let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1420 - 27);
+        assert!(!ok && said.contains("mtu=1420"), "{said}");
         // 2 × 8 MiB of TCP and the rest, counted as sent.
         client
             .wait_status(Duration::from_secs(3), |s| s.tx_bytes > 16 << 20)
             .unwrap();
     }
+}
+
+/// `ping -M do` (don't fragment) of `size` bytes of payload: whether the
+/// echo came back, and what ping said.
+fn ping_df(ns: &NetNs, to: &str, size: u32) -> (bool, String) {
+    let out = ns
+        .command("ping")
+        .args([
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            to,
+        ])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), said)
+}
+
+#[test]
+fn the_tunnel_mtu_follows_the_path() {
+    let sites = Sites::new("mtu");
+    // A path of 1380 bytes: 1320 left inside IPv4 + UDP + WireGuard.
+    sites
+        .client
+        .ip(&["link", "set", "eth0", "mtu", "1380"])
+        .unwrap();
+    let mut server = sites.start_server(&[], "");
+    let mut client = sites.start_client(&underlay_v4(1), &[]);
+    assert_eq!(connected(&mut client).mtu, 1320);
+    connected(&mut server);
+    let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1320 - 28);
+    assert!(ok, "a 1320-byte packet crosses: {said}");
+    let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1320 - 27);
+    assert!(!ok && said.contains("mtu=1320"), "{said}");
+
+    // The path shrinks while running: the tunnel follows within seconds.
+    sites
+        .client
+        .ip(&["link", "set", "eth0", "mtu", "1340"])
+        .unwrap();
+    client
+        .wait_status(Duration::from_secs(10), |s| s.mtu == 1280)
+        .unwrap();
+    let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1280 - 28);
+    assert!(ok, "a 1280-byte packet crosses: {said}");
+    let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1280 - 27);
+    assert!(!ok && said.contains("mtu=1280"), "{said}");
 }
 
 #[test]

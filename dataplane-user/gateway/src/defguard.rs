@@ -102,18 +102,28 @@ impl DefguardDevice {
         }
     }
 
-    /// Re-applies the configuration (a new own key, or a new peer key).
+    /// Re-applies the WireGuard part of the configuration (a new own key,
+    /// or a new peer key); addresses and MTU stay.
     pub fn reconfigure(
         &self,
         interface: &str,
         config: &InterfaceConfiguration,
     ) -> Result<(), Error> {
-        self.api()
-            .configure_interface(config)
-            .map_err(|e| Error::Wireguard {
-                interface: interface.to_owned(),
-                detail: e.to_string(),
-            })
+        let err = |detail: String| Error::Wireguard {
+            interface: interface.to_owned(),
+            detail,
+        };
+        match self {
+            // Flushes and re-adds the addresses: harmless for the kernel.
+            DefguardDevice::Kernel(api) => api
+                .configure_interface(config)
+                .map_err(|e| err(e.to_string())),
+            // Re-adding addresses would fail here; only the host changes,
+            // peers replaced.
+            DefguardDevice::Embedded(api) => api
+                .write_host(&kernel_host(config)?)
+                .map_err(|e| err(e.to_string())),
+        }
     }
 
     pub fn stats(&self, peer_key: &PublicKey) -> PeerStats {

@@ -116,6 +116,8 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         }));
     }
 
+    let mut mtu = mtu;
+    let mut last_path_check = Instant::now();
     let mut pending_rotation: Option<(PrivateKey, Instant)> = None;
     let mut last_peer_key_check = Instant::now();
     let result = loop {
@@ -167,6 +169,25 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             }
         }
         let stats = datapath.stats(&peer_key);
+        // Path MTU: what the kernel learnt toward the peer (ICMP "too big"
+        // answers included) lowers the tunnel MTU, so senders behind the
+        // tunnel get told instead of their packets being fragmented or lost.
+        if let (Datapath::Fast(fast), Some(endpoint)) = (&datapath, stats.endpoint) {
+            if last_path_check.elapsed() >= Duration::from_secs(2) {
+                last_path_check = Instant::now();
+                let wanted = mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(endpoint), endpoint.ip());
+                if wanted != mtu {
+                    match fast.set_mtu(wanted) {
+                        Ok(applied) if applied != mtu => {
+                            tracing::info!(from = mtu, to = applied, %endpoint, "the path MTU changed");
+                            mtu = applied;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "following the path MTU"),
+                    }
+                }
+            }
+        }
         let probe = probe_state.lock().map(|p| p.clone()).unwrap_or_default();
         let status = GatewayStatus {
             role: plan.role.name().to_owned(),

@@ -160,6 +160,18 @@ impl FastDevice {
             .collect()
     }
 
+    /// Lowers (or raises back) the TUN's MTU when the path to the peer
+    /// changes; buffers were sized for the MTU at start, the upper bound.
+    /// Returns the MTU applied.
+    pub fn set_mtu(&self, mtu: u32) -> Result<u32, Error> {
+        let mtu = u16::try_from(mtu.min(self.shared.mtu as u32)).unwrap_or(u16::MAX);
+        self.shared
+            .tun
+            .set_mtu(mtu)
+            .map_err(Error::io(format!("setting the tunnel MTU to {mtu}")))?;
+        Ok(u32::from(mtu))
+    }
+
     /// The peer published a new key.
     pub fn set_peer_key(&self, key: PublicKey) {
         let out = self.shared.peer().peer_key_changed(key);
@@ -255,9 +267,25 @@ fn tun_to_network(shared: &Shared) {
     }
 }
 
-/// Sends back-to-back datagrams of lengths `lens` in runs of equal size
-/// (a shorter one may end a run), one system call per run.
+/// Sends back-to-back datagrams of lengths `lens`, one system call per run.
 fn send_runs(shared: &Shared, to: SocketAddr, data: &[u8], lens: &[usize]) {
+    for run in gso_runs(lens) {
+        shared.send(to, &data[run.start..run.end], run.segment);
+    }
+}
+
+/// A run of back-to-back datagrams UDP GSO can send at once.
+#[derive(Debug, PartialEq, Eq)]
+struct GsoRun {
+    start: usize,
+    end: usize,
+    segment: usize,
+}
+
+/// Splits datagrams of lengths `lens` (back to back) into GSO runs: equal
+/// sizes, a shorter one only at the end, at most 64 segments and 64 KB.
+fn gso_runs(lens: &[usize]) -> Vec<GsoRun> {
+    let mut runs = Vec::new();
     let mut start = 0;
     let mut i = 0;
     while i < lens.len() {
@@ -268,7 +296,7 @@ fn send_runs(shared: &Shared, to: SocketAddr, data: &[u8], lens: &[usize]) {
         while i < lens.len()
             && count < udp::MAX_GSO_SEGMENTS
             && lens[i] <= segment
-            && end + lens[i] <= start + 65_000
+            && end + lens[i] - start <= 65_000
         {
             end += lens[i];
             count += 1;
@@ -277,9 +305,14 @@ fn send_runs(shared: &Shared, to: SocketAddr, data: &[u8], lens: &[usize]) {
                 break;
             }
         }
-        shared.send(to, &data[start..end], segment);
+        runs.push(GsoRun {
+            start,
+            end,
+            segment,
+        });
         start = end;
     }
+    runs
 }
 
 /// Decrypts what the peer sends and writes it to the TUN, coalesced.
@@ -488,4 +521,45 @@ fn add_routes(interface: &str, routes: &[Cidr]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: usize, end: usize, segment: usize) -> GsoRun {
+        GsoRun {
+            start,
+            end,
+            segment,
+        }
+    }
+
+    #[test]
+    fn equal_datagrams_go_in_one_run_and_a_short_one_ends_it() {
+        assert_eq!(gso_runs(&[100, 100, 100, 40]), [run(0, 340, 100)]);
+        assert_eq!(
+            gso_runs(&[100, 40, 100]),
+            [run(0, 140, 100), run(140, 240, 100)]
+        );
+        // A bigger datagram (a handshake among data) starts a new run.
+        assert_eq!(
+            gso_runs(&[92, 148, 148]),
+            [run(0, 92, 92), run(92, 388, 148)]
+        );
+        assert!(gso_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn runs_respect_the_kernel_limits() {
+        let lens = vec![1452; 100];
+        let runs = gso_runs(&lens);
+        assert!(runs.iter().all(|r| r.end - r.start <= 65_000));
+        assert!(runs
+            .iter()
+            .all(|r| (r.end - r.start) / r.segment <= udp::MAX_GSO_SEGMENTS));
+        assert_eq!(runs.last().map(|r| r.end), Some(1452 * 100));
+        let small = vec![100; 200];
+        assert_eq!(gso_runs(&small).len(), 4, "64 segments per run at most");
+    }
 }
