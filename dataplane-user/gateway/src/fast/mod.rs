@@ -527,6 +527,164 @@ fn add_routes(interface: &str, routes: &[Cidr]) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    const A_ADDR: &str = "198.18.10.1:51820";
+    const B_ADDR: &str = "198.18.10.2:40000";
+
+    /// An IPv4 packet from `src` the way the TUN would hand it over.
+    fn ipv4_packet(src: [u8; 4]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&[198, 19, 255, 1]);
+        p
+    }
+
+    fn allowed(addr: &str) -> Vec<Cidr> {
+        vec![addr.parse().unwrap()]
+    }
+
+    /// Hands `datagrams` to `to` as if from `from`; returns its replies and
+    /// how many packets it delivered to its TUN.
+    fn deliver(to: &mut PeerState, from: &str, datagrams: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, usize) {
+        let from: SocketAddr = from.parse().unwrap();
+        let mut replies = Vec::new();
+        let mut delivered = 0;
+        for d in datagrams {
+            let mut buf = vec![0u8; VIRTIO_NET_HDR_LEN + 2048];
+            if open(to, from, &d, &mut buf, &mut replies) {
+                delivered += 1;
+            }
+        }
+        (replies.into_iter().map(|(_, r)| r).collect(), delivered)
+    }
+
+    fn seal(from: &mut PeerState, packet: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 2048];
+        match from.current.tunn.encapsulate(packet, &mut out) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no session to send on: {other:?}"),
+        }
+    }
+
+    /// Server A and client B with a working session.
+    fn connected_pair() -> (PeerState, PeerState) {
+        let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
+        let mut a = PeerState::new(
+            a_key.clone(),
+            b_key.public_key(),
+            None,
+            allowed("198.19.255.2/32"),
+            None,
+        );
+        let mut b = PeerState::new(
+            b_key,
+            a_key.public_key(),
+            Some(A_ADDR.parse().unwrap()),
+            allowed("198.19.255.1/32"),
+            None,
+        );
+        let mut scratch = vec![0u8; 256];
+        let init = match b
+            .current
+            .tunn
+            .format_handshake_initiation(&mut scratch, false)
+        {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let (response, _) = deliver(&mut a, B_ADDR, vec![init]);
+        let (keepalive, _) = deliver(&mut b, A_ADDR, response);
+        let (_, _) = deliver(&mut a, B_ADDR, keepalive);
+        let data = seal(&mut b, &ipv4_packet([198, 19, 255, 2]));
+        assert_eq!(deliver(&mut a, B_ADDR, vec![data]).1, 1, "B reaches A");
+        assert_eq!(a.endpoint, Some(B_ADDR.parse().unwrap()));
+        (a, b)
+    }
+
+    #[test]
+    fn a_rotated_key_is_in_use_after_one_handshake() {
+        let (mut a, mut b) = connected_pair();
+        let next = PrivateKey::generate();
+        // A publishes its next key; B prepares a session for it and keeps
+        // the working one. Its initiation cannot be read by A yet.
+        let early = b.peer_key_changed(next.public_key());
+        assert!(b.pending.is_some());
+        let (replies, _) = deliver(&mut a, B_ADDR, early.into_iter().map(|(_, d)| d).collect());
+        assert!(replies.is_empty());
+        let data = seal(&mut b, &ipv4_packet([198, 19, 255, 2]));
+        assert_eq!(
+            deliver(&mut a, B_ADDR, vec![data]).1,
+            1,
+            "the old session still works"
+        );
+
+        // A switches: one handshake, then data flows under the new key.
+        let mut scratch = vec![0u8; 256];
+        let init = a
+            .own_key_changed(next.clone(), &mut scratch)
+            .unwrap()
+            .to_vec();
+        let (response, _) = deliver(&mut b, A_ADDR, vec![init]);
+        assert_eq!(response.len(), 1, "B answers A's new key");
+        let (keepalive, _) = deliver(&mut a, B_ADDR, response);
+        let (_, _) = deliver(&mut b, A_ADDR, keepalive);
+        assert!(b.pending.is_none(), "B promoted the new session");
+        assert_eq!(b.current.peer_key, next.public_key());
+        let data = seal(&mut b, &ipv4_packet([198, 19, 255, 2]));
+        assert_eq!(
+            deliver(&mut a, B_ADDR, vec![data]).1,
+            1,
+            "B reaches A under the new key"
+        );
+        let back = seal(&mut a, &ipv4_packet([198, 19, 255, 1]));
+        assert_eq!(
+            deliver(&mut b, A_ADDR, vec![back]).1,
+            1,
+            "A reaches B under the new key"
+        );
+    }
+
+    #[test]
+    fn packets_from_addresses_the_peer_does_not_own_are_dropped() {
+        let (mut a, mut b) = connected_pair();
+        let spoofed = seal(&mut b, &ipv4_packet([198, 19, 0, 99]));
+        assert_eq!(deliver(&mut a, B_ADDR, vec![spoofed.clone()]).1, 0);
+        assert_eq!(a.drops.get("source_not_allowed"), Some(&1));
+        // The same datagram again is a replay.
+        assert_eq!(deliver(&mut a, B_ADDR, vec![spoofed]).1, 0);
+        assert_eq!(a.drops.get("replayed_data"), Some(&1));
+    }
+
+    #[test]
+    fn a_restarted_server_answers_the_old_session_with_a_handshake() {
+        let (a, mut b) = connected_pair();
+        // A restarts with the same key: it knows none of B's sessions.
+        let mut restarted = PeerState::new(
+            a.own_key.clone(),
+            b.own_key.public_key(),
+            None,
+            allowed("198.19.255.2/32"),
+            None,
+        );
+        let stale = seal(&mut b, &ipv4_packet([198, 19, 255, 2]));
+        let (replies, delivered) = deliver(&mut restarted, B_ADDR, vec![stale]);
+        assert_eq!(delivered, 0);
+        assert_eq!(replies.len(), 1, "a handshake initiation goes back at once");
+        let (response, _) = deliver(&mut b, A_ADDR, replies);
+        let (keepalive, _) = deliver(&mut restarted, B_ADDR, response);
+        assert!(keepalive.is_empty() || keepalive.len() == 1);
+        let (_, _) = deliver(&mut b, A_ADDR, keepalive);
+        let data = seal(&mut b, &ipv4_packet([198, 19, 255, 2]));
+        assert_eq!(
+            deliver(&mut restarted, B_ADDR, vec![data]).1,
+            1,
+            "the tunnel is back"
+        );
+    }
+
     fn run(start: usize, end: usize, segment: usize) -> GsoRun {
         GsoRun {
             start,
