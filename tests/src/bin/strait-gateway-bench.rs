@@ -119,8 +119,8 @@ fn measure(implementation: Implementation) -> Result<(Sample, Sample)> {
     let scratch = Scratch::new("bench")?;
     let endpoints = start(implementation, &server_ns, &client_ns, &scratch)?;
     wait_for_tunnel(&client_ns)?;
-    let one = iperf3(&client_ns, &server_ns, 1, &endpoints)?;
-    let four = iperf3(&client_ns, &server_ns, 4, &endpoints)?;
+    let one = iperf3_retried(&client_ns, &server_ns, 1, &endpoints)?;
+    let four = iperf3_retried(&client_ns, &server_ns, 4, &endpoints)?;
     Ok((one, four))
 }
 
@@ -217,6 +217,20 @@ impl Drop for Server {
     }
 }
 
+/// On a loaded machine the iperf3 server sometimes is not listening yet
+/// when the client connects: one retry, said out loud.
+fn iperf3_retried(
+    client: &NetNs,
+    server_ns: &NetNs,
+    streams: u32,
+    endpoints: &[Endpoint],
+) -> Result<Sample> {
+    iperf3(client, server_ns, streams, endpoints).or_else(|e| {
+        println!("  (retrying once: {e:#})");
+        iperf3(client, server_ns, streams, endpoints)
+    })
+}
+
 fn iperf3(
     client: &NetNs,
     server_ns: &NetNs,
@@ -252,6 +266,9 @@ fn iperf3(
     let cpu_used = cpu() - cpu_before;
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    if let Some(error) = report.get("error").and_then(serde_json::Value::as_str) {
+        bail!("iperf3 with {streams} streams: {error}");
+    }
     let received = |field: &str| {
         report
             .pointer(&format!("/end/sum_received/{field}"))
