@@ -41,8 +41,7 @@ const SCRATCH: usize = 2048;
 
 struct Shared {
     peer: Mutex<PeerState>,
-    udp: Mutex<UdpIo>,
-    udp_fd: i32,
+    udp: UdpIo,
     tun: SyncDevice,
     mtu: usize,
     stop: AtomicBool,
@@ -58,8 +57,7 @@ impl Shared {
     }
 
     fn send(&self, to: SocketAddr, data: &[u8], segment: usize) {
-        let mut udp = self.udp.lock().unwrap_or_else(|p| p.into_inner());
-        match udp.send_run(to, data, segment) {
+        match self.udp.send_run(to, data, segment) {
             Ok(()) => {
                 self.tx_bytes
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -118,8 +116,7 @@ impl FastDevice {
         );
         let shared = Arc::new(Shared {
             peer: Mutex::new(peer),
-            udp_fd: udp.fd(),
-            udp: Mutex::new(udp),
+            udp,
             tun,
             mtu: mtu as usize,
             stop: AtomicBool::new(false),
@@ -325,7 +322,7 @@ fn network_to_tun(shared: &Shared) {
     let mut gro = GROTable::default();
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        match poll(shared.udp_fd, libc::POLLIN, POLL_MS) {
+        match poll(shared.udp.fd(), libc::POLLIN, POLL_MS) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -333,7 +330,7 @@ fn network_to_tun(shared: &Shared) {
                 return;
             }
         }
-        let count = match batch.recv(&shared.udp.lock().unwrap_or_else(|p| p.into_inner())) {
+        let count = match batch.recv(&shared.udp) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "receiving from the network");

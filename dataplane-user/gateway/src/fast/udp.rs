@@ -5,6 +5,7 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6},
     os::fd::{AsRawFd, RawFd},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -15,9 +16,11 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest coalesced datagram UDP GRO hands over.
 const GRO_BUFFER: usize = 65_535;
 
+/// Shared by the encrypting and decrypting threads without a lock: the
+/// socket calls are thread-safe and the GSO switch is atomic.
 pub struct UdpIo {
     socket: Socket,
-    gso: bool,
+    gso: AtomicBool,
 }
 
 impl UdpIo {
@@ -42,7 +45,10 @@ impl UdpIo {
         if !gro {
             tracing::warn!("UDP GRO unavailable: receiving one datagram per buffer");
         }
-        Ok(UdpIo { socket, gso: true })
+        Ok(UdpIo {
+            socket,
+            gso: AtomicBool::new(true),
+        })
     }
 
     pub fn local_port(&self) -> Option<u16> {
@@ -59,8 +65,8 @@ impl UdpIo {
 
     /// Sends `data`, a run of datagrams of `segment` bytes each (the last may
     /// be shorter), to `to`: one system call with UDP GSO where supported.
-    pub fn send_run(&mut self, to: SocketAddr, data: &[u8], segment: usize) -> io::Result<()> {
-        if data.len() <= segment || !self.gso {
+    pub fn send_run(&self, to: SocketAddr, data: &[u8], segment: usize) -> io::Result<()> {
+        if data.len() <= segment || !self.gso.load(Ordering::Relaxed) {
             for chunk in data.chunks(segment.max(1)) {
                 self.send_one(to, chunk, None)?;
             }
@@ -71,7 +77,7 @@ impl UdpIo {
             // offload) fall back for good.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
                 tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                self.gso = false;
+                self.gso.store(false, Ordering::Relaxed);
                 self.send_run(to, data, segment)
             }
             other => other,
