@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod capture;
 pub mod fabric;
 pub mod fabric_topology;
+pub mod gateway;
 pub mod netns;
 pub mod packets;
 pub mod topology;

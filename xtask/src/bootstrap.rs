@@ -19,7 +19,9 @@ pub const EBPF_TOOLCHAIN: &str = "nightly";
 /// proves them installed: `ip` (iproute2), `nsenter` and `mount`
 /// (util-linux), `tcpdump` (decodes Geneve on the underlay), `sysctl`
 /// (procps), `ping` (iputils-ping), and what the benchmarks run or compare
-/// against: `iperf3`, `sockperf`, `nft` (nftables), `iptables`.
+/// against: `iperf3`, `sockperf`, `nft` (nftables), `iptables`; the gateway
+/// tests' WireGuard peer nobody here wrote: `wireguard-go`, configured with
+/// `wg` (wireguard-tools).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
@@ -31,6 +33,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("sockperf", "sockperf"),
     ("nft", "nftables"),
     ("iptables", "iptables"),
+    ("wireguard-go", "wireguard-go"),
+    ("wg", "wireguard-tools"),
 ];
 
 pub fn run() -> Result<()> {

@@ -54,6 +54,10 @@ enum Bench {
     /// Time from applying the peering YAML to the ResourceSlice being
     /// Accepted, on two TLS test control planes.
     Peering,
+    /// TCP through a WireGuard tunnel: wireguard-go, defguard's embedded
+    /// boringtun, Strait's fast path (and kernel WireGuard where present),
+    /// CPU per GB, against the ChaCha20-Poly1305 single-core limit.
+    Gateway,
 }
 
 fn main() -> Result<()> {
@@ -100,6 +104,7 @@ fn main() -> Result<()> {
                     "--example",
                     "peering-bench",
                 ]),
+                Bench::Gateway => cmd::run("target/release/strait-gateway-bench", &[]),
             }
         }
     }
