@@ -54,6 +54,9 @@ impl ConsumerView {
     }
 }
 
+/// Set on a Tenant by a consumer whose identity the provider refuses.
+const HANDSHAKE_REQUESTED: &str = "authentication.strait.dev/handshake-requested";
+
 /// A renewed certificate is fetched once two thirds of the current one's life have passed.
 const RENEW_AT: f64 = 2.0 / 3.0;
 
@@ -91,7 +94,7 @@ pub async fn peer(fc: &ForeignCluster, ctx: &Context) -> Result<ConsumerView, Er
             }
         }
     }
-    let outcome = handshake(fc, ctx).await?;
+    let outcome = handshake(fc, ctx, rejected.is_some()).await?;
     let expired = validity.is_some_and(|v| now >= v.not_after);
     let current_certificate = current
         .as_ref()
@@ -169,7 +172,7 @@ fn remote_failure(provider: &str, error: &kube::Error, what: &str) -> Outcome {
 
 /// Reads the nonce, signs it and applies this cluster's Tenant on the
 /// provider with the user's bootstrap credentials; returns its answer.
-async fn handshake(fc: &ForeignCluster, ctx: &Context) -> Result<Outcome, Error> {
+async fn handshake(fc: &ForeignCluster, ctx: &Context, nudge: bool) -> Result<Outcome, Error> {
     let provider = fc.spec.cluster_id.as_str();
     let local = ctx.identity.cluster_id.as_str();
     let Some(secret_ref) = &fc.spec.kubeconfig_secret_ref else {
@@ -219,7 +222,7 @@ async fn handshake(fc: &ForeignCluster, ctx: &Context) -> Result<Outcome, Error>
         ctx.identity.key(),
         &handshake::statement(provider, local, &nonce),
     );
-    let tenant = json!({
+    let mut tenant = json!({
         "apiVersion": "authentication.strait.dev/v1beta1",
         "kind": "Tenant",
         "metadata": {"name": local, "labels": {label::MANAGED_BY: label::MANAGED_BY_VALUE}},
@@ -230,6 +233,12 @@ async fn handshake(fc: &ForeignCluster, ctx: &Context) -> Result<Outcome, Error>
             "csr": csr,
         },
     });
+    if nudge {
+        // The provider refuses an identity it issued: asking again with an
+        // unchanged Tenant would not wake its controller, this annotation does.
+        tenant["metadata"]["annotations"] =
+            json!({HANDSHAKE_REQUESTED: k8s_openapi::jiff::Timestamp::now().to_string()});
+    }
     let applied = Api::<Tenant>::all(remote)
         .patch(
             local,

@@ -21,7 +21,9 @@ use strait_api::core::{ForeignCluster, ModuleState, PeeringRole};
 use strait_api::names::{finalizer::FOREIGN_CLUSTER_AUTHENTICATION, tenant_namespace};
 use strait_api::ConditionUpdate;
 
-use crate::{consumer, merged_conditions, provider, Context, Error, FIELD_MANAGER};
+use crate::{
+    consumer, live, merged_conditions, provider, Context, Error, FIELD_MANAGER, STALE_RETRY,
+};
 
 /// The condition `strait peer` and `kubectl wait` look for.
 pub const AUTHENTICATION_READY: &str = "AuthenticationReady";
@@ -80,6 +82,9 @@ fn error_policy(_: Arc<ForeignCluster>, error: &Error, _: Arc<Context>) -> Actio
 
 async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<ForeignCluster> = Api::all(ctx.client.clone());
+    let Some(fc) = live(&api, &fc).await? else {
+        return Ok(Action::requeue(STALE_RETRY));
+    };
     finalizer(&api, FOREIGN_CLUSTER_AUTHENTICATION, fc, |event| async {
         match event {
             Event::Apply(fc) => apply(&fc, &ctx).await,

@@ -229,3 +229,25 @@ impl ApiServerEndpoint {
         }
     }
 }
+
+/// The object as the API server has it now, or None when the one a
+/// reconcile was handed is gone: the controller's cache can still hold a
+/// deleted incarnation after the object was re-created under the same name
+/// (unpeer then re-peer), and tearing down from it would destroy the new
+/// one's resources. The new incarnation gets its own reconcile.
+pub(crate) async fn live<K>(api: &kube::Api<K>, cached: &K) -> Result<Option<Arc<K>>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt as _;
+    let Some(live) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(None);
+    };
+    if live.uid() != cached.uid() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(live)))
+}
+
+/// How soon to look again at an object whose cached copy was stale.
+pub(crate) const STALE_RETRY: Duration = Duration::from_millis(200);

@@ -36,7 +36,7 @@ use crate::policy::Amounts;
 use crate::quantity::{format_milli, parse_milli};
 use crate::tenant::issue_certificate;
 use crate::tenant::{ignore_missing, READY};
-use crate::{merged_conditions, Context, Error, FIELD_MANAGER};
+use crate::{live, merged_conditions, Context, Error, FIELD_MANAGER, STALE_RETRY};
 
 /// The condition `strait peer` waits for on a slice.
 pub const ACCEPTED: &str = "Accepted";
@@ -77,6 +77,9 @@ async fn reconcile(slice: Arc<ResourceSlice>, ctx: Arc<Context>) -> Result<Actio
     if slice.spec.consumer_cluster_id == local {
         let namespace = slice.namespace().unwrap_or_default();
         let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
+        let Some(slice) = live(&api, &slice).await? else {
+            return Ok(Action::requeue(STALE_RETRY));
+        };
         return finalizer(&api, RESOURCE_SLICE, slice, |event| async {
             match event {
                 Event::Apply(slice) => mirror(&slice, &ctx).await,
@@ -89,6 +92,9 @@ async fn reconcile(slice: Arc<ResourceSlice>, ctx: Arc<Context>) -> Result<Actio
     if slice.spec.provider_cluster_id == local {
         let namespace = slice.namespace().unwrap_or_default();
         let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
+        let Some(slice) = live(&api, &slice).await? else {
+            return Ok(Action::requeue(STALE_RETRY));
+        };
         return finalizer(&api, RESOURCE_SLICE, slice, |event| async {
             match event {
                 Event::Apply(slice) => answer(&slice, &ctx).await,

@@ -28,7 +28,7 @@ use strait_api::ConditionUpdate;
 
 use crate::handshake::{self, Validity};
 use crate::object_names::{control_plane_csr, CONSUMER_ROLE, NONCE_KEY, NONCE_SECRET};
-use crate::{is_status, merged_conditions, Context, Error, FIELD_MANAGER};
+use crate::{is_status, live, merged_conditions, Context, Error, FIELD_MANAGER, STALE_RETRY};
 
 pub const VERIFIED: &str = "Verified";
 pub const READY: &str = "Ready";
@@ -62,6 +62,9 @@ fn error_policy(_: Arc<Tenant>, error: &Error, _: Arc<Context>) -> Action {
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let Some(tenant) = live(&api, &tenant).await? else {
+        return Ok(Action::requeue(STALE_RETRY));
+    };
     finalizer(&api, TENANT, tenant, |event| async {
         match event {
             Event::Apply(tenant) => admit(&tenant, &ctx).await,
@@ -218,7 +221,8 @@ async fn admit(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }])
     .await?;
     let renew_in = (validity.at_fraction(0.5) - handshake::now()).max(1) as u64;
-    Ok(Action::requeue(Duration::from_secs(renew_in.min(300))))
+    // Looked at again at least every minute, so RBAC removed by hand comes back.
+    Ok(Action::requeue(Duration::from_secs(renew_in.min(60))))
 }
 
 async fn write_status(

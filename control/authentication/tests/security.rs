@@ -315,31 +315,50 @@ async fn a_revoked_tenant_is_detected_and_the_peering_converges_again() {
     peer_a_to_b(&a, &b).await;
     answered_slice(&a, "cluster-b", "cluster-b-compute").await;
     let old = identity_client(&a, "cluster-b").await;
+    let tenants: Api<Tenant> = Api::all(b.client());
+    let own =
+        |client: Client| Api::<ResourceSlice>::namespaced(client, &tenant_namespace("cluster-a"));
+    let old_tenant = tenants.get("cluster-a").await.expect("tenant").metadata.uid;
+    let old_slice = own(b.client())
+        .get("cluster-b-compute")
+        .await
+        .expect("slice")
+        .metadata
+        .uid;
 
     // The provider's admin revokes the consumer: Tenant deleted, so its CSR,
     // RBAC and slices go.
-    Api::<Tenant>::all(b.client())
+    tenants
         .delete("cluster-a", &Default::default())
         .await
         .expect("delete tenant");
-    let own =
-        |client: Client| Api::<ResourceSlice>::namespaced(client, &tenant_namespace("cluster-a"));
     eventually("the old identity is refused", STEP, || async {
         own(old.clone()).list(&ListParams::default()).await.is_err()
     })
     .await;
     // The consumer notices, handshakes again (B still expects it), and the
-    // same objects converge: Tenant, RBAC and slice are back.
-    eventually("the Tenant is back", STEP, || async {
-        Api::<Tenant>::all(b.client())
+    // same objects converge: a new Tenant, RBAC, and the slice again.
+    eventually("a new Tenant, ready", STEP, || async {
+        tenants
             .get_opt("cluster-a")
             .await
             .ok()
             .flatten()
-            .is_some()
+            .is_some_and(|t| {
+                t.metadata.uid != old_tenant
+                    && t.status.is_some_and(|s| {
+                        strait_api::condition::is_condition_true(&s.conditions, "Ready")
+                    })
+            })
     })
     .await;
-    wait_authenticated(&a, "cluster-b").await;
+    eventually("the identity works again", STEP, || async {
+        own(identity_client(&a, "cluster-b").await)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    })
+    .await;
     eventually(
         "the slice is back on the provider and accepted",
         STEP,
@@ -348,16 +367,15 @@ async fn a_revoked_tenant_is_detected_and_the_peering_converges_again() {
                 .get("cluster-b-compute")
                 .await
                 .ok()
-                .and_then(|s| s.status)
                 .is_some_and(|s| {
-                    find_condition(&s.conditions, "Accepted")
-                        .is_some_and(|c| c.status == ConditionStatus::True)
+                    s.metadata.uid != old_slice
+                        && s.status.is_some_and(|s| {
+                            find_condition(&s.conditions, "Accepted")
+                                .is_some_and(|c| c.status == ConditionStatus::True)
+                        })
                 })
         },
     )
     .await;
-    own(identity_client(&a, "cluster-b").await)
-        .list(&ListParams::default())
-        .await
-        .expect("the new identity works");
+    wait_authenticated(&a, "cluster-b").await;
 }
