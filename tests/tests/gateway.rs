@@ -66,6 +66,16 @@ impl Sites {
     }
 
     fn start_client(&self, server_address: &str, args: &[&str]) -> Gateway {
+        self.start_client_with(server_address, args, "")
+    }
+
+    /// `tunnel_extra`: more keys of the `tunnel:` block, indented by two.
+    fn start_client_with(
+        &self,
+        server_address: &str,
+        args: &[&str],
+        tunnel_extra: &str,
+    ) -> Gateway {
         let config = client_config(
             &unique_ifname("gc"),
             server_address,
@@ -73,7 +83,7 @@ impl Sites {
             &self.server_key_file(),
             &self.client_key_file(),
             &Tunnel,
-            "",
+            tunnel_extra,
         );
         Gateway::start(&self.client, &self.scratch, "client", &config, args).unwrap()
     }
@@ -195,6 +205,37 @@ fn the_tunnel_mtu_follows_the_path() {
     assert!(ok, "a 1280-byte packet crosses: {said}");
     let (ok, said) = ping_df(&sites.client, Tunnel::SERVER_V4, 1280 - 27);
     assert!(!ok && said.contains("mtu=1280"), "{said}");
+}
+
+#[test]
+fn the_peers_cidrs_are_routed_into_the_tunnel_and_accepted_from_it() {
+    for datapath in ["fast", "embedded"] {
+        let sites = Sites::new("routes");
+        // A "remote cluster" address behind the server, outside the tunnel subnet.
+        sites
+            .server
+            .ip(&["addr", "add", "198.19.64.1/32", "dev", "lo"])
+            .unwrap();
+        let mut server = sites.start_server(&[], "");
+        let mut client = sites.start_client_with(
+            &underlay_v4(1),
+            &["--wireguard", "userspace", "--datapath", datapath],
+            "  allowedIps: [198.19.64.0/24]\n",
+        );
+        connected(&mut client);
+        connected(&mut server);
+        assert_eq!(
+            ping(&sites.client, "198.19.64.1", 3, "0.2"),
+            3,
+            "{datapath}"
+        );
+        let tcp: SocketAddr = "198.19.64.1:5003".parse().unwrap();
+        assert_eq!(
+            tcp_transfer(&sites.client, &sites.server, tcp, 1 << 20).unwrap(),
+            1 << 20,
+            "{datapath}"
+        );
+    }
 }
 
 #[test]
