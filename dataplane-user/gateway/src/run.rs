@@ -250,13 +250,12 @@ fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>
 }
 
 fn tunnel_mtu(plan: &Plan) -> u32 {
-    match &plan.role {
-        Role::Client { endpoints } => {
-            let first = endpoints[0];
+    match (&plan.role, plan.initial_endpoint()) {
+        (Role::Client { .. }, Some(first)) => {
             mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(first), first.ip())
         }
         // The client may come over either family: assume IPv6's overhead.
-        Role::Server { .. } => mtu::tunnel_mtu(
+        _ => mtu::tunnel_mtu(
             plan.mtu,
             mtu::smallest_interface_mtu(&plan.interface),
             std::net::Ipv6Addr::UNSPECIFIED.into(),
