@@ -249,6 +249,16 @@ fn the_embedded_datapath_talks_to_the_fast_one() {
     assert_eq!(status.backend, "embedded");
     assert!(status.connection.last_handshake_time.is_some());
     assert_traffic_flows(&sites);
+    // SIGTERM stops it cleanly: no UAPI socket left behind, no kill needed.
+    let socket = std::path::PathBuf::from(format!("/var/run/wireguard/{}.sock", status.interface));
+    assert!(socket.exists());
+    server.process.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.process.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!server.process.alive(), "still running 3 s after SIGTERM");
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 #[test]
