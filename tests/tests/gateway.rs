@@ -66,6 +66,16 @@ impl Sites {
     }
 
     fn start_client(&self, server_address: &str, args: &[&str]) -> Gateway {
+        self.start_client_with(server_address, args, "")
+    }
+
+    /// `tunnel_extra`: more keys of the `tunnel:` block, indented by two.
+    fn start_client_with(
+        &self,
+        server_address: &str,
+        args: &[&str],
+        tunnel_extra: &str,
+    ) -> Gateway {
         let config = client_config(
             &unique_ifname("gc"),
             server_address,
@@ -73,7 +83,7 @@ impl Sites {
             &self.server_key_file(),
             &self.client_key_file(),
             &Tunnel,
-            "",
+            tunnel_extra,
         );
         Gateway::start(&self.client, &self.scratch, "client", &config, args).unwrap()
     }
@@ -198,6 +208,37 @@ fn the_tunnel_mtu_follows_the_path() {
 }
 
 #[test]
+fn the_peers_cidrs_are_routed_into_the_tunnel_and_accepted_from_it() {
+    for datapath in ["fast", "embedded"] {
+        let sites = Sites::new("routes");
+        // A "remote cluster" address behind the server, outside the tunnel subnet.
+        sites
+            .server
+            .ip(&["addr", "add", "198.19.64.1/32", "dev", "lo"])
+            .unwrap();
+        let mut server = sites.start_server(&[], "");
+        let mut client = sites.start_client_with(
+            &underlay_v4(1),
+            &["--wireguard", "userspace", "--datapath", datapath],
+            "  allowedIps: [198.19.64.0/24]\n",
+        );
+        connected(&mut client);
+        connected(&mut server);
+        assert_eq!(
+            ping(&sites.client, "198.19.64.1", 3, "0.2"),
+            3,
+            "{datapath}"
+        );
+        let tcp: SocketAddr = "198.19.64.1:5003".parse().unwrap();
+        assert_eq!(
+            tcp_transfer(&sites.client, &sites.server, tcp, 1 << 20).unwrap(),
+            1 << 20,
+            "{datapath}"
+        );
+    }
+}
+
+#[test]
 fn the_embedded_datapath_talks_to_the_fast_one() {
     let sites = Sites::new("embedded");
     let mut server =
@@ -208,6 +249,16 @@ fn the_embedded_datapath_talks_to_the_fast_one() {
     assert_eq!(status.backend, "embedded");
     assert!(status.connection.last_handshake_time.is_some());
     assert_traffic_flows(&sites);
+    // SIGTERM stops it cleanly: no UAPI socket left behind, no kill needed.
+    let socket = std::path::PathBuf::from(format!("/var/run/wireguard/{}.sock", status.interface));
+    assert!(socket.exists());
+    server.process.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.process.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!server.process.alive(), "still running 3 s after SIGTERM");
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 #[test]

@@ -126,6 +126,26 @@ impl DefguardDevice {
         }
     }
 
+    /// Whether the device still answers. The embedded boringtun device
+    /// watches SIGTERM and SIGINT itself and stops when it sees one first;
+    /// its UAPI socket then accepts connections but never answers.
+    pub fn responsive(&self, interface: &str) -> bool {
+        use std::io::{Read as _, Write as _};
+        let DefguardDevice::Embedded(_) = self else {
+            return true;
+        };
+        let path = format!("/var/run/wireguard/{interface}.sock");
+        let Ok(mut socket) = std::os::unix::net::UnixStream::connect(path) else {
+            return false;
+        };
+        let mut answer = [0u8; 64];
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .is_ok()
+            && socket.write_all(b"get=1\n\n").is_ok()
+            && socket.read(&mut answer).is_ok_and(|n| n > 0)
+    }
+
     pub fn stats(&self, peer_key: &PublicKey) -> PeerStats {
         let Ok(host) = self.api().read_interface_data() else {
             return PeerStats::default();

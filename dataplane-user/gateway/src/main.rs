@@ -3,7 +3,10 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -68,12 +71,29 @@ fn main() -> anyhow::Result<()> {
         stop: Arc::new(AtomicBool::new(false)),
         rotate: Arc::new(AtomicBool::new(false)),
     };
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, controls.stop.clone())
-            .context("installing the stop signal handlers")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, controls.rotate.clone())
-        .context("installing the SIGHUP (rotate) handler")?;
+    // A thread of our own receives the signals, started before any datapath:
+    // the embedded boringtun device blocks SIGTERM and SIGINT in the threads
+    // created after it and would otherwise consume them and stop by itself,
+    // leaving this process running and its interface behind.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing the signal handlers")?;
+    let (stop, rotate) = (controls.stop.clone(), controls.rotate.clone());
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == signal_hook::consts::SIGHUP {
+                    rotate.store(true, Ordering::Relaxed);
+                } else {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
     let options = RunOptions {
         wireguard: cli.wireguard,
         datapath: cli.datapath,

@@ -118,11 +118,30 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
 
     let mut mtu = mtu;
     let mut last_path_check = Instant::now();
+    let mut unresponsive = 0;
     let mut pending_rotation: Option<(PrivateKey, Instant)> = None;
     let mut last_peer_key_check = Instant::now();
     let result = loop {
         if controls.stop.load(Ordering::Relaxed) {
             break Ok(());
+        }
+        if let Datapath::Defguard(d) = &datapath {
+            unresponsive = if d.responsive(&plan.interface) {
+                0
+            } else {
+                unresponsive + 1
+            };
+            if unresponsive >= 2 {
+                tracing::warn!(
+                    "the embedded WireGuard device stopped answering (it stops by itself on \
+                     SIGTERM/SIGINT); shutting down"
+                );
+                break Ok(());
+            }
+            if unresponsive > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         }
         // Our own key: publish the next one, use it after the notice.
         if controls.rotate.swap(false, Ordering::Relaxed) {
@@ -250,13 +269,12 @@ fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>
 }
 
 fn tunnel_mtu(plan: &Plan) -> u32 {
-    match &plan.role {
-        Role::Client { endpoints } => {
-            let first = endpoints[0];
+    match (&plan.role, plan.initial_endpoint()) {
+        (Role::Client { .. }, Some(first)) => {
             mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(first), first.ip())
         }
         // The client may come over either family: assume IPv6's overhead.
-        Role::Server { .. } => mtu::tunnel_mtu(
+        _ => mtu::tunnel_mtu(
             plan.mtu,
             mtu::smallest_interface_mtu(&plan.interface),
             std::net::Ipv6Addr::UNSPECIFIED.into(),

@@ -69,10 +69,9 @@ impl Endpoint {
 }
 
 fn main() -> Result<()> {
-    let crypto = crypto_limit_gbit();
-    println!(
-        "ChaCha20-Poly1305 single core ({CRYPTO_PACKET}-byte packets, ring): {crypto:.2} Gbit/s"
-    );
+    // The other builders sharing the cores make one sample noisy: the limit
+    // is the best of samples taken before, between and after the tunnels.
+    let mut crypto_samples = vec![crypto_limit_gbit()];
     let mut single = Vec::new();
     for implementation in [
         Implementation::WireguardGo,
@@ -90,7 +89,18 @@ fn main() -> Result<()> {
             four.cpu_s_per_gb
         );
         single.push(one.gbit_per_s);
+        crypto_samples.push(crypto_limit_gbit());
     }
+    let crypto = crypto_samples.iter().copied().fold(0.0, f64::max);
+    println!(
+        "ChaCha20-Poly1305 single core ({CRYPTO_PACKET}-byte packets, ring): {crypto:.2} Gbit/s (best of {} samples: {})",
+        crypto_samples.len(),
+        crypto_samples
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if KernelProbe::system().wireguard_available() {
         println!("kernel WireGuard: present but not measured by this bench yet");
     } else {
