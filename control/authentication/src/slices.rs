@@ -74,37 +74,27 @@ fn error_policy(_: Arc<ResourceSlice>, error: &Error, _: Arc<Context>) -> Action
 
 async fn reconcile(slice: Arc<ResourceSlice>, ctx: Arc<Context>) -> Result<Action, Error> {
     let local = ctx.identity.cluster_id.as_str();
-    if slice.spec.consumer_cluster_id == local {
-        let namespace = slice.namespace().unwrap_or_default();
-        let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
-        let Some(slice) = live(&api, &slice).await? else {
-            return Ok(Action::requeue(STALE_RETRY));
-        };
-        return finalizer(&api, RESOURCE_SLICE, slice, |event| async {
-            match event {
-                Event::Apply(slice) => mirror(&slice, &ctx).await,
-                Event::Cleanup(slice) => withdraw(&slice, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)));
+    // The same object is the consumer's request on one side and the
+    // provider's copy on the other; a slice of neither side is not ours.
+    let consumer = slice.spec.consumer_cluster_id == local;
+    if !consumer && slice.spec.provider_cluster_id != local {
+        return Ok(Action::await_change());
     }
-    if slice.spec.provider_cluster_id == local {
-        let namespace = slice.namespace().unwrap_or_default();
-        let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
-        let Some(slice) = live(&api, &slice).await? else {
-            return Ok(Action::requeue(STALE_RETRY));
-        };
-        return finalizer(&api, RESOURCE_SLICE, slice, |event| async {
-            match event {
-                Event::Apply(slice) => answer(&slice, &ctx).await,
-                Event::Cleanup(slice) => revoke(&slice, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)));
-    }
-    Ok(Action::await_change())
+    let namespace = slice.namespace().unwrap_or_default();
+    let api: Api<ResourceSlice> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(slice) = live(&api, &slice).await? else {
+        return Ok(Action::requeue(STALE_RETRY));
+    };
+    finalizer(&api, RESOURCE_SLICE, slice, |event| async {
+        match (event, consumer) {
+            (Event::Apply(slice), true) => mirror(&slice, &ctx).await,
+            (Event::Cleanup(slice), true) => withdraw(&slice, &ctx).await,
+            (Event::Apply(slice), false) => answer(&slice, &ctx).await,
+            (Event::Cleanup(slice), false) => revoke(&slice, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 async fn write_status(
