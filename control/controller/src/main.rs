@@ -49,7 +49,9 @@ struct Cli {
 struct NetworkArgs {
     /// Run the network module: IPAM of remapped CIDRs, peering
     /// Configurations, and InternalNodes from Nodes.
-    #[arg(long = "network")]
+    // Explicit ids: clap names an argument after its field, and the three
+    // module groups' `enabled` fields would collide.
+    #[arg(long = "network", id = "network")]
     enabled: bool,
     /// CIDRs this cluster uses itself (pods, services, nodes): peers that
     /// overlap them are remapped. Repeatable, dual-stack.
@@ -65,7 +67,7 @@ struct NetworkArgs {
 struct AuthenticationArgs {
     /// Run the authentication module: this cluster's identity, the
     /// declarative peering handshake (Tenant / Identity) and ResourceSlices.
-    #[arg(long = "authentication")]
+    #[arg(long = "authentication", id = "authentication")]
     enabled: bool,
     /// HTTPS address consumers reach this cluster's API server at, written
     /// into the Identities it issues. Default: the address this controller uses.
@@ -95,7 +97,7 @@ struct OffloadingArgs {
     /// Run the offloading module: VirtualNodes (one virtual kubelet each),
     /// NamespaceOffloadings, and the provider side (NamespaceMaps,
     /// ShadowPods with tenant quota, ShadowEndpointSlices).
-    #[arg(long = "offloading")]
+    #[arg(long = "offloading", id = "offloading")]
     enabled: bool,
     /// Run each virtual kubelet as a child process of this binary (local
     /// simulation) instead of as a Deployment.
@@ -271,4 +273,15 @@ fn authentication_settings(
         share_fraction: args.share_fraction,
         identity_check_interval: strait_authentication::Config::DEFAULT_IDENTITY_CHECK_INTERVAL,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate ids, bad defaults), which a
+    /// debug build otherwise only runs when the binary starts.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }
