@@ -95,6 +95,8 @@ pub fn run(keep: bool) -> anyhow::Result<Report> {
     drop(dataplane);
     drop(clusters);
     drop(runtime);
+    // Children of the children (virtual kubelets) that outlived their parent.
+    sweep::processes_using(&stage.dir.dir);
     drop(stage);
     Ok(report)
 }

@@ -16,10 +16,8 @@ fn dead(pid: &str) -> bool {
 pub fn stale_runs() {
     for dir in stale_scratch_dirs() {
         let marker = dir.display().to_string();
-        for pid in processes_mentioning(&marker) {
+        for pid in processes_using(&dir) {
             println!("sweeping process {pid} left by an earlier run (uses {marker})");
-            // SAFETY: kill(2) of a process that names our stale directory on its command line or environment.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         println!("sweeping {marker}, left by an earlier run");
         let _ = std::fs::remove_dir_all(&dir);
@@ -39,6 +37,18 @@ pub fn stale_runs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Kills what still runs with files of `dir` (a virtual kubelet whose
+/// controller is gone, a gateway whose demo was killed); returns their pids.
+pub fn processes_using(dir: &Path) -> Vec<i32> {
+    let pids = processes_mentioning(&dir.display().to_string());
+    for &pid in &pids {
+        // SAFETY: kill(2) of a process that names the demo's own directory
+        // on its command line or in its environment: one the demo started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    pids
 }
 
 fn stale_scratch_dirs() -> Vec<PathBuf> {
