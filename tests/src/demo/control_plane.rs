@@ -352,13 +352,12 @@ subjects:
 kind: VirtualNode
 metadata:
   name: {b}
-  namespace: strait
+  namespace: {tenant}
 spec:
   clusterID: {b}
   resourceSliceName: cluster-b-compute
   kubeconfigSecretRef:
     name: {secret}
-    namespace: {tenant}
 ---
 apiVersion: v1
 kind: Namespace
@@ -376,7 +375,8 @@ spec:
         b = b.id
     );
     apply(stage, a, "offloading.yaml", &virtual_node, report)?;
-    let virtual_nodes: Api<VirtualNode> = Api::namespaced(a.client(), names::SYSTEM_NAMESPACE);
+    // Next to the slice it draws on and the Identity's kubeconfig.
+    let virtual_nodes: Api<VirtualNode> = Api::namespaced(a.client(), &tenant);
     report.check(
         &format!(
             "{}: VirtualNode {} Ready (its virtual kubelet runs)",
@@ -391,12 +391,22 @@ spec:
         .ok()
         .and_then(|n| n.pointer("/status/allocatable").cloned())
         .unwrap_or(Value::Null);
+    let cpu = allocatable
+        .get("cpu")
+        .and_then(Value::as_str)
+        .unwrap_or("none");
     report.check(
         &format!(
-            "{}: the virtual kubelet registered Node {} and keeps it Ready",
+            "{}: Node {} is Ready with the slice's grant as capacity",
             a.id, b.id
         ),
-        node_ready.map(|m| format!("{m}; allocatable {allocatable}")),
+        node_ready.and_then(|m| {
+            if cpu == "2" {
+                Ok(format!("{m}; allocatable {allocatable}"))
+            } else {
+                Err(format!("{m}; allocatable cpu {cpu}, the slice grants 2"))
+            }
+        }),
     );
     let offloadings: Api<NamespaceOffloading> = Api::namespaced(a.client(), OFFLOADED_NAMESPACE);
     let remote_namespace = wait_for(STEP, || async {
