@@ -204,6 +204,14 @@ fn test() -> Result<()> {
 
 /// Runs the demo built by `cargo build --bins`.
 fn demo(keep: bool) -> Result<()> {
-    let args: &[&str] = if keep { &["--keep"] } else { &[] };
-    cmd::run("target/debug/strait-demo", args)
+    const DEMO: &str = "target/debug/strait-demo";
+    if keep {
+        // Replaced by the demo, so that Ctrl-C reaches only the demo, which
+        // cleans up before exiting (this process would die at once).
+        use std::os::unix::process::CommandExt as _;
+        eprintln!("$ {DEMO} --keep");
+        let error = std::process::Command::new(DEMO).arg("--keep").exec();
+        return Err(anyhow::anyhow!("starting {DEMO}: {error}"));
+    }
+    cmd::run(DEMO, &[])
 }
