@@ -149,17 +149,24 @@ async fn start_cluster(stage: &Stage, id: &'static str, report: &mut Report) -> 
         .env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LIB_BACKTRACE", "0");
-    let controller = process::spawn(command, stage.path(&format!("{id}-controller.log")))?;
+    let mut controller = process::spawn(command, stage.path(&format!("{id}-controller.log")))?;
     report.say(format!("{id} $ strait-controller {}", args.join(" ")));
     let config_maps: Api<ConfigMap> = Api::namespaced(client, names::SYSTEM_NAMESPACE);
-    let identity = wait_for(STEP, || async {
-        get_json(&config_maps, names::identity::CLUSTER_IDENTITY_CONFIGMAP).await
-    })
-    .await;
+    let started = std::time::Instant::now();
+    // Polled by hand: a controller that exits at start is reported at once.
+    let identity = loop {
+        let seen = get_json(&config_maps, names::identity::CLUSTER_IDENTITY_CONFIGMAP).await;
+        match seen {
+            Ok(found) => break Ok(found),
+            Err(_) if !controller.alive() => break Err("strait-controller exited".to_owned()),
+            Err(e) if started.elapsed() >= STEP => break Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
     let log = controller.log_text();
     let identity =
         identity.map_err(|e| format!("{e}\ncontroller log (last lines):\n{}", tail(&log, 20)));
-    report.check(
+    if !report.check(
         &format!("{id}: strait-controller runs and publishes the cluster identity"),
         identity.map(|cm| {
             format!(
@@ -169,7 +176,9 @@ async fn start_cluster(stage: &Stage, id: &'static str, report: &mut Report) -> 
                     .unwrap_or("?")
             )
         }),
-    );
+    ) {
+        anyhow::bail!("{id}'s controller is not running");
+    }
     Ok(Cluster {
         id,
         api,
