@@ -126,15 +126,15 @@ impl Process {
             command: format!("{} {args:?}", program.display()),
             detail: e.to_string(),
         };
-        let out = std::fs::File::create(&log).map_err(err)?;
-        let child = ns
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(err)?)
-            .stderr(out)
-            .spawn()
-            .map_err(err)?;
+        let mut command = ns.command(program);
+        command.args(args).stdin(Stdio::null());
+        Self::from_command(command, log).map_err(err)
+    }
+
+    /// Starts `command` with stdout and stderr in `log`.
+    pub fn from_command(mut command: Command, log: PathBuf) -> Result<Self, std::io::Error> {
+        let out = std::fs::File::create(&log)?;
+        let child = command.stdout(out.try_clone()?).stderr(out).spawn()?;
         Ok(Process {
             child: Some(child),
             log,

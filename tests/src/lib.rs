@@ -8,6 +8,7 @@
 pub mod bins;
 pub mod bpffs;
 pub mod capture;
+pub mod demo;
 pub mod fabric;
 pub mod fabric_topology;
 pub mod gateway;

@@ -185,9 +185,23 @@ pub fn tcp_transfer(
     to: SocketAddr,
     bytes: usize,
 ) -> Result<u64, Error> {
+    tcp_transfer_translated(from, to_ns, to, to, bytes)
+}
+
+/// [`tcp_transfer`] to a server bound at `listen` that the client knows
+/// as `to` (an address translated on the way, as with remapped CIDRs).
+pub fn tcp_transfer_translated(
+    from: &NetNs,
+    to_ns: &NetNs,
+    to: SocketAddr,
+    listen: SocketAddr,
+    bytes: usize,
+) -> Result<u64, Error> {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    let listener = to_ns.enter(|| TcpListener::bind(to))?.map_err(io(to_ns))?;
+    let listener = to_ns
+        .enter(|| TcpListener::bind(listen))?
+        .map_err(io(to_ns))?;
     std::thread::scope(|scope| {
         let server = scope.spawn(|| -> std::io::Result<()> {
             let mut conn = accept_within(&listener, RECV_TIMEOUT)?;

@@ -35,6 +35,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("wireguard-go", "wireguard-go"),
     ("wg", "wireguard-tools"),
+    // The demo applies its YAML with kubectl, as a user would (and the
+    // testkit tests check kubectl against the test API server).
+    ("kubectl", "kubernetes-client"),
 ];
 
 pub fn run() -> Result<()> {

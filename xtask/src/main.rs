@@ -21,8 +21,12 @@ enum Task {
     Lint,
     /// Bootstrap, lint, build, unit tests, then the privileged netns tests.
     Test,
-    /// Bootstrap, build, and run the demo (needs root).
-    Demo,
+    /// Bootstrap, build, and run the two-cluster demo (needs root).
+    Demo {
+        /// Leave the clusters running, kubeconfigs printed, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Regenerate the CRDs in charts/strait/crds/ from control/api.
     Crdgen,
     /// Build the container images (docker or podman), one per binary.
@@ -81,10 +85,11 @@ fn main() -> Result<()> {
             registry,
             tag,
         } => images::run(print, &registry, &tag),
-        Task::Demo => {
+        Task::Demo { keep } => {
             bootstrap::run()?;
+            cmd::require_root("the demo creates network namespaces and loads eBPF")?;
             cmd::cargo(&["build", "--bins"])?;
-            cmd::run("target/debug/strait-demo", &[])
+            demo(keep)
         }
         Task::Bench { bench } => {
             bootstrap::run()?;
@@ -191,5 +196,22 @@ fn test() -> Result<()> {
         "strait-testbed",
         "--",
         "--test-threads=1",
-    ])
+    ])?;
+    // Last: everything together, as a user first sees it.
+    cmd::step("the two-cluster demo");
+    demo(false)
+}
+
+/// Runs the demo built by `cargo build --bins`.
+fn demo(keep: bool) -> Result<()> {
+    const DEMO: &str = "target/debug/strait-demo";
+    if keep {
+        // Replaced by the demo, so that Ctrl-C reaches only the demo, which
+        // cleans up before exiting (this process would die at once).
+        use std::os::unix::process::CommandExt as _;
+        eprintln!("$ {DEMO} --keep");
+        let error = std::process::Command::new(DEMO).arg("--keep").exec();
+        return Err(anyhow::anyhow!("starting {DEMO}: {error}"));
+    }
+    cmd::run(DEMO, &[])
 }

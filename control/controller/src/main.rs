@@ -49,6 +49,8 @@ struct Cli {
 struct NetworkArgs {
     /// Run the network module: IPAM of remapped CIDRs, peering
     /// Configurations, and InternalNodes from Nodes.
+    // Explicit ids: clap names an argument after its field, and the three
+    // module groups' `enabled` fields would collide.
     #[arg(long = "network", id = "network")]
     enabled: bool,
     /// CIDRs this cluster uses itself (pods, services, nodes): peers that
@@ -275,11 +277,11 @@ fn authentication_settings(
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
-
+    /// clap's own consistency checks (duplicate ids, bad defaults), which a
+    /// debug build otherwise only runs when the binary starts.
     #[test]
-    fn flags_are_consistent() {
-        // Duplicate argument ids across the module groups panic at parse time.
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
     }
 }
