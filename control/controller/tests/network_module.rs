@@ -100,7 +100,9 @@ fn refuses_to_start_without_a_module_or_a_pool_and_says_why() {
         assert!(!out.status.success(), "{args:?} must fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    assert!(run(&[]).contains("no module enabled: pass --network and/or --offloading"));
+    assert!(run(&[]).contains(
+        "no module enabled: pass one or more of --network, --authentication, --offloading"
+    ));
     assert!(run(&["--network"]).contains("needs at least one --remap-pool"));
     assert!(run(&["--network", "--remap-pool", "10.64.0.1/10"]).contains("host bits are set"));
 }
