@@ -137,7 +137,10 @@ async fn two_clusters_peered_by_network_crs_only() {
             state.join(dir),
             Some(ns.path()),
             advertise,
-            vec!["--wireguard=userspace".into(), "--probe-interval-ms=200".into()],
+            vec![
+                "--wireguard=userspace".into(),
+                "--probe-interval-ms=200".into(),
+            ],
         ),
         cluster_id: None,
     };
@@ -201,7 +204,17 @@ async fn two_clusters_peered_by_network_crs_only() {
             while Instant::now() < deadline {
                 let out = std::process::Command::new("nsenter")
                     .arg(format!("--net=/run/netns/{gw_a}"))
-                    .args(["--", "ping", "-n", "-q", "-c", "1", "-W", "0.2", "fd00:5354::1"])
+                    .args([
+                        "--",
+                        "ping",
+                        "-n",
+                        "-q",
+                        "-c",
+                        "1",
+                        "-W",
+                        "0.2",
+                        "fd00:5354::1",
+                    ])
                     .output();
                 if out.is_ok_and(|o| o.status.success()) {
                     return Some(Instant::now());

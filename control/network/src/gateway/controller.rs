@@ -58,6 +58,8 @@ const STATUS_STALE_AFTER: Duration = Duration::from_secs(3);
 /// Local gateways are looked at this often (their status is a file).
 const LOCAL_POLL: Duration = Duration::from_secs(1);
 const CLUSTER_POLL: Duration = Duration::from_secs(15);
+/// How long a reconcile waits for a starting gateway's public key.
+const KEY_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -477,7 +479,14 @@ async fn run_locally<K: GatewayKind>(
         });
     }
     // The gateway writes its key before waiting for the peer's, so ours is
-    // published even while the peer's is missing (each side needs the other's).
+    // published even while the peer's is missing (each side needs the
+    // other's). A gateway that just started gets a moment to write it: the
+    // peer cannot start its side before it has our key.
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    while process.running() && !files.public_key.exists() && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let published = match strait_gateway::PublicKey::from_file(&files.public_key) {
         Ok(key) => {
             publish_key(gateway, ctx, namespace, name, &key.to_string()).await?;
