@@ -9,6 +9,18 @@ use strait_api::networking::{InternalNode, RouteConfiguration};
 
 use crate::fabric::{FabricConfig, NamedInternalNode};
 
+/// Which CRs a fabric agent follows: a node needs the routes toward
+/// gateways, a gateway the InternalNodes behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Follow {
+    /// RouteConfigurations (a node's view).
+    Routes,
+    /// InternalNodes (a gateway's view; the config needs `nodeVni`).
+    InternalNodes,
+    /// Both.
+    All,
+}
+
 /// What the fabric takes from the CRs, in a stable order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterFabric {
@@ -17,17 +29,23 @@ pub struct ClusterFabric {
 }
 
 impl ClusterFabric {
-    /// Lists the CRs (RouteConfigurations of every namespace).
-    pub async fn fetch(client: &Client) -> Result<Self, kube::Error> {
-        let mut configurations = Api::<RouteConfiguration>::all(client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
+    /// Lists the CRs of `kinds` (RouteConfigurations of every namespace).
+    pub async fn fetch(client: &Client, kinds: Follow) -> Result<Self, kube::Error> {
+        let mut configurations = Vec::new();
+        if kinds != Follow::InternalNodes {
+            configurations = Api::<RouteConfiguration>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+        }
         configurations.sort_by_key(|c| (c.namespace(), c.name_any()));
-        let mut nodes = Api::<InternalNode>::all(client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
+        let mut nodes = Vec::new();
+        if kinds != Follow::Routes {
+            nodes = Api::<InternalNode>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+        }
         nodes.sort_by_key(|n| n.name_any());
         Ok(Self {
             routes: configurations

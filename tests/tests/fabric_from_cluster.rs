@@ -1,4 +1,4 @@
-//! `strait-fabric run --from-cluster`: the fabric follows RouteConfiguration
+//! `strait-fabric run --from-cluster=all`: the fabric follows RouteConfiguration
 //! and InternalNode CRs, and a deleted CR's routes leave the pinned maps.
 //! The agent runs in a test namespace and reaches the test control plane
 //! through a loopback relay into that namespace. Needs root.
@@ -105,7 +105,12 @@ impl Drop for Agent {
     }
 }
 
-fn wait_routes(pins: &TestPinDir, want: &[&str], agent: &mut Agent) -> Vec<String> {
+fn wait_routes(
+    pins: &TestPinDir,
+    want: &[&str],
+    agent: &mut Agent,
+    log: &std::path::Path,
+) -> Vec<String> {
     let deadline = Instant::now() + LIMIT;
     loop {
         let routes = PinDir::open(pins.path())
@@ -116,7 +121,8 @@ fn wait_routes(pins: &TestPinDir, want: &[&str], agent: &mut Agent) -> Vec<Strin
             return routes;
         }
         if Instant::now() >= deadline || agent.0.try_wait().ok().flatten().is_some() {
-            panic!("pinned routes {routes:?}, wanted {want:?}");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("pinned routes {routes:?}, wanted {want:?}; agent log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -209,6 +215,7 @@ fn the_fabric_follows_route_and_node_crs_and_forgets_deleted_ones() {
     });
 
     let pins = TestPinDir::new("fabric-crs").expect("pins");
+    let log = dir.join("agent.log");
     let binary = bins::path("strait-fabric").expect("strait-fabric built");
     let mut agent = Agent(
         ns.command(&binary)
@@ -218,14 +225,14 @@ fn the_fabric_follows_route_and_node_crs_and_forgets_deleted_ones() {
                 "run",
                 "--poll-interval",
                 "200ms",
-                "--from-cluster",
+                "--from-cluster=all",
                 "--config",
             ])
             .arg(&config)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("strait-fabric run"),
     );
@@ -234,6 +241,7 @@ fn the_fabric_follows_route_and_node_crs_and_forgets_deleted_ones() {
         &pins,
         &["10.244.1.0/24", "10.71.0.0/16", "198.19.1.0/24"],
         &mut agent,
+        &log,
     );
 
     // Deleting the CRs removes exactly their entries.
@@ -243,14 +251,14 @@ fn the_fabric_follows_route_and_node_crs_and_forgets_deleted_ones() {
             .await
             .expect("delete RouteConfiguration");
     });
-    wait_routes(&pins, &["10.244.1.0/24", "198.19.1.0/24"], &mut agent);
+    wait_routes(&pins, &["10.244.1.0/24", "198.19.1.0/24"], &mut agent, &log);
     runtime.block_on(async {
         nodes_api
             .delete("node-1", &DeleteParams::default())
             .await
             .expect("delete InternalNode");
     });
-    wait_routes(&pins, &["198.19.1.0/24"], &mut agent);
+    wait_routes(&pins, &["198.19.1.0/24"], &mut agent, &log);
 
     drop(agent);
     drop(relay);

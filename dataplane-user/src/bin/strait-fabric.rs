@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strait_common::{fabric::LocalEndpoints, Direction, NatSide};
 use strait_dataplane::{
     bpffs::PinDir,
-    cluster::ClusterFabric,
+    cluster::{ClusterFabric, Follow},
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
     nat::{parse_config, NatPlan, NatTables},
@@ -72,10 +72,11 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         poll_interval: std::time::Duration,
         /// Also follow the cluster (kubeconfig or in-cluster): every
-        /// RouteConfiguration's routes and every InternalNode are added to
-        /// the file's; a deleted CR's entries leave the pinned maps.
-        #[arg(long)]
-        from_cluster: bool,
+        /// RouteConfiguration's routes (a node) and/or every InternalNode (a
+        /// gateway) are added to the file's; a deleted CR's entries leave
+        /// the pinned maps.
+        #[arg(long, value_enum, value_name = "KINDS")]
+        from_cluster: Option<Follow>,
     },
     /// Print the pinned traffic counters.
     Stats {
@@ -177,7 +178,7 @@ fn main() -> Result<()> {
             poll_interval,
             from_cluster,
         } => {
-            let cluster = from_cluster.then(ClusterSource::connect).transpose()?;
+            let cluster = from_cluster.map(ClusterSource::connect).transpose()?;
             run_agent(
                 &cli.pin_dir,
                 &config,
@@ -385,10 +386,11 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
 struct ClusterSource {
     runtime: tokio::runtime::Runtime,
     client: kube::Client,
+    kinds: Follow,
 }
 
 impl ClusterSource {
-    fn connect() -> Result<Self> {
+    fn connect(kinds: Follow) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -396,7 +398,11 @@ impl ClusterSource {
         let client = runtime
             .block_on(kube::Client::try_default())
             .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
-        Ok(Self { runtime, client })
+        Ok(Self {
+            runtime,
+            client,
+            kinds,
+        })
     }
 
     /// The file's config with the CRs' routes and nodes.
@@ -404,7 +410,7 @@ impl ClusterSource {
         let base = FabricConfig::from_file(config_path)?;
         let crs = self
             .runtime
-            .block_on(ClusterFabric::fetch(&self.client))
+            .block_on(ClusterFabric::fetch(&self.client, self.kinds))
             .context("listing RouteConfigurations and InternalNodes")?;
         Ok(crs.over(&base))
     }
