@@ -265,13 +265,26 @@ async fn supervise(
             Ok((out, err)) => (Stdio::from(out), Stdio::from(err)),
             Err(_) => (Stdio::null(), Stdio::null()),
         };
-        let spawned = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn();
+            .kill_on_drop(true);
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child
+        // between fork and exec. PR_SET_PDEATHSIG survives exec (nsenter
+        // execs the gateway), so a controller killed without cleanup does not
+        // leave a gateway holding the port and interface for its successor.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {

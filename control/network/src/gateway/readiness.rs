@@ -72,10 +72,9 @@ pub fn network_ready(view: &GatewayView) -> ConditionUpdate<'static> {
             type_: NETWORK_READY,
             status: ConditionStatus::True,
             reason: "Connected",
-            message: match &connection.latency {
-                Some(latency) => format!("tunnel up through {}, round trip {}", view.gateway, latency.value),
-                None => format!("tunnel up through {}", view.gateway),
-            },
+            // No latency here: it changes with every probe, and the
+            // ForeignCluster would be rewritten each time (it is in the Connection).
+            message: format!("tunnel up through {}", view.gateway),
         },
         ConnectionState::Error => not("TunnelNotPassingTraffic", connection.message.clone()),
         ConnectionState::Connecting
