@@ -440,3 +440,88 @@ async fn a_missing_template_is_a_condition_not_a_crash() {
     .await;
     controller.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_secret_uses_its_private_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster = TestCluster::start("gateway-secret")
+        .await
+        .expect("test cluster");
+    let client = cluster.client();
+    namespace(&client, NS).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let binary = state.path().join("fake-gateway");
+    std::fs::write(&binary, FAKE_GATEWAY).expect("script");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let settings = Settings {
+        mode: local_settings(
+            binary,
+            state.path().join("gateways"),
+            None,
+            None,
+            Vec::new(),
+        ),
+        cluster_id: None,
+    };
+    let controller = tokio::spawn(gateway::run(client.clone(), settings));
+    let mut gateway = server("keyed");
+    gateway.spec.secret_ref = Some(strait_api::SecretReference {
+        name: "gw-key".into(),
+        namespace: None,
+    });
+    let servers = Api::<GatewayServer>::namespaced(client.clone(), NS);
+    servers
+        .create(&PostParams::default(), &gateway)
+        .await
+        .expect("GatewayServer");
+    eventually("PrivateKeyNotFound", STEP, || async {
+        servers
+            .get("keyed")
+            .await
+            .ok()
+            .and_then(|g| g.status)
+            .is_some_and(|s| {
+                find_condition(&s.conditions, "Ready").is_some_and(|c| {
+                    c.reason == "PrivateKeyNotFound"
+                        && c.message.contains("gw-key has no key privateKey")
+                })
+            })
+    })
+    .await;
+    let private = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("gw-key".into());
+    secret.data = Some(BTreeMap::from([(
+        "privateKey".into(),
+        k8s_openapi::ByteString(private.as_bytes().to_vec()),
+    )]));
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("Secret");
+    let dir = state.path().join("gateways").join(format!("{NS}.keyed"));
+    eventually("config with the key file", STEP, || async {
+        GatewayConfig::from_file(&dir.join("config.yaml"))
+            .is_ok_and(|c| c.private_key_file == Some(dir.join("private.key")))
+    })
+    .await;
+    let key_file = dir.join("private.key");
+    assert_eq!(
+        std::fs::read_to_string(&key_file).expect("key file").trim(),
+        private
+    );
+    let mode = std::fs::metadata(&key_file)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by the owner only");
+    servers
+        .delete("keyed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("removed with its key", STEP, || async {
+        servers.get_opt("keyed").await.is_ok_and(|g| g.is_none()) && !key_file.exists()
+    })
+    .await;
+    controller.abort();
+}

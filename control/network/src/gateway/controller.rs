@@ -13,7 +13,9 @@ use std::{
 use futures::StreamExt as _;
 use ipnet::IpNet;
 use k8s_openapi::{
-    api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
 };
 use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
@@ -35,7 +37,7 @@ use strait_api::{
         GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec, PublicEndpoint,
         PublicKey,
     },
-    Condition, ObjectReference,
+    Condition, ObjectReference, SecretReference,
 };
 use strait_gateway::{config::TunnelConfig, status::GatewayStatus, GatewayConfig};
 use tracing::{info, warn};
@@ -123,6 +125,7 @@ pub trait GatewayKind:
     const DEFAULT_TEMPLATE: &'static str;
     fn mtu(&self) -> i32;
     fn template_ref(&self) -> Option<&ObjectReference>;
+    fn secret_ref(&self) -> Option<&SecretReference>;
     /// Puts this gateway's spec into the gateway's configuration.
     fn configure(&self, config: &mut GatewayConfig);
     /// The kind-specific template placeholders.
@@ -140,6 +143,9 @@ impl GatewayKind for GatewayServer {
     }
     fn template_ref(&self) -> Option<&ObjectReference> {
         self.spec.template_ref.as_ref()
+    }
+    fn secret_ref(&self) -> Option<&SecretReference> {
+        self.spec.secret_ref.as_ref()
     }
     fn configure(&self, config: &mut GatewayConfig) {
         config.server = Some(GatewayServerSpec {
@@ -176,6 +182,9 @@ impl GatewayKind for GatewayClient {
     }
     fn template_ref(&self) -> Option<&ObjectReference> {
         self.spec.template_ref.as_ref()
+    }
+    fn secret_ref(&self) -> Option<&SecretReference> {
+        self.spec.secret_ref.as_ref()
     }
     fn configure(&self, config: &mut GatewayConfig) {
         config.client = Some(GatewayClientSpec {
@@ -460,6 +469,19 @@ async fn run_locally<K: GatewayKind>(
             return Ok((ready, view, Action::await_change()));
         }
     };
+    let mut config = config;
+    if let Some(secret) = gateway.secret_ref() {
+        match private_key(ctx, secret, namespace).await? {
+            Ok(key) => {
+                config.private_key_file = Some(gateways.write_private_key(namespace, name, &key)?);
+            }
+            Err(message) => {
+                view.not_ready = Some(message.clone());
+                let ready = not_ready("PrivateKeyNotFound", message);
+                return Ok((ready, view, Action::requeue(Duration::from_secs(5))));
+            }
+        }
+    }
     if let Some(key) = &peer_key {
         gateways.write_peer_key(namespace, name, &key.spec.public_key)?;
     }
@@ -515,6 +537,33 @@ async fn run_locally<K: GatewayKind>(
         },
     };
     Ok((ready, view, Action::requeue(LOCAL_POLL)))
+}
+
+/// Key of `spec.secretRef`'s Secret holding the private key (base64, as
+/// `wg genkey` prints it).
+pub const PRIVATE_KEY_SECRET_KEY: &str = "privateKey";
+
+/// The private key from the gateway's Secret, or why it cannot be used.
+async fn private_key(
+    ctx: &Context,
+    secret: &SecretReference,
+    namespace: &str,
+) -> Result<Result<String, String>, Error> {
+    let secret_namespace = secret.namespace.as_deref().unwrap_or(namespace);
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
+        .get_opt(&secret.name)
+        .await?;
+    let key = found
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(PRIVATE_KEY_SECRET_KEY))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok());
+    Ok(key.ok_or_else(|| {
+        format!(
+            "Secret {secret_namespace}/{} has no key {PRIVATE_KEY_SECRET_KEY} (a WireGuard private key as `wg genkey` prints it)",
+            secret.name
+        )
+    }))
 }
 
 fn not_ready(reason: &'static str, message: String) -> ConditionUpdate<'static> {

@@ -142,6 +142,40 @@ impl LocalGateways {
         write_file(&files.dir, &files.peer_key, &content)
     }
 
+    /// Writes the private key from the gateway's Secret where the gateway
+    /// reads it (`private.key`, mode 0600, like a mounted Secret), and
+    /// returns that path.
+    pub fn write_private_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<PathBuf, LocalError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let files = self.files(namespace, name);
+        let path = files.dir.join("private.key");
+        let content = format!("{}\n", key.trim());
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
+            return Ok(path);
+        }
+        let err = |source| LocalError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&files.dir).map_err(err)?;
+        let tmp = path.with_extension("tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        std::io::Write::write_all(&mut file, content.as_bytes()).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        Ok(path)
+    }
+
     /// Makes sure the gateway runs with `config` (YAML): started if it is not
     /// supervised yet, restarted if its configuration changed.
     pub fn ensure(&self, namespace: &str, name: &str, config: &str) -> Result<(), LocalError> {
