@@ -3,7 +3,8 @@
 //! `strait-gateway` in that cluster's gateway namespace; the test plays the
 //! peering by copying each side's published PublicKey to the other. The
 //! tunnel comes up, carries traffic between the tunnel addresses, and the
-//! time from applying the gateways to the first echo through the tunnel is
+//! time from applying the gateways to the first echo through the tunnel, and
+//! the gap after a gateway process is killed and restarted, are
 //! printed.
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     api::{DeleteParams, PostParams},
     Api, Client,
@@ -114,6 +115,44 @@ async fn network_ready(client: &Client, remote: &str) -> bool {
         .is_some_and(|s| format!("{s:?}") == "True")
 }
 
+/// When the first echo from namespace `ns` to `to` came back (pings of
+/// 200 ms each, for at most [`STEP`]).
+fn first_echo(ns: &str, to: &str) -> Option<Instant> {
+    let deadline = Instant::now() + STEP;
+    while Instant::now() < deadline {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["--", "ping", "-n", "-q", "-c", "1", "-W", "0.2", to])
+            .output();
+        if out.is_ok_and(|o| o.status.success()) {
+            return Some(Instant::now());
+        }
+    }
+    None
+}
+
+/// The pid of the gateway process started with `config`.
+fn gateway_pid(config: &std::path::Path) -> Option<i32> {
+    let wanted = config.display().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_gateway = args.first().is_some_and(|a| a.ends_with(b"strait-gateway"));
+            (is_gateway && args.contains(&wanted.as_bytes())).then_some(pid)
+        })
+}
+
+/// SIGKILL to a gateway this test's controller started.
+fn kill(pid: i32) -> i32 {
+    // SAFETY: kill(2) on a pid found by its own config path under this
+    // test's state directory: a process of this test.
+    unsafe { libc::kill(pid, libc::SIGKILL) }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_peered_by_network_crs_only() {
     let binary = bins::path("strait-gateway").expect("strait-gateway built");
@@ -152,6 +191,29 @@ async fn two_clusters_peered_by_network_crs_only() {
         tokio::spawn(gateway::run(cb.clone(), settings(&gw_b, "b", None))),
     ];
 
+    // Keys from Secrets, so a restarted gateway keeps its key and the peer
+    // needs nothing new.
+    for (client, key) in [
+        (&ca, "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="),
+        (&cb, "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc="),
+    ] {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("gateway-key".into());
+        secret.data = Some(BTreeMap::from([(
+            "privateKey".to_owned(),
+            k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        )]));
+        Api::<Secret>::namespaced(client.clone(), NS)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("key Secret");
+    }
+    let key_ref = || {
+        Some(strait_api::SecretReference {
+            name: "gateway-key".into(),
+            namespace: None,
+        })
+    };
     let applied = Instant::now();
     let mut server = GatewayServer::new(
         "to-b",
@@ -163,7 +225,7 @@ async fn two_clusters_peered_by_network_crs_only() {
                 node_port: None,
                 load_balancer_ips: Vec::new(),
             },
-            secret_ref: None,
+            secret_ref: key_ref(),
             template_ref: None,
         },
     );
@@ -180,7 +242,7 @@ async fn two_clusters_peered_by_network_crs_only() {
                 addresses: vec![underlay_v4(1)],
                 port: 51840,
             },
-            secret_ref: None,
+            secret_ref: key_ref(),
             template_ref: None,
         },
     );
@@ -199,29 +261,7 @@ async fn two_clusters_peered_by_network_crs_only() {
     // to cluster B's tunnel address (the client's, second of the /127).
     let first_packet = tokio::task::spawn_blocking({
         let gw_a = gw_a.name().to_owned();
-        move || {
-            let deadline = Instant::now() + STEP;
-            while Instant::now() < deadline {
-                let out = std::process::Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{gw_a}"))
-                    .args([
-                        "--",
-                        "ping",
-                        "-n",
-                        "-q",
-                        "-c",
-                        "1",
-                        "-W",
-                        "0.2",
-                        "fd00:5354::1",
-                    ])
-                    .output();
-                if out.is_ok_and(|o| o.status.success()) {
-                    return Some(Instant::now());
-                }
-            }
-            None
-        }
+        move || first_echo(&gw_a, "fd00:5354::1")
     })
     .await
     .expect("ping task")
@@ -243,6 +283,25 @@ async fn two_clusters_peered_by_network_crs_only() {
         apply_to_first_packet.as_millis(),
         apply_to_connected.as_millis()
     );
+
+    // Cluster A's gateway killed: restarted by its controller with the same
+    // key, the tunnel carries traffic again; the gap is measured.
+    let config = state
+        .join("a")
+        .join(format!("{NS}.to-b"))
+        .join("config.yaml");
+    let pid = gateway_pid(&config).expect("cluster A's gateway process");
+    let killed = Instant::now();
+    assert_eq!(kill(pid), 0, "kill {pid}");
+    let back = tokio::task::spawn_blocking({
+        let gw_a = gw_a.name().to_owned();
+        move || first_echo(&gw_a, "fd00:5354::1")
+    })
+    .await
+    .expect("ping task")
+    .expect("an echo through the tunnel after the restart");
+    assert_ne!(gateway_pid(&config), Some(pid), "a new process");
+    println!("restart_gap_ms={}", (back - killed).as_millis());
 
     // Deleting the gateways stops them (their interfaces go with them).
     Api::<GatewayServer>::namespaced(ca.clone(), NS)
