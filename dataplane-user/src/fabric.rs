@@ -354,6 +354,24 @@ fn sync_lpm<K: aya::Pod + Ord>(
     Ok((written, stale.len()))
 }
 
+/// The IPv4 destinations in the pinned route map, as `a.b.c.d/len`, sorted
+/// (what the fabric steers, for checks that a removed route is gone).
+pub fn pinned_routes_v4(pin_dir: &crate::bpffs::PinDir) -> Result<Vec<String>, Error> {
+    let map_err = |source| Error::Map {
+        name: ROUTES_V4_MAP,
+        source,
+    };
+    let map = pin_dir.open_map(ROUTES_V4_MAP).map_err(map_err)?;
+    let trie: LpmTrie<&MapData, [u8; 4], NextHop> = LpmTrie::try_from(&map).map_err(map_err)?;
+    let mut routes: Vec<String> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| format!("{}/{}", std::net::Ipv4Addr::from(k.data()), k.prefix_len()))
+        .collect();
+    routes.sort();
+    Ok(routes)
+}
+
 /// Fabric and drop counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FabricStats {

@@ -4,6 +4,7 @@
 //! restart neither drops traffic nor loses state.
 
 pub mod bpffs;
+pub mod cluster;
 pub mod counter;
 pub mod drops;
 mod error;

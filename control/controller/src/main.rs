@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use strait_authentication::ApiServerEndpoint;
 use strait_controller::leader::{LeaderElection, Timing};
 use strait_network::{
-    configuration_controller, internal_node_controller,
+    configuration_controller, gateway, internal_node_controller,
     ipam::{parse_cidr, Allocator},
     ipam_controller,
 };
@@ -60,6 +60,55 @@ struct NetworkArgs {
     /// Pools remapped ranges are taken from. Repeatable, one or more per family.
     #[arg(long = "remap-pool", value_name = "CIDR")]
     pools: Vec<String>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// How the network module runs gateways.
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Run each gateway as a `strait-gateway --config` child process of this
+    /// binary (local simulation) instead of rendering the chart's templates.
+    #[arg(long, value_name = "PATH")]
+    gateway_binary: Option<std::path::PathBuf>,
+    /// Local simulation: where each gateway's config, key and status files
+    /// go (`DIR/<namespace>.<name>/`).
+    #[arg(long, value_name = "DIR", default_value = "/run/strait/gateways")]
+    gateway_state_dir: std::path::PathBuf,
+    /// Local simulation: run the gateways in this network namespace
+    /// (`nsenter --net=PATH`), for example `/run/netns/cluster-a-gw`.
+    #[arg(long, value_name = "PATH")]
+    gateway_netns: Option<std::path::PathBuf>,
+    /// Local simulation: the address peers reach this cluster's gateway
+    /// servers at, published in GatewayServer `status.endpoint`.
+    #[arg(long, value_name = "ADDRESS")]
+    gateway_advertise_address: Option<String>,
+    /// Local simulation: an extra argument for every gateway, for example
+    /// `--wireguard=userspace`. Repeatable.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    gateway_arg: Vec<String>,
+    /// In a cluster: the namespace of the gateway template ConfigMaps (the
+    /// chart's release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "strait")]
+    release_namespace: String,
+}
+
+impl GatewayArgs {
+    fn settings(&self, cluster_id: Option<String>) -> gateway::Settings {
+        let mode = match &self.gateway_binary {
+            Some(binary) => gateway::controller::local_settings(
+                binary.clone(),
+                self.gateway_state_dir.clone(),
+                self.gateway_netns.clone(),
+                self.gateway_advertise_address.clone(),
+                self.gateway_arg.clone(),
+            ),
+            None => gateway::GatewayMode::Cluster {
+                release_namespace: self.release_namespace.clone(),
+            },
+        };
+        gateway::Settings { mode, cluster_id }
+    }
 }
 
 /// The authentication module's flags.
@@ -198,7 +247,8 @@ async fn main() -> Result<()> {
     let mut modules: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
     if let Some(allocator) = allocator {
         tracing::info!(reserved = ?cli.network.reserved, pools = ?cli.network.pools, "network module starting");
-        modules.push(network_module(client.clone(), allocator));
+        let gateways = cli.network.gateway.settings(cli.cluster_id.clone());
+        modules.push(network_module(client.clone(), allocator, gateways));
     }
     if cli.authentication.enabled {
         let settings = authentication_settings(&cli, &config)?;
@@ -242,12 +292,17 @@ fn network_allocator(args: &NetworkArgs) -> Result<Allocator> {
 }
 
 /// The network module's controllers.
-fn network_module(client: kube::Client, allocator: Allocator) -> BoxFuture<'static, Result<()>> {
+fn network_module(
+    client: kube::Client,
+    allocator: Allocator,
+    gateways: gateway::Settings,
+) -> BoxFuture<'static, Result<()>> {
     Box::pin(async move {
         tokio::select! {
             result = ipam_controller::run(client.clone(), allocator) => result.context("IPAM controller")?,
             () = configuration_controller::run(client.clone()) => {}
-            () = internal_node_controller::run(client) => {}
+            () = internal_node_controller::run(client.clone()) => {}
+            () = gateway::run(client, gateways) => {}
         }
         Ok(())
     })

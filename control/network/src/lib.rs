@@ -4,6 +4,7 @@
 //! Configuration.
 
 pub mod configuration_controller;
+pub mod gateway;
 pub mod internal_node_controller;
 pub mod ipam;
 pub mod ipam_controller;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strait_common::{fabric::LocalEndpoints, Direction, NatSide};
 use strait_dataplane::{
     bpffs::PinDir,
+    cluster::{ClusterFabric, Follow},
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
     nat::{parse_config, NatPlan, NatTables},
@@ -66,9 +67,16 @@ enum Command {
         /// Address for GET /metrics and /healthz (none when omitted).
         #[arg(long)]
         metrics_address: Option<std::net::SocketAddr>,
-        /// How often to check the config file for changes.
+        /// How often to check the config file (and with --from-cluster the
+        /// CRs) for changes.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         poll_interval: std::time::Duration,
+        /// Also follow the cluster (kubeconfig or in-cluster): every
+        /// RouteConfiguration's routes (a node) and/or every InternalNode (a
+        /// gateway) are added to the file's; a deleted CR's entries leave
+        /// the pinned maps.
+        #[arg(long, value_enum, value_name = "KINDS")]
+        from_cluster: Option<Follow>,
     },
     /// Print the pinned traffic counters.
     Stats {
@@ -168,7 +176,17 @@ fn main() -> Result<()> {
             config,
             metrics_address,
             poll_interval,
-        } => run_agent(&cli.pin_dir, &config, metrics_address, poll_interval)?,
+            from_cluster,
+        } => {
+            let cluster = from_cluster.map(ClusterSource::connect).transpose()?;
+            run_agent(
+                &cli.pin_dir,
+                &config,
+                metrics_address,
+                poll_interval,
+                cluster,
+            )?
+        }
         Command::Detach { ifaces, direction } => {
             let pin_dir = PinDir::open(&cli.pin_dir)?;
             for iface in &ifaces {
@@ -277,9 +295,17 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
 
 /// Applies a fabric config; returns a human summary of what it did.
 fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Result<String> {
+    let config = FabricConfig::from_file(config_path)?;
+    apply_fabric_config(pin_dir, &config, &config_path.display().to_string())
+}
+
+fn apply_fabric_config(
+    pin_dir: &std::path::Path,
+    config: &FabricConfig,
+    source: &str,
+) -> Result<String> {
     use std::fmt::Write as _;
     let mut summary = String::new();
-    let config = FabricConfig::from_file(config_path)?;
     // Refuse before pinning anything, so a typo leaves no state behind.
     for iface in &config.encap_interfaces {
         tc::check_iface(iface)?;
@@ -288,7 +314,7 @@ fn apply_fabric(pin_dir: &std::path::Path, config_path: &std::path::Path) -> Res
     let underlay_mtu = tc::interface_mtu(&config.underlay)?;
     let tables = config
         .tables(underlay, underlay_mtu)
-        .with_context(|| format!("invalid fabric config {}", config_path.display()))?;
+        .with_context(|| format!("invalid fabric config {source}"))?;
     for (ipv6, present) in [
         (false, LocalEndpoints::HAS_V4),
         (true, LocalEndpoints::HAS_V6),
@@ -356,12 +382,56 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The API the agent follows with `--from-cluster`.
+struct ClusterSource {
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+    kinds: Follow,
+}
+
+impl ClusterSource {
+    fn connect(kinds: Follow) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the Kubernetes client's runtime")?;
+        let client = runtime
+            .block_on(kube::Client::try_default())
+            .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+        Ok(Self {
+            runtime,
+            client,
+            kinds,
+        })
+    }
+
+    /// The file's config with the CRs' routes and nodes.
+    fn config(&self, config_path: &std::path::Path) -> Result<FabricConfig> {
+        let base = FabricConfig::from_file(config_path)?;
+        let crs = self
+            .runtime
+            .block_on(ClusterFabric::fetch(&self.client, self.kinds))
+            .context("listing RouteConfigurations and InternalNodes")?;
+        Ok(crs.over(&base))
+    }
+}
+
 fn run_agent(
     pin_dir: &std::path::Path,
     config_path: &std::path::Path,
     metrics_address: Option<std::net::SocketAddr>,
     poll_interval: std::time::Duration,
+    cluster: Option<ClusterSource>,
 ) -> Result<()> {
+    if let Some(cluster) = cluster {
+        return run_agent_from_cluster(
+            pin_dir,
+            config_path,
+            metrics_address,
+            poll_interval,
+            &cluster,
+        );
+    }
     use std::sync::{atomic::AtomicBool, Arc};
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -399,6 +469,68 @@ fn run_agent(
                     Err(e) => {
                         tracing::error!(config = %config_path.display(), error = format!("{e:#}"), "config refused; keeping the last applied state")
                     }
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!("stopping; programs and maps stay attached and pinned");
+    Ok(())
+}
+
+/// The agent loop of `run --from-cluster`: the file and the CRs are read
+/// every poll, and applied when the merged config changed.
+fn run_agent_from_cluster(
+    pin_dir: &std::path::Path,
+    config_path: &std::path::Path,
+    metrics_address: Option<std::net::SocketAddr>,
+    poll_interval: std::time::Duration,
+    cluster: &ClusterSource,
+) -> Result<()> {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let source = format!("{} and the cluster's CRs", config_path.display());
+    let mut applied = cluster.config(config_path)?;
+    let summary = apply_fabric_config(pin_dir, &applied, &source)?;
+    tracing::info!(%source, %summary, "fabric applied");
+    let listener = match metrics_address {
+        Some(address) => {
+            let listener = std::net::TcpListener::bind(address)
+                .with_context(|| format!("binding {address}"))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let mut next_check = std::time::Instant::now() + poll_interval;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(listener) = &listener {
+            serve_pending(listener, pin_dir);
+        }
+        if std::time::Instant::now() >= next_check {
+            next_check = std::time::Instant::now() + poll_interval;
+            match cluster.config(config_path) {
+                Ok(wanted) if wanted != applied => {
+                    match apply_fabric_config(pin_dir, &wanted, &source) {
+                        Ok(summary) => {
+                            tracing::info!(%source, %summary, "fabric re-applied");
+                            applied = wanted;
+                        }
+                        Err(e) => {
+                            tracing::error!(%source, error = format!("{e:#}"), "config refused; keeping the last applied state")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "reading the config; keeping the last applied state"
+                    )
                 }
             }
         }

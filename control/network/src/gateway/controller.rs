@@ -1,0 +1,958 @@
+//! Reconciles GatewayServers and GatewayClients (one generic reconciler,
+//! [`GatewayKind`] says what differs between the two).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt as _;
+use ipnet::IpNet;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::{Action, Controller},
+        finalizer::{finalizer, Event},
+        reflector::ObjectRef,
+        watcher,
+    },
+    Api, Client, Resource, ResourceExt as _,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::json;
+use strait_api::{
+    condition::{set_condition, ConditionStatus, ConditionUpdate},
+    names::{finalizer::GATEWAY, label::REMOTE_CLUSTER_ID, SYSTEM_NAMESPACE},
+    networking::{
+        Configuration, Connection, ConnectionState, ConnectionStatus, ConnectionType,
+        GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec, PublicEndpoint,
+        PublicKey,
+    },
+    Condition, ObjectReference, SecretReference,
+};
+use strait_gateway::{config::TunnelConfig, status::GatewayStatus, GatewayConfig};
+use tracing::{info, warn};
+
+use super::{
+    local::{LocalError, LocalGateways, ProcessState},
+    local_key_name,
+    readiness::{self, GatewayView},
+    remote_key_name,
+    template::{self, TemplateError},
+    DEFAULT_TUNNEL_CIDR, TUNNEL_CIDR_ANNOTATION,
+};
+use crate::ipam::parse_cidr;
+
+/// Field manager of the objects this controller writes.
+pub const FIELD_MANAGER: &str = "strait-network-gateway";
+const READY: &str = "Ready";
+/// A status file older than this means the gateway stopped refreshing it.
+const STATUS_STALE_AFTER: Duration = Duration::from_secs(3);
+/// Local gateways are looked at this often (their status is a file).
+const LOCAL_POLL: Duration = Duration::from_secs(1);
+const CLUSTER_POLL: Duration = Duration::from_secs(15);
+/// How long a reconcile waits for a starting gateway's public key.
+const KEY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0} has no namespace")]
+    NotNamespaced(String),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error("serializing: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// How gateways run.
+pub enum GatewayMode {
+    /// Child processes of the controller (local simulation).
+    Local {
+        gateways: LocalGateways,
+        /// Address a GatewayServer is reachable at from the peer, published
+        /// in its `status.endpoint` (the address of the gateways' netns).
+        advertise_address: Option<String>,
+    },
+    /// Rendered from the chart's template ConfigMaps, which live in
+    /// `release_namespace` unless a `spec.templateRef` says otherwise.
+    Cluster { release_namespace: String },
+}
+
+pub struct Settings {
+    pub mode: GatewayMode,
+    /// This cluster's ID, for the `${REMOTE_CLUSTER_ID}`-less fallbacks in messages.
+    pub cluster_id: Option<String>,
+}
+
+impl Default for GatewayMode {
+    fn default() -> Self {
+        GatewayMode::Cluster {
+            release_namespace: SYSTEM_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+struct Context {
+    client: Client,
+    settings: Settings,
+}
+
+/// What differs between the two kinds of gateway.
+pub trait GatewayKind:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const ROLE: ConnectionType;
+    const DEFAULT_TEMPLATE: &'static str;
+    fn mtu(&self) -> i32;
+    fn template_ref(&self) -> Option<&ObjectReference>;
+    fn secret_ref(&self) -> Option<&SecretReference>;
+    /// Puts this gateway's spec into the gateway's configuration.
+    fn configure(&self, config: &mut GatewayConfig);
+    /// The kind-specific template placeholders.
+    fn placeholders(&self, values: &mut BTreeMap<&'static str, String>);
+    /// The status this controller writes, as a JSON `status` object.
+    fn status(&self, conditions: Vec<Condition>, advertise: Option<&str>) -> serde_json::Value;
+    fn conditions(&self) -> Vec<Condition>;
+}
+
+impl GatewayKind for GatewayServer {
+    const ROLE: ConnectionType = ConnectionType::Server;
+    const DEFAULT_TEMPLATE: &'static str = template::SERVER_TEMPLATE;
+    fn mtu(&self) -> i32 {
+        self.spec.mtu
+    }
+    fn template_ref(&self) -> Option<&ObjectReference> {
+        self.spec.template_ref.as_ref()
+    }
+    fn secret_ref(&self) -> Option<&SecretReference> {
+        self.spec.secret_ref.as_ref()
+    }
+    fn configure(&self, config: &mut GatewayConfig) {
+        config.server = Some(GatewayServerSpec {
+            // The key comes from `privateKeyFile` or is generated; the
+            // template is the controller's business, not the gateway's.
+            secret_ref: None,
+            template_ref: None,
+            ..self.spec.clone()
+        });
+    }
+    fn placeholders(&self, values: &mut BTreeMap<&'static str, String>) {
+        values.insert("PORT", self.spec.endpoint.port.to_string());
+    }
+    fn status(&self, conditions: Vec<Condition>, advertise: Option<&str>) -> serde_json::Value {
+        let endpoint = advertise.map(|address| PublicEndpoint {
+            addresses: vec![address.to_owned()],
+            port: self.spec.endpoint.port,
+        });
+        json!({ "endpoint": endpoint, "conditions": conditions })
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl GatewayKind for GatewayClient {
+    const ROLE: ConnectionType = ConnectionType::Client;
+    const DEFAULT_TEMPLATE: &'static str = template::CLIENT_TEMPLATE;
+    fn mtu(&self) -> i32 {
+        self.spec.mtu
+    }
+    fn template_ref(&self) -> Option<&ObjectReference> {
+        self.spec.template_ref.as_ref()
+    }
+    fn secret_ref(&self) -> Option<&SecretReference> {
+        self.spec.secret_ref.as_ref()
+    }
+    fn configure(&self, config: &mut GatewayConfig) {
+        config.client = Some(GatewayClientSpec {
+            secret_ref: None,
+            template_ref: None,
+            ..self.spec.clone()
+        });
+    }
+    fn placeholders(&self, values: &mut BTreeMap<&'static str, String>) {
+        let endpoint = &self.spec.endpoint;
+        let host = endpoint.addresses.first().cloned().unwrap_or_default();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        values.insert("ENDPOINT", format!("{host}:{}", endpoint.port));
+    }
+    fn status(&self, conditions: Vec<Condition>, _: Option<&str>) -> serde_json::Value {
+        json!({ "conditions": conditions })
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs both gateway controllers until the API goes away.
+pub async fn run(client: Client, settings: Settings) {
+    let context = Arc::new(Context { client, settings });
+    tokio::join!(
+        run_kind::<GatewayServer>(context.clone()),
+        run_kind::<GatewayClient>(context)
+    );
+}
+
+async fn run_kind<K: GatewayKind>(context: Arc<Context>) {
+    let client = context.client.clone();
+    // The peer's key arriving is the moment to (re)configure the gateway.
+    let peer_keys = Api::<PublicKey>::all(client.clone());
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .watches(peer_keys, watcher::Config::default(), |key| {
+            let gateway = key.name_any().strip_prefix("remote-")?.to_owned();
+            Some(ObjectRef::<K>::new(&gateway).within(&key.namespace()?))
+        })
+        .run(reconcile::<K>, error_policy::<K>, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, kind = %K::kind(&()), "gateway reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy<K: GatewayKind>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
+    warn!(%error, "gateway reconcile error");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile<K: GatewayKind>(gateway: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = gateway
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(gateway.name_any()))?;
+    let api = Api::<K>::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, GATEWAY, gateway, |event| async {
+        match event {
+            Event::Apply(gateway) => apply(gateway.as_ref(), &ctx).await,
+            Event::Cleanup(gateway) => cleanup(gateway.as_ref(), &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// `GatewayServer/name` for messages.
+fn describe<K: GatewayKind>(gateway: &K) -> String {
+    format!("{}/{}", K::kind(&()), gateway.name_any())
+}
+
+async fn apply<K: GatewayKind>(gateway: &K, ctx: &Context) -> Result<Action, Error> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let name = gateway.name_any();
+    let remote = gateway.labels().get(REMOTE_CLUSTER_ID).cloned();
+    let (ready, view, action) = match &ctx.settings.mode {
+        GatewayMode::Local { gateways, .. } => {
+            run_locally(gateway, gateways, ctx, &namespace, &name).await?
+        }
+        GatewayMode::Cluster { release_namespace } => {
+            deploy(gateway, ctx, release_namespace, &namespace, &name).await?
+        }
+    };
+    let advertise = match &ctx.settings.mode {
+        GatewayMode::Local {
+            advertise_address, ..
+        } => advertise_address.as_deref(),
+        GatewayMode::Cluster { .. } => None,
+    };
+    write_status(gateway, ctx, &namespace, ready, advertise).await?;
+    if let Some(remote) = remote {
+        readiness::publish(&ctx.client, &remote, readiness::network_ready(&view)).await?;
+    }
+    Ok(action)
+}
+
+async fn write_status<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    namespace: &str,
+    ready: ConditionUpdate<'_>,
+    advertise: Option<&str>,
+) -> Result<(), Error> {
+    let mut conditions = gateway.conditions();
+    let now = Time(Timestamp::now());
+    let changed = set_condition(&mut conditions, ready, gateway.meta().generation, &now);
+    let mut status = gateway.status(conditions, advertise);
+    let current = serde_json::to_value(gateway)?;
+    if !changed
+        && current
+            .get("status")
+            .is_some_and(|s| same_endpoint(s, &status))
+    {
+        return Ok(());
+    }
+    if let Some(map) = status.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(
+            &gateway.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+fn same_endpoint(current: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    current.get("endpoint") == wanted.get("endpoint").filter(|v| !v.is_null())
+}
+
+/// The peer's CIDRs the tunnel carries: every Configuration of the
+/// gateway's namespace (of the same remote cluster, when the gateway is
+/// labelled with one), by their real addresses, since the gateway's NAT has
+/// translated remapped destinations before the tunnel.
+async fn tunnel_cidrs<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Vec<String>, Error> {
+    let mut params = ListParams::default();
+    if let Some(remote) = gateway.labels().get(REMOTE_CLUSTER_ID) {
+        params = params.labels(&format!("{REMOTE_CLUSTER_ID}={remote}"));
+    }
+    let configurations = Api::<Configuration>::namespaced(ctx.client.clone(), namespace)
+        .list(&params)
+        .await?;
+    let mut cidrs: Vec<String> = configurations
+        .items
+        .iter()
+        .flat_map(|c| {
+            c.spec
+                .remote
+                .cidr
+                .pod
+                .iter()
+                .chain(&c.spec.remote.cidr.external)
+        })
+        .filter_map(|c| parse_cidr(c).ok())
+        .map(|c| c.trunc().to_string())
+        .collect();
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
+}
+
+/// This end's and the peer's tunnel addresses, from the tunnel CIDR.
+pub fn tunnel_addresses(cidr: &str, role: ConnectionType) -> Result<(String, IpAddr), String> {
+    let net: IpNet = cidr
+        .parse()
+        .map_err(|_| format!("{TUNNEL_CIDR_ANNOTATION} {cidr:?} is not a CIDR"))?;
+    let host_bits = net.max_prefix_len() - net.prefix_len();
+    if host_bits < 1 {
+        return Err(format!(
+            "{TUNNEL_CIDR_ANNOTATION} {cidr} has room for one address; the tunnel needs two"
+        ));
+    }
+    // Point-to-point prefixes use both addresses; larger ones skip the
+    // network address.
+    let first = if host_bits == 1 { 0 } else { 1 };
+    let nth = |n: u128| -> IpAddr {
+        match net.network() {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) + n as u32).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) + n).into()),
+        }
+    };
+    let (mine, peer) = match role {
+        ConnectionType::Server => (nth(first), nth(first + 1)),
+        ConnectionType::Client => (nth(first + 1), nth(first)),
+    };
+    Ok((format!("{mine}/{}", net.prefix_len()), peer))
+}
+
+/// Linux interface name for a gateway: at most 15 bytes, stable, distinct
+/// per namespace and name.
+pub fn interface_name(namespace: &str, name: &str) -> String {
+    // FNV-1a: stable across runs and platforms, unlike the std hasher.
+    let hash = format!("{namespace}/{name}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("stgw{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// The gateway's `--config`, from its CR and the peering's Configurations.
+pub fn gateway_config<K: GatewayKind>(
+    gateway: &K,
+    files: &super::local::GatewayFiles,
+    allowed_ips: Vec<String>,
+) -> Result<GatewayConfig, String> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let cidr = gateway
+        .annotations()
+        .get(TUNNEL_CIDR_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_TUNNEL_CIDR);
+    let (address, peer) = tunnel_addresses(cidr, K::ROLE)?;
+    let mut config = GatewayConfig {
+        interface: interface_name(&namespace, &gateway.name_any()),
+        server: None,
+        client: None,
+        peer_public_key: None,
+        peer_public_key_file: Some(files.peer_key.clone()),
+        private_key_file: None,
+        public_key_file: Some(files.public_key.clone()),
+        tunnel: TunnelConfig {
+            addresses: vec![address],
+            peer_addresses: vec![peer],
+            allowed_ips,
+            persistent_keepalive: None,
+        },
+    };
+    gateway.configure(&mut config);
+    config.plan().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+type Outcome = (ConditionUpdate<'static>, GatewayView, Action);
+
+async fn run_locally<K: GatewayKind>(
+    gateway: &K,
+    gateways: &LocalGateways,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Outcome, Error> {
+    let peer_key = Api::<PublicKey>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&remote_key_name(name))
+        .await?;
+    let mut view = GatewayView {
+        gateway: describe(gateway),
+        not_ready: None,
+        peer_key_present: Some(peer_key.is_some()),
+        peer_key_name: remote_key_name(name),
+        connection: None,
+        up_for: None,
+    };
+    let files = gateways.files(namespace, name);
+    let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
+    let config = match gateway_config(gateway, &files, allowed) {
+        Ok(config) => config,
+        Err(message) => {
+            view.not_ready = Some(message.clone());
+            let ready = not_ready("InvalidSpec", message);
+            return Ok((ready, view, Action::await_change()));
+        }
+    };
+    let mut config = config;
+    if let Some(secret) = gateway.secret_ref() {
+        match private_key(ctx, secret, namespace).await? {
+            Ok(key) => {
+                config.private_key_file = Some(gateways.write_private_key(namespace, name, &key)?);
+            }
+            Err(message) => {
+                view.not_ready = Some(message.clone());
+                let ready = not_ready("PrivateKeyNotFound", message);
+                return Ok((ready, view, Action::requeue(Duration::from_secs(5))));
+            }
+        }
+    }
+    if let Some(key) = &peer_key {
+        gateways.write_peer_key(namespace, name, &key.spec.public_key)?;
+    }
+    let yaml = serde_norway::to_string(&config)
+        .map_err(|e| Error::Serialize(serde::ser::Error::custom(format!("gateway config: {e}"))))?;
+    gateways.ensure(namespace, name, &yaml)?;
+
+    let process = gateways.state(namespace, name).unwrap_or_default();
+    view.up_for = process
+        .started
+        .filter(|_| process.running())
+        .and_then(|s| SystemTime::now().duration_since(s).ok());
+    if !process.running() {
+        view.not_ready = Some(match &process.last_exit {
+            Some(exit) => format!("the gateway process {exit}; restarting it"),
+            None => "the gateway process is starting".to_owned(),
+        });
+    }
+    // The gateway writes its key before waiting for the peer's, so ours is
+    // published even while the peer's is missing (each side needs the
+    // other's). A gateway that just started gets a moment to write it: the
+    // peer cannot start its side before it has our key.
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    while process.running() && !files.public_key.exists() && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = match strait_gateway::PublicKey::from_file(&files.public_key) {
+        Ok(key) => {
+            publish_key(gateway, ctx, namespace, name, &key.to_string()).await?;
+            true
+        }
+        Err(_) => false,
+    };
+    let connection = connection_status(&files.status, &process, peer_key.is_some());
+    write_connection(gateway, ctx, namespace, name, &connection).await?;
+    view.connection = Some(connection);
+    let ready = match (&view.not_ready, published) {
+        (Some(why), _) => not_ready("GatewayNotRunning", why.clone()),
+        (None, false) => not_ready(
+            "WaitingForKey",
+            "the gateway runs but has not written its public key yet".to_owned(),
+        ),
+        (None, true) => ConditionUpdate {
+            type_: READY,
+            status: ConditionStatus::True,
+            reason: "Running",
+            message: format!(
+                "gateway process {} running; public key in PublicKey {}",
+                process.pid.unwrap_or_default(),
+                local_key_name(name)
+            ),
+        },
+    };
+    Ok((ready, view, Action::requeue(LOCAL_POLL)))
+}
+
+/// Key of `spec.secretRef`'s Secret holding the private key (base64, as
+/// `wg genkey` prints it).
+pub const PRIVATE_KEY_SECRET_KEY: &str = "privateKey";
+
+/// The private key from the gateway's Secret, or why it cannot be used.
+async fn private_key(
+    ctx: &Context,
+    secret: &SecretReference,
+    namespace: &str,
+) -> Result<Result<String, String>, Error> {
+    let secret_namespace = secret.namespace.as_deref().unwrap_or(namespace);
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
+        .get_opt(&secret.name)
+        .await?;
+    let key = found
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(PRIVATE_KEY_SECRET_KEY))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok());
+    Ok(key.ok_or_else(|| {
+        format!(
+            "Secret {secret_namespace}/{} has no key {PRIVATE_KEY_SECRET_KEY} (a WireGuard private key as `wg genkey` prints it)",
+            secret.name
+        )
+    }))
+}
+
+fn not_ready(reason: &'static str, message: String) -> ConditionUpdate<'static> {
+    ConditionUpdate {
+        type_: READY,
+        status: ConditionStatus::False,
+        reason,
+        message,
+    }
+}
+
+/// The Connection's status from the gateway's status file and the
+/// supervisor: a dead or silent gateway is not reported as connected.
+pub fn connection_status(
+    status_file: &std::path::Path,
+    process: &ProcessState,
+    peer_key_present: bool,
+) -> ConnectionStatus {
+    let down = |message: String| ConnectionStatus {
+        value: ConnectionState::Error,
+        latency: None,
+        last_handshake_time: None,
+        message,
+    };
+    if !process.running() {
+        return down(match &process.last_exit {
+            Some(exit) => format!("the gateway process {exit}; restarting it"),
+            None => "the gateway process is not running".to_owned(),
+        });
+    }
+    let restarts = match (&process.last_exit, process.crashes) {
+        (Some(exit), n) if n > 0 => format!(" (restarted {n} times; last time it {exit})"),
+        _ => String::new(),
+    };
+    let age = std::fs::metadata(status_file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok());
+    match (GatewayStatus::read(status_file), age) {
+        (Ok(status), Some(age)) if age <= STATUS_STALE_AFTER => {
+            let mut connection = status.connection;
+            let traffic = format!("sent {} B, received {} B", status.tx_bytes, status.rx_bytes);
+            connection.message = [connection.message.as_str(), traffic.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+                + &restarts;
+            connection
+        }
+        (Ok(_), Some(age)) => down(format!(
+            "the gateway has not refreshed its status for {}s{restarts}",
+            age.as_secs()
+        )),
+        _ => ConnectionStatus {
+            value: ConnectionState::Connecting,
+            latency: None,
+            last_handshake_time: None,
+            message: if peer_key_present {
+                format!("the gateway is starting{restarts}")
+            } else {
+                format!("waiting for the peer's public key{restarts}")
+            },
+        },
+    }
+}
+
+fn owner<K: GatewayKind>(gateway: &K) -> Vec<serde_json::Value> {
+    gateway
+        .controller_owner_ref(&())
+        .and_then(|r| serde_json::to_value(r).ok())
+        .into_iter()
+        .collect()
+}
+
+fn labels<K: GatewayKind>(gateway: &K) -> serde_json::Value {
+    match gateway.labels().get(REMOTE_CLUSTER_ID) {
+        Some(remote) => json!({ REMOTE_CLUSTER_ID: remote }),
+        None => json!({}),
+    }
+}
+
+async fn publish_key<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<(), Error> {
+    let api = Api::<PublicKey>::namespaced(ctx.client.clone(), namespace);
+    let key_name = local_key_name(name);
+    if let Some(existing) = api.get_opt(&key_name).await? {
+        if existing.spec.public_key == key {
+            return Ok(());
+        }
+    }
+    info!(%namespace, gateway = %name, "publishing the gateway's public key");
+    let object = json!({
+        "apiVersion": PublicKey::api_version(&()),
+        "kind": "PublicKey",
+        "metadata": { "name": key_name, "labels": labels(gateway), "ownerReferences": owner(gateway) },
+        "spec": { "publicKey": key },
+    });
+    api.patch(
+        &key_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_connection<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &ConnectionStatus,
+) -> Result<(), Error> {
+    let api = Api::<Connection>::namespaced(ctx.client.clone(), namespace);
+    let existing = api.get_opt(name).await?;
+    if existing.is_none() {
+        let object = json!({
+            "apiVersion": Connection::api_version(&()),
+            "kind": "Connection",
+            "metadata": { "name": name, "labels": labels(gateway), "ownerReferences": owner(gateway) },
+            "spec": {
+                "type": K::ROLE,
+                "gatewayRef": {
+                    "apiVersion": K::api_version(&()),
+                    "kind": K::kind(&()),
+                    "name": name,
+                    "namespace": namespace,
+                },
+            },
+        });
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?;
+    }
+    if existing.as_ref().and_then(|c| c.status.as_ref()) == Some(status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": Connection::api_version(&()),
+        "kind": "Connection",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The template's values for this gateway.
+fn placeholders<K: GatewayKind>(
+    gateway: &K,
+    namespace: &str,
+    name: &str,
+) -> BTreeMap<&'static str, String> {
+    let mut values = BTreeMap::from([
+        ("NAME", name.to_owned()),
+        ("NAMESPACE", namespace.to_owned()),
+        (
+            "REMOTE_CLUSTER_ID",
+            gateway
+                .labels()
+                .get(REMOTE_CLUSTER_ID)
+                .cloned()
+                .unwrap_or_else(|| "unknown".to_owned()),
+        ),
+        ("MTU", gateway.mtu().to_string()),
+    ]);
+    gateway.placeholders(&mut values);
+    values
+}
+
+/// Renders the gateway's template; errors are for a person.
+async fn rendered<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    release_namespace: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<Vec<template::Rendered>, (&'static str, String)>, Error> {
+    let (cm_namespace, cm_name) = match gateway.template_ref() {
+        Some(r) => (
+            r.namespace
+                .clone()
+                .unwrap_or_else(|| release_namespace.to_owned()),
+            r.name.clone(),
+        ),
+        None => (release_namespace.to_owned(), K::DEFAULT_TEMPLATE.to_owned()),
+    };
+    let Some(cm) = Api::<ConfigMap>::namespaced(ctx.client.clone(), &cm_namespace)
+        .get_opt(&cm_name)
+        .await?
+    else {
+        return Ok(Err((
+            "TemplateNotFound",
+            format!("ConfigMap {cm_namespace}/{cm_name} not found: install the chart with network.enabled or fix spec.templateRef"),
+        )));
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(template::TEMPLATE_KEY)) else {
+        return Ok(Err((
+            "InvalidTemplate",
+            format!(
+                "ConfigMap {cm_namespace}/{cm_name} has no key {}",
+                template::TEMPLATE_KEY
+            ),
+        )));
+    };
+    Ok(
+        template::render(text, &placeholders(gateway, namespace, name)).map_err(
+            |e: TemplateError| {
+                (
+                    "InvalidTemplate",
+                    format!("ConfigMap {cm_namespace}/{cm_name}: {e}"),
+                )
+            },
+        ),
+    )
+}
+
+fn dynamic_api(
+    ctx: &Context,
+    object: &template::Rendered,
+    fallback_namespace: &str,
+) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&object.gvk);
+    let namespace = object.namespace.as_deref().unwrap_or(fallback_namespace);
+    Api::namespaced_with(ctx.client.clone(), namespace, &resource)
+}
+
+async fn deploy<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    release_namespace: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Outcome, Error> {
+    let connection = Api::<Connection>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .and_then(|c| c.status);
+    let mut view = GatewayView {
+        gateway: describe(gateway),
+        not_ready: None,
+        peer_key_present: None,
+        peer_key_name: remote_key_name(name),
+        connection,
+        up_for: None,
+    };
+    let objects = match rendered(gateway, ctx, release_namespace, namespace, name).await? {
+        Ok(objects) => objects,
+        Err((reason, message)) => {
+            view.not_ready = Some(message.clone());
+            return Ok((
+                not_ready(reason, message),
+                view,
+                Action::requeue(CLUSTER_POLL),
+            ));
+        }
+    };
+    let mut applied = Vec::new();
+    for object in &objects {
+        dynamic_api(ctx, object, release_namespace)
+            .patch(
+                &object.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object.object),
+            )
+            .await?;
+        applied.push(format!("{} {}", object.gvk.kind, object.name));
+    }
+    let ready = ConditionUpdate {
+        type_: READY,
+        status: ConditionStatus::True,
+        reason: "Deployed",
+        message: format!(
+            "applied {}; the gateway pod publishes its key and Connection",
+            applied.join(", ")
+        ),
+    };
+    Ok((ready, view, Action::requeue(CLUSTER_POLL)))
+}
+
+async fn cleanup<K: GatewayKind>(gateway: &K, ctx: &Context) -> Result<Action, Error> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let name = gateway.name_any();
+    info!(%namespace, %name, kind = %K::kind(&()), "gateway deleted: removing it");
+    match &ctx.settings.mode {
+        GatewayMode::Local { gateways, .. } => gateways.stop(&namespace, &name).await?,
+        GatewayMode::Cluster { release_namespace } => {
+            if let Ok(objects) =
+                rendered(gateway, ctx, release_namespace, &namespace, &name).await?
+            {
+                for object in &objects {
+                    ignore_missing(
+                        dynamic_api(ctx, object, release_namespace)
+                            .delete(&object.name, &DeleteParams::default())
+                            .await
+                            .map(|_| ()),
+                    )?;
+                }
+            }
+        }
+    }
+    // Owner references would do this on a real API server; deleting them
+    // here also covers servers without garbage collection.
+    ignore_missing(
+        Api::<PublicKey>::namespaced(ctx.client.clone(), &namespace)
+            .delete(&local_key_name(&name), &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    ignore_missing(
+        Api::<Connection>::namespaced(ctx.client.clone(), &namespace)
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    if let Some(remote) = gateway.labels().get(REMOTE_CLUSTER_ID) {
+        let gone = ConditionUpdate {
+            type_: readiness::NETWORK_READY,
+            status: ConditionStatus::False,
+            reason: "GatewayNotReady",
+            message: format!(
+                "{} was deleted; create a GatewayServer or GatewayClient for this peer",
+                describe(gateway)
+            ),
+        };
+        readiness::publish(&ctx.client, remote, gone).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn ignore_missing(result: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+/// Settings for the local simulation from the controller's flags.
+pub fn local_settings(
+    binary: PathBuf,
+    state_dir: PathBuf,
+    netns: Option<PathBuf>,
+    advertise_address: Option<String>,
+    args: Vec<String>,
+) -> GatewayMode {
+    GatewayMode::Local {
+        gateways: LocalGateways::new(binary, state_dir, netns).with_args(args),
+        advertise_address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_ends_take_distinct_addresses_of_the_prefix() {
+        let (server, server_peer) =
+            tunnel_addresses("fd00:5354::/127", ConnectionType::Server).expect("valid");
+        let (client, client_peer) =
+            tunnel_addresses("fd00:5354::/127", ConnectionType::Client).expect("valid");
+        assert_eq!(server, "fd00:5354::/127");
+        assert_eq!(client, "fd00:5354::1/127");
+        assert_eq!(server_peer.to_string(), "fd00:5354::1");
+        assert_eq!(client_peer.to_string(), "fd00:5354::");
+        let (server, _) = tunnel_addresses("198.18.9.0/30", ConnectionType::Server).expect("valid");
+        assert_eq!(server, "198.18.9.1/30");
+        assert!(tunnel_addresses("198.18.9.1/32", ConnectionType::Server).is_err());
+        assert!(tunnel_addresses("nope", ConnectionType::Server).is_err());
+    }
+
+    #[test]
+    fn interface_names_fit_linux_and_differ() {
+        let a = interface_name("strait-tenant-b", "to-b");
+        assert!(a.len() <= 15, "{a}");
+        assert_eq!(a, interface_name("strait-tenant-b", "to-b"));
+        assert_ne!(a, interface_name("strait-tenant-c", "to-b"));
+    }
+}

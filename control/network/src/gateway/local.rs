@@ -1,0 +1,394 @@
+//! The local-simulation way of running a gateway: `strait-gateway --config`
+//! as a supervised child process of the controller (optionally inside a
+//! network namespace through `nsenter`), restarted when it dies.
+//!
+//! Each gateway gets a directory `<state-dir>/<namespace>.<name>/` with
+//! [`GatewayFiles`]: the controller writes `config.yaml` and `peer.key`, the
+//! gateway writes `public.key` and `status.json`; its output goes to
+//! `gateway.log`.
+
+use std::{
+    collections::HashMap,
+    fs::OpenOptions,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use tokio::{process::Command, sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+/// Wait before starting a gateway again after it exited, so a gateway that
+/// fails at once does not spin.
+const RESTART_DELAY: Duration = Duration::from_millis(300);
+/// How long a stopping gateway gets to remove its interface after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The files of one local gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayFiles {
+    pub dir: PathBuf,
+    /// `--config`, written by the controller from the CRs.
+    pub config: PathBuf,
+    /// The peer's public key (from the `PublicKey` CR), re-read by the gateway.
+    pub peer_key: PathBuf,
+    /// This gateway's public key, written by the gateway.
+    pub public_key: PathBuf,
+    /// `--status-file`, refreshed by the gateway 4 times a second.
+    pub status: PathBuf,
+    pub log: PathBuf,
+}
+
+impl GatewayFiles {
+    fn new(state_dir: &Path, namespace: &str, name: &str) -> Self {
+        let dir = state_dir.join(format!("{namespace}.{name}"));
+        Self {
+            config: dir.join("config.yaml"),
+            peer_key: dir.join("peer.key"),
+            public_key: dir.join("public.key"),
+            status: dir.join("status.json"),
+            log: dir.join("gateway.log"),
+            dir,
+        }
+    }
+}
+
+/// What the supervisor knows about a gateway process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessState {
+    pub pid: Option<u32>,
+    /// When the current (or last) process started.
+    pub started: Option<SystemTime>,
+    /// Times the process exited without being asked to (restarted since).
+    pub crashes: u64,
+    /// How the last unrequested exit looked, for a person.
+    pub last_exit: Option<String>,
+    /// When it happened.
+    pub last_exit_time: Option<SystemTime>,
+}
+
+impl ProcessState {
+    pub fn running(&self) -> bool {
+        self.pid.is_some()
+    }
+}
+
+struct Supervised {
+    config: String,
+    state: Arc<Mutex<ProcessState>>,
+    /// `true` asks the supervisor to stop for good; a new value of the
+    /// generation asks it to restart with the new configuration.
+    control: watch::Sender<(bool, u64)>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the gateways of this controller as child processes.
+pub struct LocalGateways {
+    binary: PathBuf,
+    state_dir: PathBuf,
+    netns: Option<PathBuf>,
+    args: Vec<String>,
+    running: Mutex<HashMap<(String, String), Supervised>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LocalGateways {
+    /// Gateways run as `binary` with their files under `state_dir`; with
+    /// `netns`, inside that network namespace (`nsenter --net=NETNS`).
+    pub fn new(binary: PathBuf, state_dir: PathBuf, netns: Option<PathBuf>) -> Self {
+        Self {
+            binary,
+            state_dir,
+            netns,
+            args: Vec::new(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Extra arguments for every gateway (for example `--wireguard=userspace`).
+    pub fn with_args(mut self, args: Vec<String>) -> Self {
+        self.args = args;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Supervised>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn files(&self, namespace: &str, name: &str) -> GatewayFiles {
+        GatewayFiles::new(&self.state_dir, namespace, name)
+    }
+
+    /// Writes the peer's public key for the gateway to pick up (only when
+    /// it changed: the gateway treats a new key as the peer's rotation).
+    pub fn write_peer_key(&self, namespace: &str, name: &str, key: &str) -> Result<(), LocalError> {
+        let files = self.files(namespace, name);
+        let content = format!("{}\n", key.trim());
+        if std::fs::read_to_string(&files.peer_key).ok().as_deref() == Some(content.as_str()) {
+            return Ok(());
+        }
+        write_file(&files.dir, &files.peer_key, &content)
+    }
+
+    /// Writes the private key from the gateway's Secret where the gateway
+    /// reads it (`private.key`, mode 0600, like a mounted Secret), and
+    /// returns that path.
+    pub fn write_private_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<PathBuf, LocalError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let files = self.files(namespace, name);
+        let path = files.dir.join("private.key");
+        let content = format!("{}\n", key.trim());
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
+            return Ok(path);
+        }
+        let err = |source| LocalError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&files.dir).map_err(err)?;
+        let tmp = path.with_extension("tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        std::io::Write::write_all(&mut file, content.as_bytes()).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        Ok(path)
+    }
+
+    /// Makes sure the gateway runs with `config` (YAML): started if it is not
+    /// supervised yet, restarted if its configuration changed.
+    pub fn ensure(&self, namespace: &str, name: &str, config: &str) -> Result<(), LocalError> {
+        let files = self.files(namespace, name);
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut running = self.lock();
+        if let Some(supervised) = running.get_mut(&key) {
+            if supervised.config == config && !supervised.task.is_finished() {
+                return Ok(());
+            }
+            write_file(&files.dir, &files.config, config)?;
+            supervised.config = config.to_owned();
+            info!(%namespace, %name, "gateway configuration changed: restarting it");
+            supervised
+                .control
+                .send_modify(|(_, generation)| *generation += 1);
+            return Ok(());
+        }
+        write_file(&files.dir, &files.config, config)?;
+        let state = Arc::new(Mutex::new(ProcessState::default()));
+        let (control, watch) = watch::channel((false, 0));
+        let command = self.command(&files);
+        let task = tokio::spawn(supervise(command, files, state.clone(), watch));
+        running.insert(
+            key,
+            Supervised {
+                config: config.to_owned(),
+                state,
+                control,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// The supervisor's view of the gateway, if it is supervised.
+    pub fn state(&self, namespace: &str, name: &str) -> Option<ProcessState> {
+        self.lock()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Stops the gateway (SIGTERM, so it removes its interface) and removes
+    /// its files.
+    pub async fn stop(&self, namespace: &str, name: &str) -> Result<(), LocalError> {
+        let supervised = self.lock().remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(supervised) = supervised {
+            supervised.control.send_modify(|(stop, _)| *stop = true);
+            if let Err(error) = supervised.task.await {
+                warn!(%namespace, %name, %error, "gateway supervisor ended abnormally");
+            }
+        }
+        let files = self.files(namespace, name);
+        match std::fs::remove_dir_all(&files.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LocalError::Write {
+                path: files.dir,
+                source,
+            }),
+        }
+    }
+
+    fn command(&self, files: &GatewayFiles) -> (PathBuf, Vec<String>) {
+        let mut args = vec![
+            "--config".to_owned(),
+            files.config.display().to_string(),
+            "--status-file".to_owned(),
+            files.status.display().to_string(),
+        ];
+        args.extend(self.args.iter().cloned());
+        match &self.netns {
+            Some(netns) => {
+                let mut wrapped = vec![
+                    format!("--net={}", netns.display()),
+                    "--".to_owned(),
+                    self.binary.display().to_string(),
+                ];
+                wrapped.extend(args);
+                (PathBuf::from("nsenter"), wrapped)
+            }
+            None => (self.binary.clone(), args),
+        }
+    }
+}
+
+fn write_file(dir: &Path, path: &Path, content: &str) -> Result<(), LocalError> {
+    let err = |source| LocalError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn lock(state: &Mutex<ProcessState>) -> MutexGuard<'_, ProcessState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the gateway until asked to stop, starting it again whenever it
+/// exits on its own or its configuration changes.
+async fn supervise(
+    (program, args): (PathBuf, Vec<String>),
+    files: GatewayFiles,
+    state: Arc<Mutex<ProcessState>>,
+    mut control: watch::Receiver<(bool, u64)>,
+) {
+    loop {
+        // A fresh process starts without the old one's status, so the gap
+        // between the two shows instead of a stale "Connected".
+        let _ = std::fs::remove_file(&files.status);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.log);
+        let (stdout, stderr) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((out, err)) => (Stdio::from(out), Stdio::from(err)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        let mut command = Command::new(&program);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true);
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child
+        // between fork and exec. PR_SET_PDEATHSIG survives exec (nsenter
+        // execs the gateway), so a controller killed without cleanup does not
+        // leave a gateway holding the port and interface for its successor.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                {
+                    let mut s = lock(&state);
+                    s.pid = None;
+                    s.crashes += 1;
+                    s.last_exit = Some(format!("could not start {}: {error}", program.display()));
+                    s.last_exit_time = Some(SystemTime::now());
+                }
+                if wait_or_stop(&mut control, RESTART_DELAY * 10).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        {
+            let mut s = lock(&state);
+            s.pid = child.id();
+            s.started = Some(SystemTime::now());
+        }
+        info!(gateway = %files.dir.display(), pid = ?child.id(), "gateway process started");
+        tokio::select! {
+            exit = child.wait() => {
+                let what = match exit {
+                    Ok(status) => format!("exited with {status}"),
+                    Err(error) => format!("could not be waited for: {error}"),
+                };
+                warn!(gateway = %files.dir.display(), exit = %what, "gateway process ended; restarting");
+                {
+                    let mut s = lock(&state);
+                    s.pid = None;
+                    s.crashes += 1;
+                    s.last_exit = Some(what);
+                    s.last_exit_time = Some(SystemTime::now());
+                }
+                if wait_or_stop(&mut control, RESTART_DELAY).await {
+                    return;
+                }
+            }
+            _ = control.changed() => {
+                terminate(&mut child).await;
+                lock(&state).pid = None;
+                if control.borrow().0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `delay`; true when asked to stop meanwhile.
+async fn wait_or_stop(control: &mut watch::Receiver<(bool, u64)>, delay: Duration) -> bool {
+    let _ = tokio::time::timeout(delay, control.changed()).await;
+    control.borrow().0
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a pid of our own child process, which has not
+        // been reaped yet (we still hold it), so the pid cannot be reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}

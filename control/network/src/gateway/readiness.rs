@@ -1,0 +1,210 @@
+//! How ready a peering's network is, from its gateway's Connection, in
+//! words a person can act on: the ForeignCluster's `NetworkReady` condition
+//! and `status.modules.network`.
+
+use std::time::Duration;
+
+use kube::{
+    api::{Patch, PatchParams},
+    Api, Client, ResourceExt as _,
+};
+use serde_json::json;
+use strait_api::{
+    condition::{set_condition, ConditionStatus, ConditionUpdate},
+    core::{ForeignCluster, ModuleState, PeeringRole},
+    networking::{ConnectionState, ConnectionStatus},
+};
+
+pub const NETWORK_READY: &str = "NetworkReady";
+/// Field manager of the ForeignCluster status this module writes.
+pub const FIELD_MANAGER: &str = "strait-network-foreigncluster";
+/// A tunnel still without a handshake after this long is failing, not starting.
+pub const HANDSHAKE_FAILING_AFTER: Duration = Duration::from_secs(15);
+
+/// What is known about one gateway of the peering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayView {
+    /// `GatewayServer/name` or `GatewayClient/name`, for messages.
+    pub gateway: String,
+    /// Why the gateway itself is not running, if it is not.
+    pub not_ready: Option<String>,
+    /// Whether the peer's PublicKey is known (None: not this controller's to know).
+    pub peer_key_present: Option<bool>,
+    /// Name of the PublicKey the peer's key is expected in.
+    pub peer_key_name: String,
+    /// The tunnel's status, when the gateway reported one.
+    pub connection: Option<ConnectionStatus>,
+    /// How long the gateway has been up.
+    pub up_for: Option<Duration>,
+}
+
+/// The `NetworkReady` condition of a peering with this gateway.
+pub fn network_ready(view: &GatewayView) -> ConditionUpdate<'static> {
+    let not = |reason: &'static str, message: String| ConditionUpdate {
+        type_: NETWORK_READY,
+        status: ConditionStatus::False,
+        reason,
+        message,
+    };
+    if let Some(why) = &view.not_ready {
+        return not(
+            "GatewayNotReady",
+            format!("{} is not running: {why}", view.gateway),
+        );
+    }
+    if view.peer_key_present == Some(false) {
+        return not(
+            "WaitingForPeerKey",
+            format!(
+                "the peer gateway's public key is missing: apply it as PublicKey {} next to {}",
+                view.peer_key_name, view.gateway
+            ),
+        );
+    }
+    let Some(connection) = &view.connection else {
+        return not(
+            "GatewayNotReady",
+            format!("{} has not reported a tunnel status yet", view.gateway),
+        );
+    };
+    match connection.value {
+        ConnectionState::Connected => ConditionUpdate {
+            type_: NETWORK_READY,
+            status: ConditionStatus::True,
+            reason: "Connected",
+            // No latency here: it changes with every probe, and the
+            // ForeignCluster would be rewritten each time (it is in the Connection).
+            message: format!("tunnel up through {}", view.gateway),
+        },
+        ConnectionState::Error => not("TunnelNotPassingTraffic", connection.message.clone()),
+        ConnectionState::Connecting
+            if connection.last_handshake_time.is_none()
+                && view.up_for.is_some_and(|up| up >= HANDSHAKE_FAILING_AFTER) =>
+        {
+            not(
+                "HandshakeFailing",
+                format!(
+                    "no WireGuard handshake with the peer after {}s: check that the server endpoint \
+                     is reachable over UDP from the client and that each side has the other's \
+                     current PublicKey",
+                    view.up_for.map(|d| d.as_secs()).unwrap_or_default()
+                ),
+            )
+        }
+        ConnectionState::Connecting => not("Connecting", connection.message.clone()),
+    }
+}
+
+/// Writes `NetworkReady` and `status.modules.network` on the ForeignCluster
+/// named `remote_cluster_id`, if it exists and selects the network module.
+/// Like the other modules, the whole conditions list is applied with the
+/// conditions of the others kept as they are.
+pub async fn publish(
+    client: &Client,
+    remote_cluster_id: &str,
+    ready: ConditionUpdate<'_>,
+) -> Result<(), kube::Error> {
+    let api = Api::<ForeignCluster>::all(client.clone());
+    let Some(fc) = api.get_opt(remote_cluster_id).await? else {
+        return Ok(());
+    };
+    if !fc.spec.modules.network {
+        return Ok(());
+    }
+    let status = fc.status.as_ref();
+    let state = match (&ready.status, ready.reason) {
+        (ConditionStatus::True, _) => ModuleState::Ready,
+        (_, "TunnelNotPassingTraffic" | "HandshakeFailing") => ModuleState::Error,
+        _ => ModuleState::Pending,
+    };
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let mut conditions = status.map(|s| s.conditions.clone()).unwrap_or_default();
+    let changed = set_condition(&mut conditions, ready.clone(), fc.metadata.generation, &now);
+    let existing_module = status.and_then(|s| s.modules.network.as_ref());
+    let mut module = existing_module
+        .map(|m| m.conditions.clone())
+        .unwrap_or_default();
+    let module_changed = set_condition(&mut module, ready, fc.metadata.generation, &now);
+    if !changed && !module_changed && existing_module.is_some_and(|m| m.state == state) {
+        return Ok(());
+    }
+    let role = status.map(|s| s.role).unwrap_or(PeeringRole::Unknown);
+    let patch = json!({
+        "apiVersion": "core.strait.dev/v1beta1",
+        "kind": "ForeignCluster",
+        "status": {
+            "role": role,
+            "modules": {"network": {"state": state, "conditions": module}},
+            "conditions": conditions,
+        },
+    });
+    api.patch_status(
+        &fc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(connection: Option<ConnectionStatus>) -> GatewayView {
+        GatewayView {
+            gateway: "GatewayClient/to-a".into(),
+            not_ready: None,
+            peer_key_present: Some(true),
+            peer_key_name: "remote-to-a".into(),
+            connection,
+            up_for: Some(Duration::from_secs(1)),
+        }
+    }
+
+    fn connecting() -> ConnectionStatus {
+        ConnectionStatus {
+            value: ConnectionState::Connecting,
+            latency: None,
+            last_handshake_time: None,
+            message: "no WireGuard handshake with the peer yet".into(),
+        }
+    }
+
+    #[test]
+    fn reasons_follow_the_first_thing_missing() {
+        let mut v = view(None);
+        v.not_ready = Some("exited with signal 9".into());
+        assert_eq!(network_ready(&v).reason, "GatewayNotReady");
+        let mut v = view(Some(connecting()));
+        v.peer_key_present = Some(false);
+        let c = network_ready(&v);
+        assert_eq!(c.reason, "WaitingForPeerKey");
+        assert!(c.message.contains("PublicKey remote-to-a"), "{}", c.message);
+        assert_eq!(
+            network_ready(&view(Some(connecting()))).reason,
+            "Connecting"
+        );
+        let mut v = view(Some(connecting()));
+        v.up_for = Some(HANDSHAKE_FAILING_AFTER);
+        assert_eq!(network_ready(&v).reason, "HandshakeFailing");
+    }
+
+    #[test]
+    fn connected_is_ready_and_errors_keep_the_gateways_words() {
+        let mut up = connecting();
+        up.value = ConnectionState::Connected;
+        let c = network_ready(&view(Some(up)));
+        assert_eq!(c.status, ConditionStatus::True);
+        let mut broken = connecting();
+        broken.value = ConnectionState::Error;
+        broken.message = "check the tunnel MTU".into();
+        let c = network_ready(&view(Some(broken)));
+        assert_eq!(
+            (c.status, c.reason),
+            (ConditionStatus::False, "TunnelNotPassingTraffic")
+        );
+        assert_eq!(c.message, "check the tunnel MTU");
+    }
+}
