@@ -40,6 +40,9 @@ enum Bench {
     /// Throughput with no NAT, nftables, iptables NETMAP and Strait's eBPF
     /// NAT with 1 and 10,000 mappings, and the time to apply 10,000.
     Nat,
+    /// 1,000 pods offloaded across 2 virtual nodes on the test control
+    /// plane: pods/s to Running and peak RSS of controller and virtual kubelet.
+    Offload,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +73,16 @@ fn main() -> Result<()> {
             match bench {
                 Bench::Fabric => cmd::run("target/debug/strait-bench", &["fabric"]),
                 Bench::Nat => cmd::run("target/debug/strait-nat-bench", &[]),
+                Bench::Offload => cmd::cargo(&[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "strait-virtual-kubelet",
+                    "--example",
+                    "offload-bench",
+                    "--",
+                    "target/debug/strait-controller",
+                ]),
             }
         }
     }
