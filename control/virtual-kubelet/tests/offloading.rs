@@ -172,6 +172,33 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
         "the pod IP is translated to the remapped range"
     );
 
+    // Events of the provider's pod come back to the local pod.
+    let _: k8s_openapi::api::core::v1::Event = create(
+        &remote,
+        Some(remote_namespace),
+        json!({
+            "metadata": {"name": "web.pulled"},
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": remote_namespace},
+            "reason": "Pulled", "message": "image pulled", "type": "Normal",
+        }),
+    )
+    .await;
+    let local_events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(local.clone(), "shop");
+    eventually(
+        "the provider's event is copied to the local pod",
+        WAIT,
+        || async {
+            local_events.list(&Default::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("Pulled")
+                        && e.involved_object.name.as_deref() == Some("web")
+                        && e.involved_object.uid.is_some()
+                })
+            })
+        },
+    )
+    .await;
     provider
         .cluster
         .set_pod_log(remote_namespace, "web", "app", "listening on :8080\n");
