@@ -62,6 +62,9 @@ enum Bench {
     /// boringtun, Strait's fast path (and kernel WireGuard where present),
     /// CPU per GB, against the ChaCha20-Poly1305 single-core limit.
     Gateway,
+    /// 1,000 pods offloaded across 2 virtual nodes on the test control
+    /// plane: pods/s to Running and peak RSS of controller and virtual kubelet.
+    Offload,
 }
 
 fn main() -> Result<()> {
@@ -110,6 +113,17 @@ fn main() -> Result<()> {
                     "peering-bench",
                 ]),
                 Bench::Gateway => cmd::run("target/release/strait-gateway-bench", &[]),
+                Bench::Offload => cmd::cargo(&[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "strait-virtual-kubelet",
+                    "--example",
+                    "offload-bench",
+                    "--",
+                    "target/release/strait-controller",
+                ]),
             }
         }
     }

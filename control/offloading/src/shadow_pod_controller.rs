@@ -68,14 +68,26 @@ pub struct Context {
     /// Admitted, unfinished ShadowPods by uid: (tenant, requests). Kept under
     /// one lock so concurrent admissions never overcommit a tenant.
     ledger: Mutex<HashMap<String, (String, Resources)>>,
+    /// Told when quota is released, so refused ShadowPods are looked at again at once.
+    released: tokio::sync::mpsc::UnboundedSender<()>,
+    released_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
 }
 
 impl Context {
     pub fn new(client: Client, default_enforcement: Enforcement) -> Self {
+        let (released, released_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             client,
             default_enforcement,
             ledger: Mutex::new(HashMap::new()),
+            released,
+            released_rx: Mutex::new(Some(released_rx)),
+        }
+    }
+
+    fn release(&self, uid: &str) {
+        if self.ledger().remove(uid).is_some() {
+            let _ = self.released.send(());
         }
     }
 
@@ -115,11 +127,22 @@ pub async fn run(context: Arc<Context>) -> Result<(), Error> {
                 .insert(shadow.uid().unwrap_or_default(), (tenant.clone(), requests));
         }
     }
+    let released = context
+        .released_rx
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    let released = futures::stream::unfold(released, |receiver| async move {
+        let mut receiver = receiver?;
+        receiver.recv().await?;
+        Some(((), Some(receiver)))
+    });
     Controller::new(
         Api::<ShadowPod>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .reconcile_all_on(released)
     .run(
         reconcile,
         |_, _: &Error, _| Action::requeue(Duration::from_secs(2)),
@@ -187,7 +210,7 @@ async fn apply(
             status.phase = phase_of(&pod);
             status.pod_status = pod.status.clone();
             if is_finished(status.phase) {
-                context.ledger().remove(&uid);
+                context.release(&uid);
             }
         }
         return write_status(shadow, api, status).await;
@@ -371,7 +394,7 @@ async fn admit(
 }
 
 async fn cleanup(shadow: &ShadowPod, context: &Context, namespace: &str) -> Result<Action, Error> {
-    context.ledger().remove(&shadow.uid().unwrap_or_default());
+    context.release(&shadow.uid().unwrap_or_default());
     let pods = Api::<Pod>::namespaced(context.client.clone(), namespace);
     let name = shadow.name_any();
     let owned = |pod: &Pod| {

@@ -160,13 +160,26 @@ impl Reflect for EndpointSlice {
             .map(|endpoint| {
                 // Pods on this virtual node run on the provider: there they
                 // are known by their own addresses.
-                let on_this_node = endpoint.node_name.as_deref() == Some(reflection.node_name.as_str());
+                let on_this_node =
+                    endpoint.node_name.as_deref() == Some(reflection.node_name.as_str());
                 let addresses: Vec<String> = endpoint
                     .addresses
                     .iter()
-                    .map(|a| if on_this_node { reflection.translation.to_remote(a) } else { a.clone() })
+                    .map(|a| {
+                        if on_this_node {
+                            reflection.translation.to_remote(a)
+                        } else {
+                            a.clone()
+                        }
+                    })
                     .collect();
-                json!({"addresses": addresses, "conditions": endpoint.conditions, "hostname": endpoint.hostname})
+                let reflected = k8s_openapi::api::discovery::v1::Endpoint {
+                    addresses,
+                    conditions: endpoint.conditions.clone(),
+                    hostname: endpoint.hostname.clone(),
+                    ..Default::default()
+                };
+                serde_json::to_value(reflected).unwrap_or_default()
             })
             .collect();
         Some(json!({"spec": {"template": {

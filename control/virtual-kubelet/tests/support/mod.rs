@@ -60,6 +60,21 @@ impl Drop for Module {
     }
 }
 
+/// The strait-virtual-kubelet binary: cargo's for tests, else next to this executable.
+pub fn virtual_kubelet_binary() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_strait-virtual-kubelet") {
+        Some(path) => path.into(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                exe.parent()?
+                    .parent()
+                    .map(|dir| dir.join("strait-virtual-kubelet"))
+            })
+            .unwrap_or_else(|| "strait-virtual-kubelet".into()),
+    }
+}
+
 /// Runs the offloading module of `cluster` in this process; its virtual
 /// kubelets are processes registering in `cluster` through `kubeconfig`.
 pub fn start_module(
@@ -69,7 +84,7 @@ pub fn start_module(
     settings: KubeletSettings,
     enforcement: Enforcement,
 ) -> Module {
-    let launcher = ProcessLauncher::new(env!("CARGO_BIN_EXE_strait-virtual-kubelet").into())
+    let launcher = ProcessLauncher::new(virtual_kubelet_binary())
         .env("KUBECONFIG", &kubeconfig.display().to_string())
         .env("RUST_LOG", "warn");
     let config = ModuleConfig {
@@ -173,7 +188,7 @@ pub fn pod_ip(n: u32) -> String {
 
 /// The provider's kubelet, played by the test: every pod that appears is
 /// Running with an address, unless its annotation asks otherwise.
-async fn play_kubelet(client: Client) {
+pub async fn play_kubelet(client: Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut started = 0u32;
     let mut events = watcher(pods, watcher::Config::default())
@@ -250,16 +265,20 @@ impl Consumer {
     /// A hand-made identity: the kubeconfig Secret a VirtualNode points to.
     pub async fn add_provider_secret(&self, provider: &Provider) -> String {
         let name = names::peering_kubeconfig_secret(&provider.id);
+        self.add_secret(&name, &provider.consumer_kubeconfig).await;
+        name
+    }
+
+    pub async fn add_secret(&self, name: &str, kubeconfig: &str) {
         let _: Secret = create(
             &self.client(),
             Some(names::SYSTEM_NAMESPACE),
             json!({
                 "metadata": {"name": name},
-                "stringData": {"kubeconfig": provider.consumer_kubeconfig},
+                "stringData": {"kubeconfig": kubeconfig},
             }),
         )
         .await;
-        name
     }
 
     pub async fn add_virtual_node(
@@ -406,15 +425,21 @@ pub async fn kubelet_get(client: &Client, node: &str, path: &str) -> (u16, Strin
         .and_then(|d| d.kubelet_endpoint)
         .map(|e| e.port)
         .expect("kubelet port");
-    let stream = tokio::net::TcpStream::connect((address.as_str(), port as u16))
+    let exchange = async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect((address.as_str(), port as u16))
+            .await
+            .expect("connect to the kubelet");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    };
+    let response = tokio::time::timeout(WAIT, exchange)
         .await
-        .expect("connect to the kubelet");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = stream;
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
+        .expect("the kubelet answers in time");
     let code = response
         .split_whitespace()
         .nth(1)
@@ -428,3 +453,122 @@ pub async fn kubelet_get(client: &Client, node: &str, path: &str) -> (u16, Strin
 }
 
 pub type Shared<T> = Arc<T>;
+
+/// A TCP relay in front of a provider's API server that the test can cut
+/// (every connection dropped, new ones refused) and restore: the provider
+/// "unreachable" without stopping it.
+pub struct Relay {
+    pub address: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("relay listens");
+        let address = listener.local_addr().expect("relay address");
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let task = {
+            let open = open.clone();
+            let generation = generation.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let mut cut = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            address,
+            open,
+            generation,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `kubeconfig` with its server moved to `address` (same scheme and certificate).
+pub fn through(kubeconfig: &str, address: std::net::SocketAddr) -> String {
+    let mut config: Value = serde_norway::from_str(kubeconfig).expect("kubeconfig YAML");
+    if let Some(clusters) = config["clusters"].as_array_mut() {
+        for cluster in clusters {
+            cluster["cluster"]["server"] = json!(format!("https://{address}"));
+        }
+    }
+    serde_norway::to_string(&config).expect("kubeconfig YAML")
+}
+
+/// A minimal scheduler: the first node (by name) the pod's node selector,
+/// required affinity and tolerations allow.
+pub async fn schedule(client: &Client, namespace: &str, pod: &str) -> Option<String> {
+    use strait_offloading::placement::selects;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let spec = pods.get(pod).await.expect("pod").spec.unwrap_or_default();
+    let mut nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items;
+    nodes.sort_by_key(|n| n.name_any());
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .clone()
+        });
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let chosen = nodes.into_iter().find(|node| {
+        let labels = node.labels().clone();
+        let selector_ok = spec
+            .node_selector
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        let taints_ok = node
+            .spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .all(|taint| {
+                tolerations.iter().any(|t| {
+                    t.key.as_deref() == Some(taint.key.as_str())
+                        && (t.operator.as_deref() == Some("Exists") || t.value == taint.value)
+                })
+            });
+        selector_ok && taints_ok && selects(required.as_ref(), &labels)
+    })?;
+    let name = chosen.name_any();
+    bind(client, namespace, pod, &name).await;
+    Some(name)
+}
