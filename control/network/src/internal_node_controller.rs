@@ -85,6 +85,15 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
         // Waiting for the kubelet to report an address; the Node update wakes us.
         return Ok(Action::await_change());
     };
+    // The watch cache can still hold a Node that was just deleted, whose
+    // InternalNode the garbage collector has already removed: writing it
+    // again from the cache would leave an InternalNode with no Node.
+    let live = Api::<Node>::all(ctx.client.clone())
+        .get_opt(&node.name_any())
+        .await?;
+    if live.is_none_or(|live| live.metadata.uid != node.metadata.uid) {
+        return Ok(Action::await_change());
+    }
     let owner = node
         .controller_owner_ref(&())
         .map(|r| vec![r])
