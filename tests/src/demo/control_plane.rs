@@ -78,7 +78,7 @@ impl Clusters {
             );
         }
         println!(
-            "  e.g. kubectl --kubeconfig {} get foreignclusters,virtualnodes,nodes -A",
+            "  e.g. kubectl --kubeconfig {} get foreignclusters,virtualnodes,nodes,connections -A",
             self.a.kubeconfig.display()
         );
     }

@@ -234,8 +234,8 @@ impl Sites {
 pub struct Dataplane {
     _agents: Vec<Process>,
     _relays: Vec<ApiRelay>,
-    _fabric_pins: Vec<TestPinDir>,
-    _nat_pins: Vec<TestPinDir>,
+    fabric_pins: Vec<TestPinDir>,
+    nat_pins: Vec<TestPinDir>,
 }
 
 /// How this cluster sees the peer's pods: the Configuration's status.
@@ -354,11 +354,9 @@ pub fn act(
     let mut dataplane = Dataplane {
         _agents: Vec::new(),
         _relays: Vec::new(),
-        _fabric_pins: Vec::new(),
-        _nat_pins: Vec::new(),
+        fabric_pins: Vec::new(),
+        nat_pins: Vec::new(),
     };
-    let mut fabric_pins = Vec::new();
-    let mut nat_pins = Vec::new();
     for (own, site) in sites.iter().enumerate() {
         let id = ["a", "b"][own];
         let cluster = [&clusters.a, &clusters.b][own];
@@ -389,13 +387,17 @@ pub fn act(
                 TUNNEL_TABLE,
             ])?;
         }
+        report.say(format!(
+            "gateway pod {id} $ ip rule add iif {GATEWAY_POD_LAN_IFACE} lookup {TUNNEL_TABLE}; ip route add default dev {} table {TUNNEL_TABLE}   # (and -6) from the cluster, into the tunnel",
+            interfaces[own]
+        ));
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }
         report.say(format!(
             "gateway pod {id}: the NAT translates on its LAN side: the peer's pods as seen here <-> their real addresses, which the tunnel carries"
         ));
-        nat_pins.push(gateway_nat(
+        dataplane.nat_pins.push(gateway_nat(
             stage,
             report,
             pod,
@@ -481,7 +483,7 @@ pub fn act(
             );
             dataplane._agents.push(agent);
             dataplane._relays.push(relay);
-            fabric_pins.push(pins);
+            dataplane.fabric_pins.push(pins);
         }
     }
     let (site_a, site_b) = (&sites[0], &sites[1]);
@@ -536,12 +538,12 @@ pub fn act(
 
     let mut encapsulated = 0;
     let mut drops = 0;
-    for pins in &fabric_pins {
+    for pins in &dataplane.fabric_pins {
         let stats = FabricStats::read_pinned(&PinDir::open(pins.path())?)?;
         encapsulated += stats.counter(FabricCounter::Encapsulated).packets;
         drops += stats.drops.total();
     }
-    for pins in &nat_pins {
+    for pins in &dataplane.nat_pins {
         drops += DropCounts::read_pinned(&PinDir::open(pins.path())?)?.total();
     }
     // The receiving gateway's counters include the TCP transfer once its
@@ -567,8 +569,6 @@ pub fn act(
             ))
         },
     );
-    dataplane._fabric_pins = fabric_pins;
-    dataplane._nat_pins = nat_pins;
 
     let pods = service::Pods {
         consumer: &site_a.pod,
