@@ -394,6 +394,10 @@ pub fn act(
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }
+        // The controller's gateway accepts and routes the peer's real pod
+        // CIDRs (allowedIPs), so the tunnel carries real addresses and the
+        // translation happens before it: on the LAN side, where the
+        // packets still carry the addresses this cluster uses for the peer.
         report.say(format!(
             "gateway pod {id}: the NAT translates on its LAN side: the peer's pods as seen here <-> their real addresses, which the tunnel carries"
         ));
