@@ -165,6 +165,11 @@ struct OffloadingArgs {
     /// offloading.strait.dev/quota-enforcement annotation: None, Soft or Hard.
     #[arg(long, default_value = "Hard")]
     quota_enforcement: strait_offloading::shadow_pod_controller::Enforcement,
+    /// A provider's pod CIDR and the range this cluster sees it as (the
+    /// network module's remapping), for the virtual kubelets to translate
+    /// pod addresses with, for example `10.0.0.0/16=10.70.0.0/16`. Repeatable.
+    #[arg(long = "virtual-kubelet-pod-cidr-remap", value_name = "REMOTE=LOCAL")]
+    pod_cidr_remaps: Vec<strait_offloading::ipmap::CidrRemap>,
 }
 
 impl OffloadingArgs {
@@ -181,6 +186,7 @@ impl OffloadingArgs {
         let mut kubelet = KubeletSettings {
             not_ready_grace: Duration::from_secs(self.not_ready_grace_seconds),
             status_interval: Duration::from_millis(self.node_status_interval_ms),
+            pod_cidr_remaps: self.pod_cidr_remaps.clone(),
             ..KubeletSettings::default()
         };
         if local {

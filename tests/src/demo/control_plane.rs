@@ -26,7 +26,7 @@ use tokio::runtime::Runtime;
 
 use super::{
     k8s::{get_json, kubectl, wait_condition, wait_for, STEP},
-    process, Report, Stage,
+    network, process, Report, Stage,
 };
 use crate::{bins, gateway::Process};
 
@@ -39,8 +39,8 @@ pub const NODE_UNDERLAY: [&str; 2] = ["198.18.0.11", "fd00:f::11"];
 pub const UNDERLAY_CIDRS: [&str; 2] = ["198.18.0.0/24", "fd00:f::/64"];
 /// Where each cluster's IPAM takes the ranges it sees the peer's pods as.
 pub const REMAP_POOLS: [&str; 2] = ["198.19.64.0/18", "fd00:19::/32"];
-const OFFLOADED_NAMESPACE: &str = "shop";
-const POD: &str = "web";
+pub const OFFLOADED_NAMESPACE: &str = "shop";
+pub const POD: &str = "web";
 
 /// One simulated cluster's control plane and its controller.
 pub struct Cluster {
@@ -78,15 +78,32 @@ impl Clusters {
             );
         }
         println!(
-            "  e.g. kubectl --kubeconfig {} get foreignclusters,virtualnodes,nodes -A",
+            "  e.g. kubectl --kubeconfig {} get foreignclusters,virtualnodes,nodes,connections -A",
             self.a.kubeconfig.display()
         );
     }
 }
 
-pub fn act(runtime: &Runtime, stage: &Stage, report: &mut Report) -> Result<Clusters> {
-    let a = runtime.block_on(start_cluster(stage, CONSUMER, report))?;
-    let b = runtime.block_on(start_cluster(stage, PROVIDER, report))?;
+pub fn act(
+    runtime: &Runtime,
+    stage: &Stage,
+    sites: &network::Sites,
+    report: &mut Report,
+) -> Result<Clusters> {
+    // Cluster-a sees cluster-b's pods as the remap pool: the pools are the
+    // size of the pod CIDRs, so that is the only range the network module
+    // can allocate (act 4 checks it). The offloading module does not read
+    // the network module's Configuration, so its virtual kubelet is told.
+    let mut consumer = sites.controller_args(stage, 0)?;
+    for (pods, seen) in POD_CIDRS.iter().zip(REMAP_POOLS) {
+        consumer.extend([
+            "--virtual-kubelet-pod-cidr-remap".into(),
+            format!("{pods}={seen}"),
+        ]);
+    }
+    let provider = sites.controller_args(stage, 1)?;
+    let a = runtime.block_on(start_cluster(stage, CONSUMER, consumer, report))?;
+    let b = runtime.block_on(start_cluster(stage, PROVIDER, provider, report))?;
     let clusters = Clusters { a, b };
     runtime.block_on(peer(stage, &clusters, report))?;
     runtime.block_on(offload(stage, &clusters, report))?;
@@ -95,7 +112,12 @@ pub fn act(runtime: &Runtime, stage: &Stage, report: &mut Report) -> Result<Clus
 
 /// The cluster's API server, its one Node (registered as its kubelet
 /// would), and its strait-controller.
-async fn start_cluster(stage: &Stage, id: &'static str, report: &mut Report) -> Result<Cluster> {
+async fn start_cluster(
+    stage: &Stage,
+    id: &'static str,
+    extra_args: Vec<String>,
+    report: &mut Report,
+) -> Result<Cluster> {
     let options = Options {
         tls: true,
         ..Options::default()
@@ -141,6 +163,7 @@ async fn start_cluster(stage: &Stage, id: &'static str, report: &mut Report) -> 
         "--node-status-interval-ms".into(),
         "500".into(),
     ]);
+    args.extend(extra_args);
     let binary = bins::path("strait-controller").map_err(anyhow::Error::msg)?;
     let mut command = std::process::Command::new(&binary);
     command
@@ -451,6 +474,8 @@ kind: Pod
 metadata:
   name: {POD}
   namespace: {OFFLOADED_NAMESPACE}
+  labels:
+    app: {POD}
 spec:
   containers:
     - name: app
@@ -518,22 +543,24 @@ spec:
         .patch_status(POD, &PatchParams::default(), &Patch::Merge(&running))
         .await
         .context("writing the provider pod's status")?;
+    // Cluster-b's pod address means cluster-a's own pod here: the virtual
+    // kubelet reports it as cluster-a sees cluster-b's pods.
+    let seen = network::remap(ip, POD_CIDRS[0], REMAP_POOLS[0])?;
     let reflected = wait_for(STEP, || async {
         let p = get_json(&pods, POD).await?;
-        match p.pointer("/status/phase").and_then(Value::as_str) {
-            Some("Running") => Ok(format!(
-                "Running, podIP {}",
-                p.pointer("/status/podIP")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
+        let phase = p.pointer("/status/phase").and_then(Value::as_str);
+        let pod_ip = p.pointer("/status/podIP").and_then(Value::as_str);
+        match (phase, pod_ip) {
+            (Some("Running"), Some(pod_ip)) if pod_ip == seen => Ok(format!(
+                "Running, podIP {pod_ip} (cluster-b's {ip}, remapped)"
             )),
-            phase => Err(format!("phase {phase:?}")),
+            (phase, pod_ip) => Err(format!("phase {phase:?}, podIP {pod_ip:?} (wanted {seen})")),
         }
     })
     .await;
     report.check(
         &format!(
-            "{}: pod {OFFLOADED_NAMESPACE}/{POD} reports the provider's status",
+            "{}: pod {OFFLOADED_NAMESPACE}/{POD} reports the provider's status, its address remapped",
             a.id
         ),
         reflected,

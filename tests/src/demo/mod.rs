@@ -10,10 +10,13 @@
 mod control_plane;
 mod counters;
 mod fabric;
+mod gateways;
 mod k8s;
 mod network;
 mod process;
+mod relay;
 mod report;
+mod service;
 mod sweep;
 
 use std::path::PathBuf;
@@ -55,24 +58,38 @@ pub fn run(keep: bool) -> anyhow::Result<Report> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let clusters = match control_plane::act(&runtime, &stage, &mut report) {
-        Ok(clusters) => Some(clusters),
+    // The hosts of act 4 exist first: each controller is told where its
+    // gateways run.
+    let sites = match network::Sites::new() {
+        Ok(sites) => Some(sites),
         Err(error) => {
-            report.failed("the control-plane act ran to its end", &error);
+            report.failed("the simulated hosts were created", &error);
             None
         }
     };
-
-    report.act("4. pods of two clusters with the same pod CIDR talk through Strait");
-    let dataplane = match clusters.as_ref() {
-        Some(clusters) => match network::act(&runtime, &stage, clusters, &mut report) {
-            Ok(dataplane) => Some(dataplane),
+    let clusters = match sites.as_ref() {
+        Some(sites) => match control_plane::act(&runtime, &stage, sites, &mut report) {
+            Ok(clusters) => Some(clusters),
             Err(error) => {
-                report.failed("the network act ran to its end", &error);
+                report.failed("the control-plane act ran to its end", &error);
                 None
             }
         },
-        None => {
+        None => None,
+    };
+
+    report.act("4. pods of two clusters with the same pod CIDR talk through Strait");
+    let dataplane = match (clusters.as_ref(), sites.as_ref()) {
+        (Some(clusters), Some(sites)) => {
+            match network::act(&runtime, &stage, clusters, sites, &mut report) {
+                Ok(dataplane) => Some(dataplane),
+                Err(error) => {
+                    report.failed("the network act ran to its end", &error);
+                    None
+                }
+            }
+        }
+        _ => {
             report.failed(
                 "the network act could start",
                 &anyhow::anyhow!("it needs the clusters of act 3"),
@@ -85,18 +102,21 @@ pub fn run(keep: bool) -> anyhow::Result<Report> {
         if let Some(clusters) = clusters.as_ref() {
             clusters.print_access();
         }
-        if let Some(dataplane) = dataplane.as_ref() {
-            dataplane.print_access();
+        if let Some(sites) = sites.as_ref() {
+            sites.print_access();
         }
         println!("\n--keep: everything stays up; press Ctrl-C to clean up and exit.");
         process::wait_for_interrupt();
         println!("cleaning up...");
     }
+    // The fabric agents, then the controllers (with their gateways and
+    // virtual kubelets), then the namespaces they ran in.
     drop(dataplane);
     drop(clusters);
     drop(runtime);
-    // Children of the children (virtual kubelets) that outlived their parent.
+    // Children of the children (virtual kubelets, gateways) that outlived their parent.
     sweep::processes_using(&stage.dir.dir);
+    drop(sites);
     drop(stage);
     Ok(report)
 }

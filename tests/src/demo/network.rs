@@ -2,37 +2,52 @@
 //! the same CIDRs. Each cluster, in network namespaces:
 //!
 //! ```text
-//!  pod ─ node ═Geneve═ gateway node ─ gateway pod (strait-gateway, NAT) ══WireGuard══ (the other cluster)
-//!         (strait-fabric)  (strait-fabric)        (strait-fabric nat)       internet bridge
+//!  pod ─ node ═Geneve═ gateway node ─ gateway pod (strait-gateway) ══WireGuard══ (the other cluster)
+//!    (strait-fabric run)  (strait-fabric run)   (strait-fabric nat)   internet bridge
 //! ```
-//! The network module of each cluster's strait-controller remaps the peer's
-//! pod CIDRs (Configuration, applied with kubectl) and derives InternalNodes
-//! from the Nodes of act 3. Until the GatewayServer/GatewayClient
-//! controllers drive strait-gateway and strait-fabric, the demo renders
-//! their `--config` files from those same objects.
+//! Everything a cluster's network module decides comes from its CRs: the
+//! remap of the peer's pods (a Configuration, applied with kubectl), the
+//! gateways (GatewayServer/GatewayClient: the controller runs
+//! `strait-gateway`, see [`gateways`](super::gateways)), the fabric
+//! (`strait-fabric run --from-cluster` follows RouteConfigurations and the
+//! InternalNodes derived from the Nodes). Two pieces are not driven by the
+//! controllers yet and say so as they run: the RouteConfiguration (no
+//! controller writes one; the demo applies what the network module's
+//! `render::node_routes` makes of the Configuration) and the gateways' NAT
+//! (`strait-fabric nat` with a file, until the NAT agent follows
+//! NatConfigurations).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use kube::Api;
-use serde_json::Value;
+use serde_json::{json, Value};
 use strait_api::{
-    names,
-    networking::{Configuration, ConnectionState, InternalNode},
+    names::{self, label::REMOTE_CLUSTER_ID},
+    networking::{Configuration, InternalNode},
 };
 use strait_common::fabric::FabricCounter;
-use strait_dataplane::{bpffs::PinDir, drops::DropCounts, fabric::FabricStats};
+use strait_dataplane::{
+    bpffs::PinDir,
+    drops::DropCounts,
+    fabric::{pinned_routes_v4, FabricStats},
+};
+use strait_network::render::node_routes;
 use tokio::runtime::Runtime;
 
 use super::{
-    control_plane::{Cluster, Clusters, NODE_POD_CIDRS, NODE_UNDERLAY, POD_CIDRS},
+    control_plane::{Cluster, Clusters, NODE_POD_CIDRS, NODE_UNDERLAY, POD_CIDRS, REMAP_POOLS},
+    gateways,
     k8s::{get_json, kubectl, wait_condition, wait_for, STEP},
-    Report, Stage,
+    process,
+    relay::ApiRelay,
+    service, Report, Stage,
 };
 use crate::{
+    bins,
     bpffs::TestPinDir,
     capture::Capture,
-    gateway::{self, unique_ifname, Gateway, Internet, Tunnel},
+    gateway::{self, Internet, Process},
     netns::run,
     traffic::tcp_transfer_translated,
     FabricCli, NetNs, Veth,
@@ -46,8 +61,12 @@ const GATEWAY_NODE: [&str; 2] = ["198.18.0.2", "fd00:f::2"];
 /// The veth between the gateway node and the gateway pod.
 const GATEWAY_NODE_LAN: [&str; 2] = ["198.18.1.1", "fd00:1::1"];
 const GATEWAY_POD_LAN: [&str; 2] = ["198.18.1.2", "fd00:1::2"];
+/// The gateway pod's interface toward its cluster.
+const GATEWAY_POD_LAN_IFACE: &str = "lan0";
+/// The Geneve VNI of the peering, toward the gateway and toward the nodes.
 const VNI: u32 = 7001;
-const WIREGUARD_PORT: u16 = 51_871;
+/// The gateway pod's routing table for traffic from its cluster to the peer.
+const TUNNEL_TABLE: &str = "100";
 /// Pod MTU: the underlay's 1500 minus Geneve over IPv6 and WireGuard over IPv6.
 const POD_MTU: &str = "1360";
 
@@ -154,25 +173,48 @@ impl Site {
             ),
         )?;
         internet.attach(&site.gateway_pod, internet_host)?;
-        // The gateway pod sends this cluster's pods back to the gateway node.
-        for (pods, via) in POD_CIDRS.iter().zip(GATEWAY_NODE_LAN) {
+        // The gateway pod sends this cluster's pods back to the gateway
+        // node, by the node's pod CIDRs: the gateway routes the peer's pod
+        // CIDRs (the same ranges, less specific) into the tunnel.
+        for (pods, via) in NODE_POD_CIDRS.iter().zip(GATEWAY_NODE_LAN) {
             site.gateway_pod.ip(&["route", "add", pods, "via", via])?;
         }
         Ok(site)
     }
 }
 
-/// The dataplane, kept running until dropped. Fields drop in order:
-/// processes, then pinned programs, then the namespaces they ran in.
-pub struct Dataplane {
-    gateways: Vec<Gateway>,
-    fabric_pins: Vec<TestPinDir>,
-    nat_pins: Vec<TestPinDir>,
+/// Both clusters' hosts, made before the controllers start (a controller is
+/// told which namespace its gateways run in).
+pub struct Sites {
     sites: Vec<Site>,
     _internet: Internet,
 }
 
-impl Dataplane {
+impl Sites {
+    pub fn new() -> Result<Sites> {
+        let internet = Internet::new()?;
+        let sites = vec![Site::new("a", &internet, 1)?, Site::new("b", &internet, 2)?];
+        Ok(Sites {
+            sites,
+            _internet: internet,
+        })
+    }
+
+    /// The network module's gateway flags for cluster `index`'s controller.
+    pub fn controller_args(&self, stage: &Stage, index: usize) -> Result<Vec<String>> {
+        let binary = bins::path("strait-gateway").map_err(anyhow::Error::msg)?;
+        Ok(vec![
+            "--gateway-binary".into(),
+            binary.display().to_string(),
+            "--gateway-state-dir".into(),
+            gateways::state_dir(stage, index).display().to_string(),
+            "--gateway-netns".into(),
+            self.sites[index].gateway_pod.path().display().to_string(),
+            "--gateway-advertise-address".into(),
+            gateways::advertise_address(index),
+        ])
+    }
+
     pub fn print_access(&self) {
         println!("\nthe dataplane's namespaces (nsenter --net=/run/netns/<name> ...):");
         for site in &self.sites {
@@ -185,6 +227,15 @@ impl Dataplane {
             );
         }
     }
+}
+
+/// What act 4 started, kept running until dropped. Fields drop in order:
+/// the fabric agents, their relays, then the pinned programs.
+pub struct Dataplane {
+    _agents: Vec<Process>,
+    _relays: Vec<ApiRelay>,
+    fabric_pins: Vec<TestPinDir>,
+    nat_pins: Vec<TestPinDir>,
 }
 
 /// How this cluster sees the peer's pods: the Configuration's status.
@@ -208,6 +259,7 @@ pub fn act(
     runtime: &Runtime,
     stage: &Stage,
     clusters: &Clusters,
+    sites: &Sites,
     report: &mut Report,
 ) -> Result<Dataplane> {
     let pair = [(&clusters.a, clusters.b.id), (&clusters.b, clusters.a.id)];
@@ -218,7 +270,7 @@ pub fn act(
     let mut views = Vec::new();
     for (cluster, peer) in pair {
         let yaml = format!(
-            "apiVersion: networking.strait.dev/v1beta1\nkind: Configuration\nmetadata:\n  name: {peer}\n  namespace: {ns}\nspec:\n  local:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n  remote:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n",
+            "apiVersion: networking.strait.dev/v1beta1\nkind: Configuration\nmetadata:\n  name: {peer}\n  namespace: {ns}\n  labels:\n    {REMOTE_CLUSTER_ID}: {peer}\nspec:\n  local:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n  remote:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n",
             ns = names::tenant_namespace(peer),
             l4 = POD_CIDRS[0],
             l6 = POD_CIDRS[1],
@@ -259,171 +311,184 @@ pub fn act(
         }
         views.push(view.map_err(anyhow::Error::msg)?);
     }
-    let mut internal_nodes = Vec::new();
+    report.check(
+        &format!(
+            "{}: its virtual kubelet translates pod addresses with this remap",
+            clusters.a.id
+        ),
+        if views[0] == REMAP_POOLS {
+            Ok(format!(
+                "--virtual-kubelet-pod-cidr-remap {}={} (act 3) is what the network module allocated",
+                POD_CIDRS[0], REMAP_POOLS[0]
+            ))
+        } else {
+            Err(format!(
+                "the network module allocated {:?}, the virtual kubelet was given {REMAP_POOLS:?}",
+                views[0]
+            ))
+        },
+    );
     for cluster in [&clusters.a, &clusters.b] {
         let api: Api<InternalNode> = Api::all(cluster.client());
         let node = cluster.node_name();
         let found = runtime.block_on(wait_for(STEP, || get_json(&api, &node)));
-        let spec = found.as_ref().ok().and_then(|n| n.get("spec").cloned());
         report.check(
             &format!("{}: InternalNode {node} derived from the Node", cluster.id),
             found.map(|n| format!("spec {}", n["spec"])),
         );
-        internal_nodes.push(spec.context("no InternalNode")?);
     }
 
-    let internet = Internet::new()?;
-    let sites = vec![Site::new("a", &internet, 1)?, Site::new("b", &internet, 2)?];
-    let mut dataplane = Dataplane {
-        gateways: Vec::new(),
-        fabric_pins: Vec::new(),
-        nat_pins: Vec::new(),
-        sites,
-        _internet: internet,
-    };
-    let sites = &dataplane.sites;
+    let sites = &sites.sites;
     report.say(format!(
         "namespaces: per cluster a pod, a node, a gateway node and a gateway pod; the gateway pods meet on an internet bridge ({} and {})",
         gateway::underlay_v4(1),
         gateway::underlay_v4(2)
     ));
-
-    // The tunnel: cluster-b's gateway serves, cluster-a's dials it.
-    let interfaces = [unique_ifname("wga"), unique_ifname("wgb")];
-    let keys = [stage.path("gateway-a.pub"), stage.path("gateway-b.pub")];
-    for i in 0..2 {
-        let (own, peer) = (i, 1 - i);
-        // What may arrive through the tunnel: the peer's pods as this cluster sees them.
-        let allowed = format!(
-            "  allowedIps: [{}]\n",
-            views[own]
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let config = if own == 1 {
-            gateway::server_config(
-                &interfaces[own],
-                WIREGUARD_PORT,
-                &keys[peer],
-                &keys[own],
-                &Tunnel,
-                &allowed,
-            )
-        } else {
-            gateway::client_config(
-                &interfaces[own],
-                &gateway::underlay_v4(2),
-                WIREGUARD_PORT,
-                &keys[peer],
-                &keys[own],
-                &Tunnel,
-                &allowed,
-            )
-        };
-        let name = if own == 1 { "gateway-b" } else { "gateway-a" };
-        report.say(format!(
-            "gateway pod {} $ strait-gateway --config {name}.yaml",
-            ["a", "b"][own]
-        ));
-        dataplane.gateways.push(Gateway::start(
-            &sites[own].gateway_pod,
-            &stage.dir,
-            name,
-            &config,
-            &[],
-        )?);
-    }
-    for (i, gw) in dataplane.gateways.iter_mut().enumerate() {
-        let connected = gw.wait_status(Duration::from_secs(20), |s| {
-            s.connection.value == ConnectionState::Connected
-        });
-        report.check(
-            &format!(
-                "{}: strait-gateway's WireGuard tunnel is Connected",
-                [clusters.a.id, clusters.b.id][i]
-            ),
-            connected.map(|s| {
-                format!(
-                    "{} backend on {}, peer {}",
-                    s.backend,
-                    s.interface,
-                    s.peer_endpoint.unwrap_or_default()
-                )
-            }),
-        );
+    let tunnel = gateways::act(runtime, stage, clusters, report)?;
+    let mut interfaces = Vec::new();
+    for gw in &tunnel.gateways {
+        let status = gw.status().map_err(anyhow::Error::msg)?;
+        interfaces.push(status.interface);
     }
 
-    let mut fabric_pins = Vec::new();
-    let mut nat_pins = Vec::new();
-    for (i, site) in sites.iter().enumerate() {
-        let (own, peer) = (i, 1 - i);
+    let mut dataplane = Dataplane {
+        _agents: Vec::new(),
+        _relays: Vec::new(),
+        fabric_pins: Vec::new(),
+        nat_pins: Vec::new(),
+    };
+    for (own, site) in sites.iter().enumerate() {
+        let id = ["a", "b"][own];
+        let cluster = [&clusters.a, &clusters.b][own];
+        let peer = [&clusters.b, &clusters.a][own];
         let pod = &site.gateway_pod;
-        // Traffic to the peer's pods goes into the tunnel.
-        for seen in &views[own] {
-            pod.ip(&["route", "replace", seen, "dev", &interfaces[own]])?;
+        // The gateway routes the peer's real pod CIDRs into the tunnel. What
+        // comes from this cluster (the peer's pods as seen here, translated
+        // to their real addresses on the way in) takes the tunnel whatever
+        // its destination.
+        for family in ["-4", "-6"] {
+            pod.ip(&[
+                family,
+                "rule",
+                "add",
+                "iif",
+                GATEWAY_POD_LAN_IFACE,
+                "lookup",
+                TUNNEL_TABLE,
+            ])?;
+            pod.ip(&[
+                family,
+                "route",
+                "add",
+                "default",
+                "dev",
+                &interfaces[own],
+                "table",
+                TUNNEL_TABLE,
+            ])?;
         }
+        report.say(format!(
+            "gateway pod {id} $ ip rule add iif {GATEWAY_POD_LAN_IFACE} lookup {TUNNEL_TABLE}; ip route add default dev {} table {TUNNEL_TABLE}   # (and -6) from the cluster, into the tunnel",
+            interfaces[own]
+        ));
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }
-        // The NAT of this gateway: this cluster's pods leave as the peer
-        // sees them (the peer's Configuration status), and come back.
-        let mut nat = String::from("prefixes:\n");
-        for (real, as_seen) in POD_CIDRS.iter().zip(&views[peer]) {
-            nat.push_str(&format!(
-                "  - {{direction: Source, from: \"{real}\", to: \"{as_seen}\"}}\n  - {{direction: Destination, from: \"{as_seen}\", to: \"{real}\"}}\n"
-            ));
-        }
-        let nat_file = stage.path(&format!("nat-{}.yaml", ["a", "b"][own]));
-        std::fs::write(&nat_file, &nat)?;
-        let pins = TestPinDir::new(&format!("demo-nat-{own}"))?;
-        let cli = FabricCli::new(pod, pins.path())?;
+        // The controller's gateway accepts and routes the peer's real pod
+        // CIDRs (allowedIPs), so the tunnel carries real addresses and the
+        // translation happens before it: on the LAN side, where the
+        // packets still carry the addresses this cluster uses for the peer.
         report.say(format!(
-            "gateway pod {} $ strait-fabric nat apply --config nat-{}.yaml && strait-fabric nat attach --iface {}",
-            ["a", "b"][own], ["a", "b"][own], interfaces[own]
+            "gateway pod {id}: the NAT translates on its LAN side: the peer's pods as seen here <-> their real addresses, which the tunnel carries"
         ));
-        report.say(cli.run(&["nat", "apply", "--config", &nat_file.display().to_string()])?);
-        report.say(cli.run(&["nat", "attach", "--iface", &interfaces[own]])?);
-        nat_pins.push(pins);
-
-        // Fabric on the node: the peer's pods (as seen here) are behind the gateway node.
-        let destinations = views[own]
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let node_config = format!(
-            "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\nroutes:\n  - destinations: [{destinations}]\n    gateways: ['{}', '{}']\n    vni: {VNI}\n",
-            NODE_UNDERLAY[0], NODE_UNDERLAY[1], GATEWAY_NODE[0], GATEWAY_NODE[1]
-        );
-        let (pins, applied) =
-            apply_fabric(stage, &site.node, &format!("demo-{own}-node"), &node_config)?;
-        report.say(format!(
-            "node {} $ strait-fabric apply: {}",
-            ["a", "b"][own],
-            applied.trim()
-        ));
-        fabric_pins.push(pins);
-        // Fabric on the gateway node: this cluster's InternalNodes.
-        let node_name = [&clusters.a, &clusters.b][own].node_name();
-        let spec = &internal_nodes[own];
-        let gateway_config = format!(
-            "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {VNI}\ninternalNodes:\n  - name: {node_name}\n    endpoints: {}\n    podCIDRs: {}\n",
-            GATEWAY_NODE[0], GATEWAY_NODE[1], spec["endpoints"], spec["podCIDRs"]
-        );
-        let (pins, applied) = apply_fabric(
+        dataplane.nat_pins.push(gateway_nat(
             stage,
-            &site.gateway_node,
-            &format!("demo-{own}-gwnode"),
-            &gateway_config,
-        )?;
+            report,
+            pod,
+            own,
+            &views[own],
+            GATEWAY_POD_LAN_IFACE,
+        )?);
+
+        // The nodes' routes toward the gateway, as the network module renders them.
+        let configurations: Api<Configuration> =
+            Api::namespaced(cluster.client(), &names::tenant_namespace(peer.id));
+        let configuration = runtime.block_on(configurations.get(peer.id))?;
+        let gateway_ips = GATEWAY_NODE.map(String::from);
+        let routes = node_routes(&configuration, &gateway_ips, VNI)?;
+        let object = json!({
+            "apiVersion": "networking.strait.dev/v1beta1",
+            "kind": "RouteConfiguration",
+            "metadata": {
+                "name": format!("{}-nodes", peer.id),
+                "namespace": names::tenant_namespace(peer.id),
+                "labels": {REMOTE_CLUSTER_ID: peer.id},
+            },
+            "spec": routes,
+        });
+        let file = format!("{}-routes.json", cluster.id);
+        std::fs::write(stage.path(&file), serde_json::to_string_pretty(&object)?)?;
         report.say(format!(
-            "gateway node {} $ strait-fabric apply: {}",
-            ["a", "b"][own],
-            applied.trim()
+            "{} $ kubectl apply --server-side -f {file}   # no controller writes RouteConfigurations yet: this is the network module's render::node_routes of the Configuration",
+            cluster.id
         ));
-        fabric_pins.push(pins);
+        report.say(kubectl(
+            &cluster.kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &stage.path(&file).display().to_string(),
+            ],
+        )?);
+
+        // The fabric agents follow the cluster: routes on the node,
+        // InternalNodes on the gateway node.
+        for (host, role, follow, config, expect) in [
+            (
+                &site.node,
+                "node",
+                "routes",
+                format!(
+                    "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\n",
+                    NODE_UNDERLAY[0], NODE_UNDERLAY[1]
+                ),
+                views[own][0].clone(),
+            ),
+            (
+                &site.gateway_node,
+                "gateway node",
+                "internal-nodes",
+                format!(
+                    "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {VNI}\n",
+                    GATEWAY_NODE[0], GATEWAY_NODE[1]
+                ),
+                NODE_POD_CIDRS[0].to_owned(),
+            ),
+        ] {
+            let label = format!("{id}-{}", role.replace(' ', ""));
+            let (agent, relay, pins) = start_fabric(stage, cluster, host, &label, follow, &config)?;
+            report.say(format!(
+                "{role} {id} $ strait-fabric run --from-cluster={follow} --config fabric-{label}.yaml   # {}",
+                config.trim().replace('\n', "; ")
+            ));
+            let seen = wait_route(&pins, &expect);
+            report.check(
+                &format!(
+                    "{}: strait-fabric on the {role} loads {expect} from the cluster's {}",
+                    cluster.id,
+                    if follow == "routes" {
+                        "RouteConfiguration"
+                    } else {
+                        "InternalNodes"
+                    }
+                ),
+                seen,
+            );
+            dataplane._agents.push(agent);
+            dataplane._relays.push(relay);
+            dataplane.fabric_pins.push(pins);
+        }
     }
     let (site_a, site_b) = (&sites[0], &sites[1]);
 
@@ -477,19 +542,19 @@ pub fn act(
 
     let mut encapsulated = 0;
     let mut drops = 0;
-    for pins in &fabric_pins {
+    for pins in &dataplane.fabric_pins {
         let stats = FabricStats::read_pinned(&PinDir::open(pins.path())?)?;
         encapsulated += stats.counter(FabricCounter::Encapsulated).packets;
         drops += stats.drops.total();
     }
-    for pins in &nat_pins {
+    for pins in &dataplane.nat_pins {
         drops += DropCounts::read_pinned(&PinDir::open(pins.path())?)?.total();
     }
     // The receiving gateway's counters include the TCP transfer once its
-    // status file has been rewritten (every probe interval).
+    // status file has been rewritten (4 times a second).
     let carried =
-        dataplane.gateways[1].wait_status(Duration::from_secs(5), |s| s.rx_bytes >= bytes as u64);
-    let tunnel = match &carried {
+        tunnel.gateways[1].wait_status(Duration::from_secs(5), |s| s.rx_bytes >= bytes as u64);
+    let through = match &carried {
         Ok(s) => format!(
             "{} received {} B through WireGuard",
             s.interface, s.rx_bytes
@@ -500,39 +565,118 @@ pub fn act(
         "the fabrics encapsulated, the tunnel carried it, nothing was dropped",
         if encapsulated > 0 && drops == 0 && carried.is_ok() {
             Ok(format!(
-                "{encapsulated} packets Geneve-encapsulated; {tunnel}; 0 drops"
+                "{encapsulated} packets Geneve-encapsulated; {through}; 0 drops"
             ))
         } else {
             Err(format!(
-                "{encapsulated} encapsulated, {drops} drops; {tunnel}"
+                "{encapsulated} encapsulated, {drops} drops; {through}"
             ))
         },
     );
-    dataplane.fabric_pins = fabric_pins;
-    dataplane.nat_pins = nat_pins;
+
+    let pods = service::Pods {
+        consumer: &site_a.pod,
+        provider: &site_b.pod,
+        provider_ip: PROVIDER_POD_V4,
+        remapped: &remote_v4,
+    };
+    service::act(runtime, stage, clusters, &pods, report)?;
     Ok(dataplane)
 }
 
-/// `strait-fabric apply --config` of `yaml` in `ns`, with its own pin directory.
-fn apply_fabric(
+/// The static NAT of gateway pod `own` (`strait-fabric nat`, until the NAT
+/// agent follows the NatConfiguration): prefixes [`POD_CIDRS`] and `seen`
+/// translated into each other on `iface`, source on the way out,
+/// destination on the way in.
+fn gateway_nat(
     stage: &Stage,
-    ns: &NetNs,
+    report: &Report,
+    pod: &NetNs,
+    own: usize,
+    seen: &[String],
+    iface: &str,
+) -> Result<TestPinDir> {
+    let mut nat = String::from("prefixes:\n");
+    for (real, as_seen) in POD_CIDRS.iter().zip(seen) {
+        nat.push_str(&format!(
+            "  - {{direction: Source, from: \"{real}\", to: \"{as_seen}\"}}\n  - {{direction: Destination, from: \"{as_seen}\", to: \"{real}\"}}\n"
+        ));
+    }
+    let nat_file = stage.path(&format!("nat-{}.yaml", ["a", "b"][own]));
+    std::fs::write(&nat_file, &nat)?;
+    let pins = TestPinDir::new(&format!("demo-nat-{own}"))?;
+    let cli = FabricCli::new(pod, pins.path())?;
+    report.say(format!(
+        "gateway pod {} $ strait-fabric nat apply --config nat-{}.yaml && strait-fabric nat attach --iface {}",
+        ["a", "b"][own], ["a", "b"][own], iface
+    ));
+    report.say(cli.run(&["nat", "apply", "--config", &nat_file.display().to_string()])?);
+    report.say(cli.run(&["nat", "attach", "--iface", iface])?);
+    Ok(pins)
+}
+
+/// `strait-fabric run --from-cluster=<follow>` in `host`, reaching its
+/// cluster's API server through a relay; logs to `fabric-<label>.log`.
+fn start_fabric(
+    stage: &Stage,
+    cluster: &Cluster,
+    host: &NetNs,
     label: &str,
-    yaml: &str,
-) -> Result<(TestPinDir, String)> {
-    let pins = TestPinDir::new(label)?;
-    let file = stage.path(&format!("{label}.yaml"));
-    std::fs::write(&file, yaml)?;
-    let out = FabricCli::new(ns, pins.path())?.run(&[
-        "apply",
-        "--config",
-        &file.display().to_string(),
-    ])?;
-    Ok((pins, out))
+    follow: &str,
+    config: &str,
+) -> Result<(Process, ApiRelay, TestPinDir)> {
+    let target: SocketAddr = cluster
+        .api
+        .url()
+        .split("://")
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the API server address in {}", cluster.api.url()))?;
+    let relay = ApiRelay::start(host, target)?;
+    let kubeconfig = relay.kubeconfig(
+        &cluster.api.kubeconfig_yaml()?,
+        target,
+        &stage.path(&format!("fabric-{label}.kubeconfig")),
+    )?;
+    let config_file = stage.path(&format!("fabric-{label}.yaml"));
+    std::fs::write(&config_file, config)?;
+    let pins = TestPinDir::new(&format!("demo-{label}"))?;
+    let binary = bins::path("strait-fabric").map_err(anyhow::Error::msg)?;
+    let mut command: Command = host.command(&binary);
+    command
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .args(["run", "--poll-interval", "200ms"])
+        .arg(format!("--from-cluster={follow}"))
+        .arg("--config")
+        .arg(&config_file)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info");
+    let agent = process::spawn(command, stage.path(&format!("fabric-{label}.log")))?;
+    Ok((agent, relay, pins))
+}
+
+/// Waits until the pinned IPv4 routes of `pins` include `destination`.
+fn wait_route(pins: &TestPinDir, destination: &str) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let routes = PinDir::open(pins.path())
+            .map_err(|e| e.to_string())
+            .and_then(|dir| pinned_routes_v4(&dir).map_err(|e| e.to_string()));
+        match routes {
+            Ok(routes) if routes.iter().any(|r| r == destination) => {
+                return Ok(format!("pinned routes {routes:?}"))
+            }
+            last if std::time::Instant::now() >= deadline => {
+                return Err(format!("after 20 s, pinned routes: {last:?}"))
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// `address` of `real` moved to the same offset in `seen`.
-fn remap(address: &str, real: &str, seen: &str) -> Result<String> {
+pub fn remap(address: &str, real: &str, seen: &str) -> Result<String> {
     let network = |cidr: &str| -> Result<(std::net::IpAddr, u8)> {
         let (a, l) = cidr.split_once('/').context("not a CIDR")?;
         Ok((a.parse()?, l.parse()?))
