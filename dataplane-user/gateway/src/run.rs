@@ -246,6 +246,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     result
 }
 
+/// How often a gateway waiting for its peer's key file looks for it.
+const PEER_KEY_POLL: Duration = Duration::from_millis(50);
+
 /// An inline key is there at once; a key file may be written by the peer
 /// (or its controller) after we start, so wait for it.
 fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>, Error> {
@@ -264,7 +267,10 @@ fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // The peer's client dials as soon as it has our key, usually within
+        // the same moment we get its key: notice ours quickly so its first
+        // initiations find us listening.
+        std::thread::sleep(PEER_KEY_POLL);
     }
 }
 
