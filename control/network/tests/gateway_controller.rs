@@ -42,8 +42,8 @@ const PEER_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 
 /// A stand-in for strait-gateway with its file contract: `--config C
 /// --status-file S`; writes `public.key` next to the config at once, and a
-/// status (Connected once `peer.key` exists) 5 times a second; records its
-/// pid so the test can kill it.
+/// status (Connected once `peer.key` exists; tunnel MTU from the file `mtu`
+/// if there is one) 5 times a second; records its pid so the test can kill it.
 const FAKE_GATEWAY: &str = r#"#!/bin/sh
 config="$2"; status="$4"; dir=$(dirname "$config")
 echo $$ > "$dir/pid"
@@ -55,7 +55,8 @@ while :; do
   else
     connection='{"value":"Connecting","message":"no WireGuard handshake with the peer yet"}'
   fi
-  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":1420,"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
+  mtu=$(cat "$dir/mtu" 2>/dev/null || echo 1420)
+  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":'$mtu',"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
   mv "$status.tmp" "$status"
   sleep 0.2
 done
@@ -262,6 +263,18 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
         PEER_KEY
     );
     eventually("NetworkReady", STEP, || async {
+        network_ready(&client).await == Some(("True".into(), "Connected".into()))
+    })
+    .await;
+    // The path narrower than the spec's MTU: the gateway reports a lowered
+    // tunnel MTU, and the peering says what to change.
+    std::fs::write(dir.join("mtu"), "1380").expect("mtu file");
+    eventually("NetworkReady MtuMismatch", STEP, || async {
+        network_ready(&client).await == Some(("False".into(), "MtuMismatch".into()))
+    })
+    .await;
+    std::fs::remove_file(dir.join("mtu")).expect("mtu file");
+    eventually("NetworkReady again", STEP, || async {
         network_ready(&client).await == Some(("True".into(), "Connected".into()))
     })
     .await;

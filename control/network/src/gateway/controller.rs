@@ -462,6 +462,7 @@ async fn run_locally<K: GatewayKind>(
         peer_key_name: remote_key_name(name),
         connection: None,
         up_for: None,
+        mtu: None,
     };
     let files = gateways.files(namespace, name);
     let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
@@ -521,6 +522,7 @@ async fn run_locally<K: GatewayKind>(
         Err(_) => false,
     };
     let connection = connection_status(&files.status, &process, peer_key.is_some());
+    view.mtu = reported_mtu(gateway, &files.status);
     write_connection(gateway, ctx, namespace, name, &connection).await?;
     view.connection = Some(connection);
     let ready = match (&view.not_ready, published) {
@@ -541,6 +543,24 @@ async fn run_locally<K: GatewayKind>(
         },
     };
     Ok((ready, view, Action::requeue(LOCAL_POLL)))
+}
+
+/// The spec's MTU and the one the gateway reports using, from a fresh status file.
+fn reported_mtu<K: GatewayKind>(
+    gateway: &K,
+    status_file: &std::path::Path,
+) -> Option<readiness::MtuView> {
+    let configured = u32::try_from(gateway.mtu()).ok()?;
+    let fresh = std::fs::metadata(status_file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age <= STATUS_STALE_AFTER);
+    let status = GatewayStatus::read(status_file).ok().filter(|_| fresh)?;
+    Some(readiness::MtuView {
+        configured,
+        in_use: status.mtu,
+    })
 }
 
 /// Key of `spec.secretRef`'s Secret holding the private key (base64, as
@@ -925,6 +945,7 @@ async fn deploy<K: GatewayKind>(
         peer_key_name: remote_key_name(name),
         connection,
         up_for: None,
+        mtu: None,
     };
     let fail = |mut view: GatewayView, reason: &'static str, message: String| {
         view.not_ready = Some(message.clone());

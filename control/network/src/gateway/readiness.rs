@@ -36,6 +36,34 @@ pub struct GatewayView {
     pub connection: Option<ConnectionStatus>,
     /// How long the gateway has been up.
     pub up_for: Option<Duration>,
+    /// The tunnel MTU asked for and the one in use, when the gateway reported it.
+    pub mtu: Option<MtuView>,
+}
+
+/// The tunnel MTU of a gateway: its spec's, and the one it could use. The
+/// gateway lowers its tunnel below the spec's when the path to the peer
+/// (its MTU as the kernel knows it, ICMP "packet too big" included) cannot
+/// carry packets of the spec's size plus WireGuard's 60 (IPv4) or 80
+/// (IPv6) bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuView {
+    pub configured: u32,
+    pub in_use: u32,
+}
+
+/// Why the configured MTU does not fit the path, in words a person can act on.
+fn mtu_mismatch(view: &GatewayView) -> Option<String> {
+    let mtu = view.mtu?;
+    (mtu.in_use < mtu.configured).then(|| {
+        format!(
+            "{} is configured for a tunnel MTU of {} (spec.mtu) but the path to the peer carries \
+             only {} bytes inside the tunnel once WireGuard's 60 (IPv4) or 80 (IPv6) bytes are \
+             added; the gateway lowered its tunnel to {}, and packets sized for {} are dropped or \
+             fragmented: set spec.mtu to {} or less on both gateways (and the MTU of the pods \
+             behind them to match), or raise the underlay's MTU",
+            view.gateway, mtu.configured, mtu.in_use, mtu.in_use, mtu.configured, mtu.in_use
+        )
+    })
 }
 
 /// The `NetworkReady` condition of a peering with this gateway.
@@ -67,6 +95,16 @@ pub fn network_ready(view: &GatewayView) -> ConditionUpdate<'static> {
             format!("{} has not reported a tunnel status yet", view.gateway),
         );
     };
+    // A tunnel that works (or fails) with a smaller MTU than asked for:
+    // the MTU is what to fix.
+    if matches!(
+        connection.value,
+        ConnectionState::Connected | ConnectionState::Error
+    ) {
+        if let Some(message) = mtu_mismatch(view) {
+            return not("MtuMismatch", message);
+        }
+    }
     match connection.value {
         ConnectionState::Connected => ConditionUpdate {
             type_: NETWORK_READY,
@@ -114,7 +152,7 @@ pub async fn publish(
     let status = fc.status.as_ref();
     let state = match (&ready.status, ready.reason) {
         (ConditionStatus::True, _) => ModuleState::Ready,
-        (_, "TunnelNotPassingTraffic" | "HandshakeFailing") => ModuleState::Error,
+        (_, "TunnelNotPassingTraffic" | "HandshakeFailing" | "MtuMismatch") => ModuleState::Error,
         _ => ModuleState::Pending,
     };
     let now =
@@ -160,6 +198,10 @@ mod tests {
             peer_key_name: "remote-to-a".into(),
             connection,
             up_for: Some(Duration::from_secs(1)),
+            mtu: Some(MtuView {
+                configured: 1420,
+                in_use: 1420,
+            }),
         }
     }
 
@@ -206,5 +248,44 @@ mod tests {
             (ConditionStatus::False, "TunnelNotPassingTraffic")
         );
         assert_eq!(c.message, "check the tunnel MTU");
+    }
+
+    #[test]
+    fn a_path_narrower_than_the_configured_mtu_is_an_mtu_mismatch() {
+        let narrow = Some(MtuView {
+            configured: 1420,
+            in_use: 1390,
+        });
+        let mut up = connecting();
+        up.value = ConnectionState::Connected;
+        let mut v = view(Some(up.clone()));
+        v.mtu = narrow;
+        let c = network_ready(&v);
+        assert_eq!(
+            (c.status, c.reason),
+            (ConditionStatus::False, "MtuMismatch")
+        );
+        for words in [
+            "1420 (spec.mtu)",
+            "only 1390 bytes",
+            "set spec.mtu to 1390 or less",
+        ] {
+            assert!(c.message.contains(words), "{words:?} not in {}", c.message);
+        }
+        // Unanswered probes with a narrow path: the MTU is the likely cause.
+        let mut broken = connecting();
+        broken.value = ConnectionState::Error;
+        let mut v = view(Some(broken));
+        v.mtu = narrow;
+        assert_eq!(network_ready(&v).reason, "MtuMismatch");
+        // Still handshaking: the handshake is the first thing to fix.
+        let mut v = view(Some(connecting()));
+        v.mtu = narrow;
+        assert_eq!(network_ready(&v).reason, "Connecting");
+        // A path as wide as asked (or no report) is no mismatch.
+        assert_eq!(network_ready(&view(Some(up.clone()))).reason, "Connected");
+        let mut v = view(Some(up));
+        v.mtu = None;
+        assert_eq!(network_ready(&v).reason, "Connected");
     }
 }
