@@ -117,6 +117,21 @@ async fn network_ready(client: &Client, remote: &str) -> bool {
         .is_some_and(|s| format!("{s:?}") == "True")
 }
 
+/// The reason of `NetworkReady` on the ForeignCluster `remote`.
+async fn network_ready_reason(client: &Client, remote: &str) -> Option<String> {
+    let fc = Api::<ForeignCluster>::all(client.clone())
+        .get(remote)
+        .await
+        .ok()?;
+    find_condition(&fc.status?.conditions, "NetworkReady").map(|c| c.reason.clone())
+}
+
+/// The status file of the local gateway `name` whose controller keeps its
+/// files under `dir`.
+fn gateway_status(dir: &std::path::Path, name: &str) -> Option<strait_gateway::GatewayStatus> {
+    strait_gateway::GatewayStatus::read(&dir.join(format!("{NS}.{name}")).join("status.json")).ok()
+}
+
 /// When the first echo from namespace `ns` to `to` came back (pings of
 /// 200 ms each, for at most [`STEP`]).
 fn first_echo(ns: &str, to: &str) -> Option<Instant> {
@@ -293,6 +308,38 @@ async fn two_clusters_peered_by_network_crs_only() {
         apply_to_first_packet.as_millis(),
         APPLY_TO_FIRST_PACKET_TARGET.as_millis()
     );
+
+    // Echoes as large as the tunnel MTU (1420, don't-fragment) get through
+    // both ways.
+    for (side, name) in [("a", "to-b"), ("b", "to-a")] {
+        let dir = state.join(side);
+        eventually(&format!("full-size probes answered ({side})"), STEP, || {
+            let status = gateway_status(&dir, name);
+            async move {
+                status.is_some_and(|s| {
+                    s.full_size_probes.size == 1420
+                        && s.full_size_probes.answered > 0
+                        && s.full_size_probes.consecutive_failures == 0
+                })
+            }
+        })
+        .await;
+    }
+    // A narrower underlay on cluster B's side: its gateway lowers the
+    // tunnel to what the path carries and the peering says MtuMismatch;
+    // restored, it is Connected again.
+    gw_b.ip(&["link", "set", "eth0", "mtu", "1400"])
+        .expect("narrow the underlay");
+    eventually("NetworkReady MtuMismatch", STEP, || async {
+        network_ready_reason(&cb, "cluster-a").await.as_deref() == Some("MtuMismatch")
+    })
+    .await;
+    gw_b.ip(&["link", "set", "eth0", "mtu", "1500"])
+        .expect("restore the underlay");
+    eventually("NetworkReady again", STEP, || async {
+        network_ready(&cb, "cluster-a").await
+    })
+    .await;
 
     // Cluster A's gateway killed: restarted by its controller with the same
     // key, the tunnel carries traffic again; the gap is measured.

@@ -96,13 +96,14 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     let mut helpers = Vec::new();
     if let Some(target) = probing {
         let prober = probe::Prober::new(target)?;
-        let (state, stop, interval) = (
+        let (state, stop, interval, full_size) = (
             probe_state.clone(),
             controls.stop.clone(),
             options.probe_interval,
+            Some(plan.mtu),
         );
         helpers.push(std::thread::spawn(move || {
-            probe::run(prober, interval, state, &stop)
+            probe::run(prober, interval, full_size, state, &stop)
         }));
     }
     let shared_status: Arc<Mutex<Option<GatewayStatus>>> = Arc::new(Mutex::new(None));
@@ -219,6 +220,8 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             rx_bytes: stats.rx_bytes,
             probes_sent: probe.sent,
             probes_answered: probe.answered,
+            probes_failing: probe.consecutive_failures,
+            full_size_probes: probe.full_size.clone(),
             drops: match &datapath {
                 Datapath::Fast(f) => f.drops(),
                 Datapath::Defguard(_) => Default::default(),

@@ -557,9 +557,17 @@ fn reported_mtu<K: GatewayKind>(
         .and_then(|m| SystemTime::now().duration_since(m).ok())
         .is_some_and(|age| age <= STATUS_STALE_AFTER);
     let status = GatewayStatus::read(status_file).ok().filter(|_| fresh)?;
+    // Full-size probes count only while small ones get through: otherwise
+    // the tunnel is down, not narrow.
+    let full_size_unanswered = if status.probes_failing == 0 {
+        status.full_size_probes.consecutive_failures
+    } else {
+        0
+    };
     Some(readiness::MtuView {
         configured,
         in_use: status.mtu,
+        full_size_unanswered,
     })
 }
 

@@ -45,15 +45,30 @@ pub struct GatewayView {
 /// (its MTU as the kernel knows it, ICMP "packet too big" included) cannot
 /// carry packets of the spec's size plus WireGuard's 60 (IPv4) or 80
 /// (IPv6) bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MtuView {
     pub configured: u32,
     pub in_use: u32,
+    /// Echoes of the configured size (don't-fragment set) unanswered in a
+    /// row while small ones come back: the path drops that size silently.
+    pub full_size_unanswered: u32,
 }
+
+/// Unanswered full-size probes in a row that make an MTU mismatch.
+pub const FULL_SIZE_FAILURES_FOR_MISMATCH: u32 = 3;
 
 /// Why the configured MTU does not fit the path, in words a person can act on.
 fn mtu_mismatch(view: &GatewayView) -> Option<String> {
     let mtu = view.mtu?;
+    if mtu.in_use >= mtu.configured && mtu.full_size_unanswered >= FULL_SIZE_FAILURES_FOR_MISMATCH {
+        return Some(format!(
+            "{}: the last {} probes of {} bytes (spec.mtu) with don't-fragment set went \
+             unanswered through the tunnel while small ones came back: something on the path \
+             drops packets of that size plus WireGuard's 60-80 bytes without reporting it (ICMP \
+             filtered?): lower spec.mtu on both gateways, or let ICMP \"packet too big\" through",
+            view.gateway, mtu.full_size_unanswered, mtu.configured
+        ));
+    }
     (mtu.in_use < mtu.configured).then(|| {
         format!(
             "{} is configured for a tunnel MTU of {} (spec.mtu) but the path to the peer carries \
@@ -201,6 +216,7 @@ mod tests {
             mtu: Some(MtuView {
                 configured: 1420,
                 in_use: 1420,
+                full_size_unanswered: 0,
             }),
         }
     }
@@ -255,6 +271,7 @@ mod tests {
         let narrow = Some(MtuView {
             configured: 1420,
             in_use: 1390,
+            full_size_unanswered: 0,
         });
         let mut up = connecting();
         up.value = ConnectionState::Connected;
@@ -282,6 +299,25 @@ mod tests {
         let mut v = view(Some(connecting()));
         v.mtu = narrow;
         assert_eq!(network_ready(&v).reason, "Connecting");
+        // A path that drops full-size packets without saying so.
+        let mut v = view(Some(up.clone()));
+        v.mtu = Some(MtuView {
+            configured: 1420,
+            in_use: 1420,
+            full_size_unanswered: FULL_SIZE_FAILURES_FOR_MISMATCH,
+        });
+        let c = network_ready(&v);
+        assert_eq!(c.reason, "MtuMismatch");
+        assert!(c.message.contains("probes of 1420 bytes"), "{}", c.message);
+        v.mtu = Some(MtuView {
+            full_size_unanswered: FULL_SIZE_FAILURES_FOR_MISMATCH - 1,
+            ..v.mtu.unwrap_or_default()
+        });
+        assert_eq!(
+            network_ready(&v).reason,
+            "Connected",
+            "one lost probe is no verdict"
+        );
         // A path as wide as asked (or no report) is no mismatch.
         assert_eq!(network_ready(&view(Some(up.clone()))).reason, "Connected");
         let mut v = view(Some(up));
