@@ -3,9 +3,9 @@
 //! `strait-gateway` in that cluster's gateway namespace; the test plays the
 //! peering by copying each side's published PublicKey to the other. The
 //! tunnel comes up, carries traffic between the tunnel addresses, and the
-//! time from applying the gateways to the first echo through the tunnel, and
-//! the gap after a gateway process is killed and restarted, are
-//! printed.
+//! time from applying the gateways to the first echo through the tunnel
+//! (asserted under 3 s), and the gap after a gateway process is killed and
+//! restarted, are printed.
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +36,8 @@ use strait_testkit::{eventually, TestCluster};
 
 const STEP: Duration = Duration::from_secs(30);
 const NS: &str = "strait-peer";
+/// Issue #9: from applying the gateway CRs to the first packet through.
+const APPLY_TO_FIRST_PACKET_TARGET: Duration = Duration::from_secs(3);
 
 async fn namespace(client: &Client) {
     let mut ns = Namespace::default();
@@ -113,6 +115,21 @@ async fn network_ready(client: &Client, remote: &str) -> bool {
         .and_then(|fc| fc.status)
         .and_then(|s| find_condition(&s.conditions, "NetworkReady").map(|c| c.status))
         .is_some_and(|s| format!("{s:?}") == "True")
+}
+
+/// The reason of `NetworkReady` on the ForeignCluster `remote`.
+async fn network_ready_reason(client: &Client, remote: &str) -> Option<String> {
+    let fc = Api::<ForeignCluster>::all(client.clone())
+        .get(remote)
+        .await
+        .ok()?;
+    find_condition(&fc.status?.conditions, "NetworkReady").map(|c| c.reason.clone())
+}
+
+/// The status file of the local gateway `name` whose controller keeps its
+/// files under `dir`.
+fn gateway_status(dir: &std::path::Path, name: &str) -> Option<strait_gateway::GatewayStatus> {
+    strait_gateway::GatewayStatus::read(&dir.join(format!("{NS}.{name}")).join("status.json")).ok()
 }
 
 /// When the first echo from namespace `ns` to `to` came back (pings of
@@ -283,6 +300,46 @@ async fn two_clusters_peered_by_network_crs_only() {
         apply_to_first_packet.as_millis(),
         apply_to_connected.as_millis()
     );
+    // The issue's target. A first handshake lost to a server not ready yet
+    // used to cost WireGuard's 5 s retry; the gateway now retries it sooner.
+    assert!(
+        apply_to_first_packet < APPLY_TO_FIRST_PACKET_TARGET,
+        "apply to first packet took {} ms (target < {} ms)",
+        apply_to_first_packet.as_millis(),
+        APPLY_TO_FIRST_PACKET_TARGET.as_millis()
+    );
+
+    // Echoes as large as the tunnel MTU (1420, don't-fragment) get through
+    // both ways.
+    for (side, name) in [("a", "to-b"), ("b", "to-a")] {
+        let dir = state.join(side);
+        eventually(&format!("full-size probes answered ({side})"), STEP, || {
+            let status = gateway_status(&dir, name);
+            async move {
+                status.is_some_and(|s| {
+                    s.full_size_probes.size == 1420
+                        && s.full_size_probes.answered > 0
+                        && s.full_size_probes.consecutive_failures == 0
+                })
+            }
+        })
+        .await;
+    }
+    // A narrower underlay on cluster B's side: its gateway lowers the
+    // tunnel to what the path carries and the peering says MtuMismatch;
+    // restored, it is Connected again.
+    gw_b.ip(&["link", "set", "eth0", "mtu", "1400"])
+        .expect("narrow the underlay");
+    eventually("NetworkReady MtuMismatch", STEP, || async {
+        network_ready_reason(&cb, "cluster-a").await.as_deref() == Some("MtuMismatch")
+    })
+    .await;
+    gw_b.ip(&["link", "set", "eth0", "mtu", "1500"])
+        .expect("restore the underlay");
+    eventually("NetworkReady again", STEP, || async {
+        network_ready(&cb, "cluster-a").await
+    })
+    .await;
 
     // Cluster A's gateway killed: restarted by its controller with the same
     // key, the tunnel carries traffic again; the gap is measured.

@@ -115,6 +115,8 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
                     ("MTU", "1420"),
                     ("ENDPOINT", "198.18.0.1:51840"),
                     ("NODE_NAME", "strait-cluster-b"),
+                    ("CONFIG_MAP", "gw-cluster-b-config"),
+                    ("KEY_SECRET", "gw-cluster-b-key"),
                 ],
             );
             assert!(

@@ -262,3 +262,176 @@ async fn the_network_module_runs_on_the_chart_rbac_and_nothing_more() {
         "a ServiceAccount the chart did not bind gets nothing"
     );
 }
+
+/// The gateway controllers in a cluster, as the chart's controller
+/// ServiceAccount and from the chart's own templates: they render each
+/// gateway's Deployment (and a server's Service), its --config ConfigMap
+/// and key Secret, publish its key, and remove it all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_controllers_deploy_from_the_chart_templates_on_the_chart_rbac() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use kube::api::DeleteParams;
+    use strait_api::networking::{
+        GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec, PublicEndpoint,
+        PublicKey, ServerEndpoint, ServiceType,
+    };
+    use strait_network::gateway::{self, GatewayMode, Settings};
+
+    let cluster = TestCluster::start_with(
+        "chart-rbac-gateway",
+        Options {
+            tls: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("test cluster");
+    let admin = cluster.client();
+    create_namespace(&admin, NAMESPACE).await;
+    create_namespace(&admin, TENANT).await;
+    let objects = network_only_objects();
+    admit_rbac(&admin, &objects).await;
+    // The chart's gateway templates, as helm installs them.
+    let configmaps = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE);
+    for name in [
+        gateway::template::SERVER_TEMPLATE,
+        gateway::template::CLIENT_TEMPLATE,
+    ] {
+        let Some(object) = strait_chart_tests::find(&objects, "ConfigMap", name) else {
+            panic!("the chart has no ConfigMap {name}")
+        };
+        let configmap: ConfigMap = serde_json::from_value(object.clone()).expect("ConfigMap");
+        configmaps
+            .create(&PostParams::default(), &configmap)
+            .await
+            .expect("template");
+    }
+    let controller = cluster
+        .client_as(&service_account("strait-controller"), SA_GROUPS)
+        .await
+        .expect("controller client");
+    let task = tokio::spawn(gateway::run(
+        controller,
+        Settings {
+            mode: GatewayMode::Cluster {
+                release_namespace: NAMESPACE.to_owned(),
+            },
+            cluster_id: None,
+        },
+    ));
+    let servers = Api::<GatewayServer>::namespaced(admin.clone(), TENANT);
+    servers
+        .create(
+            &PostParams::default(),
+            &GatewayServer::new(
+                "to-b",
+                GatewayServerSpec {
+                    mtu: 1420,
+                    endpoint: ServerEndpoint {
+                        port: 51840,
+                        service_type: ServiceType::LoadBalancer,
+                        node_port: None,
+                        load_balancer_ips: Vec::new(),
+                    },
+                    secret_ref: None,
+                    template_ref: None,
+                },
+            ),
+        )
+        .await
+        .expect("GatewayServer");
+    let clients = Api::<GatewayClient>::namespaced(admin.clone(), TENANT);
+    clients
+        .create(
+            &PostParams::default(),
+            &GatewayClient::new(
+                "to-c",
+                GatewayClientSpec {
+                    mtu: 1420,
+                    endpoint: PublicEndpoint {
+                        addresses: vec!["198.18.0.1".to_owned()],
+                        port: 51840,
+                    },
+                    secret_ref: None,
+                    template_ref: None,
+                },
+            ),
+        )
+        .await
+        .expect("GatewayClient");
+    let deployed = |conditions: &[strait_api::Condition]| {
+        strait_api::condition::find_condition(conditions, "Ready")
+            .is_some_and(|c| c.reason == "Deployed")
+    };
+    eventually("both gateways Deployed", STEP, || async {
+        let server = servers.get_opt("to-b").await.ok().flatten();
+        let client = clients.get_opt("to-c").await.ok().flatten();
+        server
+            .and_then(|s| s.status)
+            .is_some_and(|s| deployed(&s.conditions))
+            && client
+                .and_then(|c| c.status)
+                .is_some_and(|s| deployed(&s.conditions))
+    })
+    .await;
+    let deployments: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment")),
+    );
+    for name in ["gw-to-b", "gw-to-c"] {
+        assert!(
+            deployments.get_opt(name).await.expect("get").is_some(),
+            "{name}"
+        );
+        let config = format!("{name}-config");
+        assert!(
+            configmaps.get_opt(&config).await.expect("get").is_some(),
+            "{config}"
+        );
+        let key = format!("{name}-key");
+        assert!(
+            Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+                .get_opt(&key)
+                .await
+                .expect("get")
+                .is_some(),
+            "{key}"
+        );
+    }
+    let services = Api::<Service>::namespaced(admin.clone(), NAMESPACE);
+    assert!(services.get_opt("gw-to-b").await.expect("get").is_some());
+    let keys = Api::<PublicKey>::namespaced(admin.clone(), TENANT);
+    assert!(keys.get_opt("local-to-b").await.expect("get").is_some());
+
+    servers
+        .delete("to-b", &DeleteParams::default())
+        .await
+        .expect("delete");
+    clients
+        .delete("to-c", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("everything removed", STEP, || async {
+        deployments
+            .get_opt("gw-to-b")
+            .await
+            .is_ok_and(|d| d.is_none())
+            && deployments
+                .get_opt("gw-to-c")
+                .await
+                .is_ok_and(|d| d.is_none())
+            && services.get_opt("gw-to-b").await.is_ok_and(|s| s.is_none())
+            && configmaps
+                .get_opt("gw-to-b-config")
+                .await
+                .is_ok_and(|c| c.is_none())
+            && Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+                .get_opt("gw-to-c-key")
+                .await
+                .is_ok_and(|s| s.is_none())
+            && keys.get_opt("local-to-b").await.is_ok_and(|k| k.is_none())
+    })
+    .await;
+    task.abort();
+}

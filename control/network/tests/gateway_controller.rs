@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::{
     api::{DeleteParams, PostParams},
     Api, Client,
@@ -42,8 +42,8 @@ const PEER_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 
 /// A stand-in for strait-gateway with its file contract: `--config C
 /// --status-file S`; writes `public.key` next to the config at once, and a
-/// status (Connected once `peer.key` exists) 5 times a second; records its
-/// pid so the test can kill it.
+/// status (Connected once `peer.key` exists; tunnel MTU from the file `mtu`
+/// if there is one) 5 times a second; records its pid so the test can kill it.
 const FAKE_GATEWAY: &str = r#"#!/bin/sh
 config="$2"; status="$4"; dir=$(dirname "$config")
 echo $$ > "$dir/pid"
@@ -55,7 +55,8 @@ while :; do
   else
     connection='{"value":"Connecting","message":"no WireGuard handshake with the peer yet"}'
   fi
-  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":1420,"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
+  mtu=$(cat "$dir/mtu" 2>/dev/null || echo 1420)
+  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":'$mtu',"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
   mv "$status.tmp" "$status"
   sleep 0.2
 done
@@ -265,6 +266,18 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
         network_ready(&client).await == Some(("True".into(), "Connected".into()))
     })
     .await;
+    // The path narrower than the spec's MTU: the gateway reports a lowered
+    // tunnel MTU, and the peering says what to change.
+    std::fs::write(dir.join("mtu"), "1380").expect("mtu file");
+    eventually("NetworkReady MtuMismatch", STEP, || async {
+        network_ready(&client).await == Some(("False".into(), "MtuMismatch".into()))
+    })
+    .await;
+    std::fs::remove_file(dir.join("mtu")).expect("mtu file");
+    eventually("NetworkReady again", STEP, || async {
+        network_ready(&client).await == Some(("True".into(), "Connected".into()))
+    })
+    .await;
     let endpoint = servers
         .get("to-b")
         .await
@@ -369,6 +382,16 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
             .as_deref(),
         Some(REMOTE)
     );
+    // The documents are applied in order: the second may come a moment later.
+    eventually("second document rendered", STEP, || async {
+        configmaps
+            .get_opt("gw-to-b-args")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
     let args = configmaps
         .get("gw-to-b-args")
         .await
@@ -389,6 +412,72 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
     })
     .await;
 
+    // What the gateway pod mounts: its --config rendered into a ConfigMap,
+    // its key in a Secret generated for it, whose public half is published.
+    let config = configmaps.get("gw-to-b-config").await.expect("config map");
+    let yaml = config
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.yaml").cloned())
+        .unwrap_or_default();
+    let parsed: strait_gateway::GatewayConfig = serde_norway::from_str(&yaml).expect("--config");
+    parsed.plan().expect("a config the gateway accepts");
+    assert_eq!(
+        parsed.private_key_file.as_deref(),
+        Some(std::path::Path::new("/etc/strait-gateway/key/privateKey"))
+    );
+    assert!(
+        config
+            .data
+            .as_ref()
+            .is_some_and(|d| !d.contains_key("peer.key")),
+        "no peer key yet"
+    );
+    let secrets = Api::<Secret>::namespaced(client.clone(), "strait");
+    let secret = secrets.get("gw-to-b-key").await.expect("generated key");
+    let private = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("privateKey"))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .unwrap_or_default();
+    let public = strait_gateway::PrivateKey::parse(&private)
+        .expect("a WireGuard key")
+        .public_key()
+        .to_string();
+    let keys = Api::<PublicKey>::namespaced(client.clone(), NS);
+    eventually("public key published", STEP, || async {
+        keys.get_opt("local-to-b")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|k| k.spec.public_key == public)
+    })
+    .await;
+    // The peer's key reaches the pod through the same ConfigMap.
+    keys.create(
+        &PostParams::default(),
+        &PublicKey::new(
+            "remote-to-b",
+            PublicKeySpec {
+                public_key: "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=".into(),
+            },
+        ),
+    )
+    .await
+    .expect("peer key");
+    eventually("peer key in the ConfigMap", STEP, || async {
+        configmaps
+            .get_opt("gw-to-b-config")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("peer.key").cloned())
+            .is_some_and(|k| k.trim() == "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=")
+    })
+    .await;
+
     servers
         .delete("to-b", &DeleteParams::default())
         .await
@@ -399,6 +488,14 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
                 .get_opt("gw-to-b-args")
                 .await
                 .is_ok_and(|c| c.is_none())
+            && configmaps
+                .get_opt("gw-to-b-config")
+                .await
+                .is_ok_and(|c| c.is_none())
+            && secrets
+                .get_opt("gw-to-b-key")
+                .await
+                .is_ok_and(|s| s.is_none())
             && servers.get_opt("to-b").await.is_ok_and(|g| g.is_none())
     })
     .await;

@@ -112,6 +112,7 @@ impl Registry {
                 true,
             ),
             ResourceType::builtin("coordination.k8s.io", "Lease", "leases", true, false),
+            ResourceType::builtin("apps", "Deployment", "deployments", true, true),
             ResourceType::builtin(
                 "discovery.k8s.io",
                 "EndpointSlice",

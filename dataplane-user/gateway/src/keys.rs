@@ -35,6 +35,19 @@ impl PrivateKey {
         Ok(PrivateKey(StaticSecret::from(bytes)))
     }
 
+    /// Parses a key as `wg genkey` prints it (for example a Secret's value
+    /// read by a controller); the error never repeats the text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        decode_key(text.trim()).map(|bytes| PrivateKey(StaticSecret::from(bytes)))
+    }
+
+    /// The key as `wg genkey` prints it, to be stored in a Kubernetes Secret
+    /// that the gateway pod mounts (the in-cluster controller generates a
+    /// gateway's key when its CR names no Secret); nowhere else.
+    pub fn to_secret_text(&self) -> String {
+        self.to_base64()
+    }
+
     pub fn public_key(&self) -> PublicKey {
         PublicKey(x25519_dalek::PublicKey::from(&self.0).to_bytes())
     }

@@ -9,6 +9,7 @@
 //! It reports a Connection-shaped status as a file and Prometheus metrics.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod defguard;
 pub mod error;

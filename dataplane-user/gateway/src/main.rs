@@ -1,8 +1,6 @@
 //! strait-gateway: one end of a WireGuard tunnel between two clusters.
 
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -11,51 +9,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::Parser as _;
 use strait_gateway::{
-    backend::{UserspaceDatapath, WireguardMode},
+    cli::Cli,
     run::{run, Controls, RunOptions},
     GatewayConfig,
 };
-
-#[derive(Parser)]
-#[command(
-    name = "strait-gateway",
-    about = "Strait's WireGuard gateway: one end of the tunnel to a peered cluster",
-    long_about = "Runs one end of a WireGuard tunnel to a peered cluster, as server (listens) or \
-client (dials), from a GatewayServer or GatewayClient spec and the peer's PublicKey spec. The \
-private key is generated in memory (or read from a mounted Secret) and never written; only the \
-public key is published. SIGHUP rotates a generated key; SIGTERM/SIGINT stop and remove the \
-interface."
-)]
-struct Cli {
-    /// YAML: `server:` or `client:` (GatewayServer/GatewayClient spec),
-    /// `peerPublicKey:` (PublicKey spec) or `peerPublicKeyFile:`, `tunnel:`
-    /// addresses, optional `privateKeyFile:` and `publicKeyFile:`.
-    #[arg(long)]
-    config: PathBuf,
-    /// kernel: kernel WireGuard or fail; userspace: never the kernel; auto:
-    /// kernel where the module exists.
-    #[arg(long, value_enum, default_value = "auto")]
-    wireguard: WireguardMode,
-    /// The userspace datapath: fast (Strait's, with offloads) or embedded
-    /// (defguard's boringtun device).
-    #[arg(long, value_enum, default_value = "fast")]
-    datapath: UserspaceDatapath,
-    /// Where to write the Connection-shaped status (JSON), refreshed 4 times a second.
-    #[arg(long)]
-    status_file: Option<PathBuf>,
-    /// Address for GET /metrics (Prometheus) and /healthz.
-    #[arg(long)]
-    metrics_address: Option<SocketAddr>,
-    /// Interval of the ICMP probes to the peer's tunnel address, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
-    probe_interval_ms: u64,
-    /// How long a rotated public key is published before it is used, in
-    /// milliseconds; the peer prepares a session for it meanwhile.
-    #[arg(long, default_value_t = 2000)]
-    rotation_notice_ms: u64,
-}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

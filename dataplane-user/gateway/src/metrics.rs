@@ -153,6 +153,8 @@ mod tests {
             rx_bytes: 2000,
             probes_sent: 4,
             probes_answered: 3,
+            probes_failing: 0,
+            full_size_probes: Default::default(),
             drops: [("invalid_mac".to_owned(), 7)].into(),
             connection,
         };

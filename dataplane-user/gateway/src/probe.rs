@@ -1,6 +1,10 @@
 //! A periodic ICMP echo through the tunnel to the peer's tunnel address:
 //! proves that data (not only handshakes) crosses, and measures latency.
-//! Any WireGuard peer answers it, since its kernel does.
+//! Any WireGuard peer answers it, since its kernel does. Every
+//! [`FULL_SIZE_EVERY`]th round also sends an echo as large as the configured
+//! tunnel MTU with don't-fragment set: a path that drops such packets
+//! without saying so (ICMP filtered, so the path MTU is never learnt) shows
+//! as full-size echoes unanswered while small ones come back.
 
 use std::{
     io::Read as _,
@@ -17,6 +21,16 @@ const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
 const ECHO_REQUEST_V6: u8 = 128;
 const ECHO_REPLY_V6: u8 = 129;
+/// One round in this many also sends a full-size echo.
+pub const FULL_SIZE_EVERY: u64 = 4;
+/// IP and ICMP headers before the echo's payload.
+const fn echo_headers(v4: bool) -> usize {
+    if v4 {
+        20 + 8
+    } else {
+        40 + 8
+    }
+}
 
 /// Sends echo requests to one address and waits for the matching replies.
 pub struct Prober {
@@ -35,6 +49,35 @@ impl Prober {
         let socket = Socket::new(domain, Type::RAW, Some(protocol)).map_err(Error::io(
             "opening the raw ICMP socket for probes (needs CAP_NET_RAW)",
         ))?;
+        // Don't fragment, and don't fall back to a smaller size the kernel
+        // may have learnt: the probe is about whether this size gets through.
+        let (level, name, value) = match target {
+            IpAddr::V4(_) => (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_PROBE,
+            ),
+            IpAddr::V6(_) => (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_PROBE,
+            ),
+        };
+        // SAFETY: setsockopt reads one c_int from a local we own, on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                level,
+                name,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io("setting don't-fragment on the probe socket")(
+                std::io::Error::last_os_error(),
+            ));
+        }
         Ok(Prober {
             socket,
             target,
@@ -44,26 +87,24 @@ impl Prober {
         })
     }
 
-    /// One echo; the round-trip time, or None after `timeout`.
+    /// One small echo; the round-trip time, or None after `timeout`.
     pub fn probe(&mut self, timeout: Duration) -> Option<Duration> {
+        self.echo(timeout, 0)
+    }
+
+    /// One echo whose IP packet is `size` bytes (at least a small one's);
+    /// the round-trip time, or None after `timeout` or if it cannot leave.
+    pub fn echo(&mut self, timeout: Duration, size: usize) -> Option<Duration> {
         self.seq = self.seq.wrapping_add(1);
         let v4 = self.target.is_ipv4();
-        let mut packet = vec![if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 }, 0, 0, 0];
-        packet.extend_from_slice(&self.id.to_be_bytes());
-        packet.extend_from_slice(&self.seq.to_be_bytes());
-        packet.extend_from_slice(b"strait-gateway-probe");
-        if v4 {
-            // ICMPv6's checksum is the kernel's job on raw sockets; ICMPv4's is ours.
-            let sum = checksum(&packet);
-            packet[2..4].copy_from_slice(&sum.to_be_bytes());
-        }
+        let packet = echo_request(v4, self.id, self.seq, size);
         let start = Instant::now();
         let to = SockAddr::from(SocketAddr::new(self.target, 0));
         if self.socket.send_to(&packet, &to).is_err() {
             return None;
         }
         let deadline = start + timeout;
-        let mut buf = [0u8; 1500];
+        let mut buf = vec![0u8; packet.len().max(1500) + 64];
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             self.socket
@@ -89,17 +130,55 @@ impl Prober {
     }
 }
 
-/// Probes every `interval` until `stop`, recording results in `state`.
+/// An ICMP echo request whose IP packet is `size` bytes (padded; never
+/// shorter than the plain probe).
+fn echo_request(v4: bool, id: u16, seq: u16, size: usize) -> Vec<u8> {
+    let mut packet = vec![if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 }, 0, 0, 0];
+    packet.extend_from_slice(&id.to_be_bytes());
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(b"strait-gateway-probe");
+    let icmp_len = size.saturating_sub(echo_headers(v4) - 8);
+    if packet.len() < icmp_len {
+        packet.resize(icmp_len, 0);
+    }
+    if v4 {
+        // ICMPv6's checksum is the kernel's job on raw sockets; ICMPv4's is ours.
+        let sum = checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    packet
+}
+
+/// Probes every `interval` until `stop`, recording results in `state`;
+/// with `full_size` (the configured tunnel MTU), every
+/// [`FULL_SIZE_EVERY`]th round also probes with a packet that large.
 pub fn run(
     mut prober: Prober,
     interval: Duration,
+    full_size: Option<u32>,
     state: Arc<Mutex<ProbeState>>,
     stop: &std::sync::atomic::AtomicBool,
 ) {
+    let mut round: u64 = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let started = Instant::now();
-        let rtt = prober.probe(interval.min(Duration::from_secs(2)));
+        let timeout = interval.min(Duration::from_secs(2));
+        let rtt = prober.probe(timeout);
+        round += 1;
+        let full = full_size
+            .filter(|_| round.is_multiple_of(FULL_SIZE_EVERY))
+            .map(|size| (size, prober.echo(timeout, size as usize).is_some()));
         if let Ok(mut s) = state.lock() {
+            if let Some((size, answered)) = full {
+                s.full_size.size = size;
+                s.full_size.sent += 1;
+                if answered {
+                    s.full_size.answered += 1;
+                    s.full_size.consecutive_failures = 0;
+                } else {
+                    s.full_size.consecutive_failures += 1;
+                }
+            }
             s.sent += 1;
             match rtt {
                 Some(rtt) => {
@@ -140,5 +219,16 @@ mod tests {
             checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
             0x220d
         );
+    }
+
+    #[test]
+    fn echo_requests_fill_the_asked_size() {
+        let v4 = echo_request(true, 7, 1, 1420);
+        assert_eq!(v4.len() + echo_headers(true) - 8, 1420);
+        assert_eq!(checksum(&v4), 0, "a valid ICMPv4 checksum sums to zero");
+        let v6 = echo_request(false, 7, 1, 1420);
+        assert_eq!(v6.len() + echo_headers(false) - 8, 1420);
+        // Never shorter than the plain probe.
+        assert_eq!(echo_request(true, 7, 1, 0).len(), 8 + 20);
     }
 }

@@ -96,13 +96,14 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     let mut helpers = Vec::new();
     if let Some(target) = probing {
         let prober = probe::Prober::new(target)?;
-        let (state, stop, interval) = (
+        let (state, stop, interval, full_size) = (
             probe_state.clone(),
             controls.stop.clone(),
             options.probe_interval,
+            Some(plan.mtu),
         );
         helpers.push(std::thread::spawn(move || {
-            probe::run(prober, interval, state, &stop)
+            probe::run(prober, interval, full_size, state, &stop)
         }));
     }
     let shared_status: Arc<Mutex<Option<GatewayStatus>>> = Arc::new(Mutex::new(None));
@@ -219,6 +220,8 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             rx_bytes: stats.rx_bytes,
             probes_sent: probe.sent,
             probes_answered: probe.answered,
+            probes_failing: probe.consecutive_failures,
+            full_size_probes: probe.full_size.clone(),
             drops: match &datapath {
                 Datapath::Fast(f) => f.drops(),
                 Datapath::Defguard(_) => Default::default(),
@@ -246,6 +249,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     result
 }
 
+/// How often a gateway waiting for its peer's key file looks for it.
+const PEER_KEY_POLL: Duration = Duration::from_millis(50);
+
 /// An inline key is there at once; a key file may be written by the peer
 /// (or its controller) after we start, so wait for it.
 fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>, Error> {
@@ -264,7 +270,10 @@ fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // The peer's client dials as soon as it has our key, usually within
+        // the same moment we get its key: notice ours quickly so its first
+        // initiations find us listening.
+        std::thread::sleep(PEER_KEY_POLL);
     }
 }
 

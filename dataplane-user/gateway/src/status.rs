@@ -38,6 +38,19 @@ pub struct ProbeState {
     pub consecutive_failures: u32,
     pub last_rtt: Option<Duration>,
     pub last_answer: Option<SystemTime>,
+    /// The probes as large as the configured tunnel MTU.
+    pub full_size: FullSizeProbes,
+}
+
+/// Echoes as large as the configured tunnel MTU, don't-fragment set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSizeProbes {
+    /// Their IP packet size (0: none sent).
+    pub size: u32,
+    pub sent: u64,
+    pub answered: u64,
+    pub consecutive_failures: u32,
 }
 
 /// The status file's content.
@@ -56,6 +69,12 @@ pub struct GatewayStatus {
     pub rx_bytes: u64,
     pub probes_sent: u64,
     pub probes_answered: u64,
+    /// Consecutive unanswered small probes (0 while the tunnel passes data).
+    #[serde(default)]
+    pub probes_failing: u32,
+    /// The full-size (MTU) probes.
+    #[serde(default)]
+    pub full_size_probes: FullSizeProbes,
     /// Datagrams refused at the listen port, by reason.
     #[serde(default)]
     pub drops: BTreeMap<String, u64>,

@@ -18,7 +18,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::{Action, Controller},
         finalizer::{finalizer, Event},
@@ -43,6 +43,7 @@ use strait_gateway::{config::TunnelConfig, status::GatewayStatus, GatewayConfig}
 use tracing::{info, warn};
 
 use super::{
+    in_cluster,
     local::{LocalError, LocalGateways, ProcessState},
     local_key_name,
     readiness::{self, GatewayView},
@@ -407,9 +408,12 @@ pub fn interface_name(namespace: &str, name: &str) -> String {
 }
 
 /// The gateway's `--config`, from its CR and the peering's Configurations.
+/// `peer_key_file` and `public_key_file` are where the gateway finds the
+/// peer's key and writes its own, as it sees them.
 pub fn gateway_config<K: GatewayKind>(
     gateway: &K,
-    files: &super::local::GatewayFiles,
+    peer_key_file: &std::path::Path,
+    public_key_file: &std::path::Path,
     allowed_ips: Vec<String>,
 ) -> Result<GatewayConfig, String> {
     let namespace = gateway.namespace().unwrap_or_default();
@@ -424,9 +428,9 @@ pub fn gateway_config<K: GatewayKind>(
         server: None,
         client: None,
         peer_public_key: None,
-        peer_public_key_file: Some(files.peer_key.clone()),
+        peer_public_key_file: Some(peer_key_file.to_owned()),
         private_key_file: None,
-        public_key_file: Some(files.public_key.clone()),
+        public_key_file: Some(public_key_file.to_owned()),
         tunnel: TunnelConfig {
             addresses: vec![address],
             peer_addresses: vec![peer],
@@ -458,10 +462,11 @@ async fn run_locally<K: GatewayKind>(
         peer_key_name: remote_key_name(name),
         connection: None,
         up_for: None,
+        mtu: None,
     };
     let files = gateways.files(namespace, name);
     let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
-    let config = match gateway_config(gateway, &files, allowed) {
+    let config = match gateway_config(gateway, &files.peer_key, &files.public_key, allowed) {
         Ok(config) => config,
         Err(message) => {
             view.not_ready = Some(message.clone());
@@ -517,6 +522,7 @@ async fn run_locally<K: GatewayKind>(
         Err(_) => false,
     };
     let connection = connection_status(&files.status, &process, peer_key.is_some());
+    view.mtu = reported_mtu(gateway, &files.status);
     write_connection(gateway, ctx, namespace, name, &connection).await?;
     view.connection = Some(connection);
     let ready = match (&view.not_ready, published) {
@@ -537,6 +543,32 @@ async fn run_locally<K: GatewayKind>(
         },
     };
     Ok((ready, view, Action::requeue(LOCAL_POLL)))
+}
+
+/// The spec's MTU and the one the gateway reports using, from a fresh status file.
+fn reported_mtu<K: GatewayKind>(
+    gateway: &K,
+    status_file: &std::path::Path,
+) -> Option<readiness::MtuView> {
+    let configured = u32::try_from(gateway.mtu()).ok()?;
+    let fresh = std::fs::metadata(status_file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age <= STATUS_STALE_AFTER);
+    let status = GatewayStatus::read(status_file).ok().filter(|_| fresh)?;
+    // Full-size probes count only while small ones get through: otherwise
+    // the tunnel is down, not narrow.
+    let full_size_unanswered = if status.probes_failing == 0 {
+        status.full_size_probes.consecutive_failures
+    } else {
+        0
+    };
+    Some(readiness::MtuView {
+        configured,
+        in_use: status.mtu,
+        full_size_unanswered,
+    })
 }
 
 /// Key of `spec.secretRef`'s Secret holding the private key (base64, as
@@ -724,8 +756,8 @@ async fn write_connection<K: GatewayKind>(
     Ok(())
 }
 
-/// The template's values for this gateway.
-fn placeholders<K: GatewayKind>(
+/// The template's values for this gateway (`${NAME}` → `values["NAME"]`).
+pub fn placeholders<K: GatewayKind>(
     gateway: &K,
     namespace: &str,
     name: &str,
@@ -742,6 +774,8 @@ fn placeholders<K: GatewayKind>(
                 .unwrap_or_else(|| "unknown".to_owned()),
         ),
         ("MTU", gateway.mtu().to_string()),
+        ("CONFIG_MAP", in_cluster::config_map_name(name)),
+        ("KEY_SECRET", key_secret_name(gateway, name)),
     ]);
     gateway.placeholders(&mut values);
     values
@@ -804,6 +838,100 @@ fn dynamic_api(
     Api::namespaced_with(ctx.client.clone(), namespace, &resource)
 }
 
+/// The Secret the gateway pod mounts its private key from: the CR's, or the
+/// one the controller generates.
+fn key_secret_name<K: GatewayKind>(gateway: &K, name: &str) -> String {
+    match gateway.secret_ref() {
+        Some(secret) => secret.name.clone(),
+        None => in_cluster::generated_key_secret_name(name),
+    }
+}
+
+/// The gateway's private key in a cluster, or why there is none (reason,
+/// message). A pod mounts only Secrets of its own namespace, so the key
+/// lives in the release namespace: the Secret `spec.secretRef` names (it
+/// must be there), else one the controller generates once and keeps.
+async fn cluster_key<K: GatewayKind>(
+    gateway: &K,
+    ctx: &Context,
+    release_namespace: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<strait_gateway::PrivateKey, (&'static str, String)>, Error> {
+    let parse = |secret: &str, text: &str| {
+        strait_gateway::PrivateKey::parse(text).map_err(|reason| {
+            (
+                "InvalidPrivateKey",
+                format!(
+                    "Secret {release_namespace}/{secret} key {PRIVATE_KEY_SECRET_KEY}: {reason}"
+                ),
+            )
+        })
+    };
+    if let Some(secret) = gateway.secret_ref() {
+        let secret_namespace = secret.namespace.as_deref().unwrap_or(namespace);
+        if secret_namespace != release_namespace {
+            return Ok(Err((
+                "InvalidSpec",
+                format!(
+                    "spec.secretRef names Secret {secret_namespace}/{}, but the gateway pod runs in \
+                     {release_namespace} and can mount only Secrets of its own namespace: create the \
+                     Secret in {release_namespace} and set secretRef.namespace: {release_namespace}",
+                    secret.name
+                ),
+            )));
+        }
+        return Ok(match private_key(ctx, secret, namespace).await? {
+            Ok(text) => parse(&secret.name, &text),
+            Err(message) => Err(("PrivateKeyNotFound", message)),
+        });
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), release_namespace);
+    let secret_name = in_cluster::generated_key_secret_name(name);
+    let stored = |secret: &Secret| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(PRIVATE_KEY_SECRET_KEY))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    if let Some(existing) = secrets.get_opt(&secret_name).await? {
+        return Ok(match stored(&existing) {
+            Some(text) => parse(&secret_name, &text),
+            None => Err((
+                "InvalidPrivateKey",
+                format!(
+                    "Secret {release_namespace}/{secret_name} has no key {PRIVATE_KEY_SECRET_KEY}: \
+                     delete it and a new key is generated"
+                ),
+            )),
+        });
+    }
+    let key = strait_gateway::PrivateKey::generate();
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(secret_name.clone());
+    secret.metadata.labels = serde_json::from_value(labels(gateway)).ok();
+    secret.type_ = Some("Opaque".to_owned());
+    secret.data = Some(BTreeMap::from([(
+        PRIVATE_KEY_SECRET_KEY.to_owned(),
+        k8s_openapi::ByteString(key.to_secret_text().into_bytes()),
+    )]));
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(%release_namespace, secret = %secret_name, gateway = %name, "generated the gateway's key");
+            Ok(Ok(key))
+        }
+        // Another reconcile got there first: use its key.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = secrets.get(&secret_name).await?;
+            Ok(stored(&existing)
+                .ok_or(("InvalidPrivateKey", format!("Secret {release_namespace}/{secret_name} has no key {PRIVATE_KEY_SECRET_KEY}")))
+                .and_then(|text| parse(&secret_name, &text)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn deploy<K: GatewayKind>(
     gateway: &K,
     ctx: &Context,
@@ -815,26 +943,61 @@ async fn deploy<K: GatewayKind>(
         .get_opt(name)
         .await?
         .and_then(|c| c.status);
-    let mut view = GatewayView {
+    let peer_key = Api::<PublicKey>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&remote_key_name(name))
+        .await?;
+    let view = GatewayView {
         gateway: describe(gateway),
         not_ready: None,
-        peer_key_present: None,
+        peer_key_present: Some(peer_key.is_some()),
         peer_key_name: remote_key_name(name),
         connection,
         up_for: None,
+        mtu: None,
     };
+    let fail = |mut view: GatewayView, reason: &'static str, message: String| {
+        view.not_ready = Some(message.clone());
+        Ok((
+            not_ready(reason, message),
+            view,
+            Action::requeue(CLUSTER_POLL),
+        ))
+    };
+    // The template first: without it nothing else is worth creating.
     let objects = match rendered(gateway, ctx, release_namespace, namespace, name).await? {
         Ok(objects) => objects,
-        Err((reason, message)) => {
-            view.not_ready = Some(message.clone());
-            return Ok((
-                not_ready(reason, message),
-                view,
-                Action::requeue(CLUSTER_POLL),
-            ));
-        }
+        Err((reason, message)) => return fail(view, reason, message),
     };
-    let mut applied = Vec::new();
+    let key = match cluster_key(gateway, ctx, release_namespace, namespace, name).await? {
+        Ok(key) => key,
+        Err((reason, message)) => return fail(view, reason, message),
+    };
+    publish_key(gateway, ctx, namespace, name, &key.public_key().to_string()).await?;
+    // The gateway's --config, as its pod sees its files.
+    let paths = in_cluster::pod_paths();
+    let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
+    let mut config = match gateway_config(gateway, &paths.peer_key, &paths.public_key, allowed) {
+        Ok(config) => config,
+        Err(message) => return fail(view, "InvalidSpec", message),
+    };
+    config.private_key_file = Some(paths.private_key);
+    let yaml = serde_norway::to_string(&config)
+        .map_err(|e| Error::Serialize(serde::ser::Error::custom(format!("gateway config: {e}"))))?;
+    let config_map = in_cluster::config_map(
+        name,
+        release_namespace,
+        labels(gateway),
+        &yaml,
+        peer_key.as_ref().map(|k| k.spec.public_key.as_str()),
+    );
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), release_namespace)
+        .patch(
+            &in_cluster::config_map_name(name),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(config_map),
+        )
+        .await?;
+    let mut applied = vec![format!("ConfigMap {}", in_cluster::config_map_name(name))];
     for object in &objects {
         dynamic_api(ctx, object, release_namespace)
             .patch(
@@ -850,8 +1013,9 @@ async fn deploy<K: GatewayKind>(
         status: ConditionStatus::True,
         reason: "Deployed",
         message: format!(
-            "applied {}; the gateway pod publishes its key and Connection",
-            applied.join(", ")
+            "applied {}; public key in PublicKey {}",
+            applied.join(", "),
+            local_key_name(name)
         ),
     };
     Ok((ready, view, Action::requeue(CLUSTER_POLL)))
@@ -875,6 +1039,28 @@ async fn cleanup<K: GatewayKind>(gateway: &K, ctx: &Context) -> Result<Action, E
                             .map(|_| ()),
                     )?;
                 }
+            }
+            ignore_missing(
+                Api::<ConfigMap>::namespaced(ctx.client.clone(), release_namespace)
+                    .delete(
+                        &in_cluster::config_map_name(&name),
+                        &DeleteParams::default(),
+                    )
+                    .await
+                    .map(|_| ()),
+            )?;
+            // A key this controller generated goes with the gateway; a
+            // Secret the user named stays theirs.
+            if gateway.secret_ref().is_none() {
+                ignore_missing(
+                    Api::<Secret>::namespaced(ctx.client.clone(), release_namespace)
+                        .delete(
+                            &in_cluster::generated_key_secret_name(&name),
+                            &DeleteParams::default(),
+                        )
+                        .await
+                        .map(|_| ()),
+                )?;
             }
         }
     }

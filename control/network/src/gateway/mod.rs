@@ -10,6 +10,7 @@
 //! ([`readiness`]).
 
 pub mod controller;
+pub mod in_cluster;
 pub mod local;
 pub mod readiness;
 pub mod template;

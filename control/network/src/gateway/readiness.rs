@@ -36,6 +36,49 @@ pub struct GatewayView {
     pub connection: Option<ConnectionStatus>,
     /// How long the gateway has been up.
     pub up_for: Option<Duration>,
+    /// The tunnel MTU asked for and the one in use, when the gateway reported it.
+    pub mtu: Option<MtuView>,
+}
+
+/// The tunnel MTU of a gateway: its spec's, and the one it could use. The
+/// gateway lowers its tunnel below the spec's when the path to the peer
+/// (its MTU as the kernel knows it, ICMP "packet too big" included) cannot
+/// carry packets of the spec's size plus WireGuard's 60 (IPv4) or 80
+/// (IPv6) bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MtuView {
+    pub configured: u32,
+    pub in_use: u32,
+    /// Echoes of the configured size (don't-fragment set) unanswered in a
+    /// row while small ones come back: the path drops that size silently.
+    pub full_size_unanswered: u32,
+}
+
+/// Unanswered full-size probes in a row that make an MTU mismatch.
+pub const FULL_SIZE_FAILURES_FOR_MISMATCH: u32 = 3;
+
+/// Why the configured MTU does not fit the path, in words a person can act on.
+fn mtu_mismatch(view: &GatewayView) -> Option<String> {
+    let mtu = view.mtu?;
+    if mtu.in_use >= mtu.configured && mtu.full_size_unanswered >= FULL_SIZE_FAILURES_FOR_MISMATCH {
+        return Some(format!(
+            "{}: the last {} probes of {} bytes (spec.mtu) with don't-fragment set went \
+             unanswered through the tunnel while small ones came back: something on the path \
+             drops packets of that size plus WireGuard's 60-80 bytes without reporting it (ICMP \
+             filtered?): lower spec.mtu on both gateways, or let ICMP \"packet too big\" through",
+            view.gateway, mtu.full_size_unanswered, mtu.configured
+        ));
+    }
+    (mtu.in_use < mtu.configured).then(|| {
+        format!(
+            "{} is configured for a tunnel MTU of {} (spec.mtu) but the path to the peer carries \
+             only {} bytes inside the tunnel once WireGuard's 60 (IPv4) or 80 (IPv6) bytes are \
+             added; the gateway lowered its tunnel to {}, and packets sized for {} are dropped or \
+             fragmented: set spec.mtu to {} or less on both gateways (and the MTU of the pods \
+             behind them to match), or raise the underlay's MTU",
+            view.gateway, mtu.configured, mtu.in_use, mtu.in_use, mtu.configured, mtu.in_use
+        )
+    })
 }
 
 /// The `NetworkReady` condition of a peering with this gateway.
@@ -67,6 +110,16 @@ pub fn network_ready(view: &GatewayView) -> ConditionUpdate<'static> {
             format!("{} has not reported a tunnel status yet", view.gateway),
         );
     };
+    // A tunnel that works (or fails) with a smaller MTU than asked for:
+    // the MTU is what to fix.
+    if matches!(
+        connection.value,
+        ConnectionState::Connected | ConnectionState::Error
+    ) {
+        if let Some(message) = mtu_mismatch(view) {
+            return not("MtuMismatch", message);
+        }
+    }
     match connection.value {
         ConnectionState::Connected => ConditionUpdate {
             type_: NETWORK_READY,
@@ -114,7 +167,7 @@ pub async fn publish(
     let status = fc.status.as_ref();
     let state = match (&ready.status, ready.reason) {
         (ConditionStatus::True, _) => ModuleState::Ready,
-        (_, "TunnelNotPassingTraffic" | "HandshakeFailing") => ModuleState::Error,
+        (_, "TunnelNotPassingTraffic" | "HandshakeFailing" | "MtuMismatch") => ModuleState::Error,
         _ => ModuleState::Pending,
     };
     let now =
@@ -160,6 +213,11 @@ mod tests {
             peer_key_name: "remote-to-a".into(),
             connection,
             up_for: Some(Duration::from_secs(1)),
+            mtu: Some(MtuView {
+                configured: 1420,
+                in_use: 1420,
+                full_size_unanswered: 0,
+            }),
         }
     }
 
@@ -206,5 +264,64 @@ mod tests {
             (ConditionStatus::False, "TunnelNotPassingTraffic")
         );
         assert_eq!(c.message, "check the tunnel MTU");
+    }
+
+    #[test]
+    fn a_path_narrower_than_the_configured_mtu_is_an_mtu_mismatch() {
+        let narrow = Some(MtuView {
+            configured: 1420,
+            in_use: 1390,
+            full_size_unanswered: 0,
+        });
+        let mut up = connecting();
+        up.value = ConnectionState::Connected;
+        let mut v = view(Some(up.clone()));
+        v.mtu = narrow;
+        let c = network_ready(&v);
+        assert_eq!(
+            (c.status, c.reason),
+            (ConditionStatus::False, "MtuMismatch")
+        );
+        for words in [
+            "1420 (spec.mtu)",
+            "only 1390 bytes",
+            "set spec.mtu to 1390 or less",
+        ] {
+            assert!(c.message.contains(words), "{words:?} not in {}", c.message);
+        }
+        // Unanswered probes with a narrow path: the MTU is the likely cause.
+        let mut broken = connecting();
+        broken.value = ConnectionState::Error;
+        let mut v = view(Some(broken));
+        v.mtu = narrow;
+        assert_eq!(network_ready(&v).reason, "MtuMismatch");
+        // Still handshaking: the handshake is the first thing to fix.
+        let mut v = view(Some(connecting()));
+        v.mtu = narrow;
+        assert_eq!(network_ready(&v).reason, "Connecting");
+        // A path that drops full-size packets without saying so.
+        let mut v = view(Some(up.clone()));
+        v.mtu = Some(MtuView {
+            configured: 1420,
+            in_use: 1420,
+            full_size_unanswered: FULL_SIZE_FAILURES_FOR_MISMATCH,
+        });
+        let c = network_ready(&v);
+        assert_eq!(c.reason, "MtuMismatch");
+        assert!(c.message.contains("probes of 1420 bytes"), "{}", c.message);
+        v.mtu = Some(MtuView {
+            full_size_unanswered: FULL_SIZE_FAILURES_FOR_MISMATCH - 1,
+            ..v.mtu.unwrap_or_default()
+        });
+        assert_eq!(
+            network_ready(&v).reason,
+            "Connected",
+            "one lost probe is no verdict"
+        );
+        // A path as wide as asked (or no report) is no mismatch.
+        assert_eq!(network_ready(&view(Some(up.clone()))).reason, "Connected");
+        let mut v = view(Some(up));
+        v.mtu = None;
+        assert_eq!(network_ready(&v).reason, "Connected");
     }
 }

@@ -11,6 +11,7 @@
 //!   thread, so packets of a flow are never reordered; encryption and
 //!   decryption run on different cores.
 
+pub mod first_handshake;
 pub mod peer;
 pub mod udp;
 
@@ -38,6 +39,9 @@ const POLL_MS: i32 = 200;
 const RECV_BATCH: usize = 16;
 /// Datagram scratch space for handshakes and keepalives.
 const SCRATCH: usize = 2048;
+/// How often the timers run: fine enough for the first-handshake schedule,
+/// whose shortest delay is 75 ms.
+pub const TIMER_TICK: Duration = Duration::from_millis(25);
 
 struct Shared {
     peer: Mutex<PeerState>,
@@ -466,28 +470,17 @@ fn flush_tun(shared: &Shared, gro: &mut GROTable, packets: &mut [Vec<u8>]) {
     }
 }
 
-/// Handshake retries, rekeying and keepalives, every 100 ms.
+/// Handshake retries, rekeying and keepalives, every [`TIMER_TICK`].
 fn timers(shared: &Shared) {
     let mut scratch = vec![0u8; SCRATCH];
-    let mut to_send = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        let endpoint = {
+        std::thread::sleep(TIMER_TICK);
+        let (to_send, endpoint) = {
             let mut peer = shared.peer();
-            for target in [Target::Current, Target::Pending] {
-                if target == Target::Pending && peer.pending.is_none() {
-                    continue;
-                }
-                if let TunnResult::WriteToNetwork(p) =
-                    peer.session(target).update_timers(&mut scratch)
-                {
-                    to_send.push(p.to_vec());
-                }
-            }
-            peer.endpoint
+            (peer.on_timer(Instant::now(), &mut scratch), peer.endpoint)
         };
-        for p in to_send.drain(..) {
-            if let Some(to) = endpoint {
+        if let Some(to) = endpoint {
+            for p in to_send {
                 shared.send(to, &p, p.len());
             }
         }
@@ -680,6 +673,64 @@ mod tests {
             1,
             "the tunnel is back"
         );
+    }
+
+    /// A client whose first initiation reaches a server that is not
+    /// configured yet (not listening, or without the client's key) reaches
+    /// it again soon after the server is ready, not WireGuard's 5 s later.
+    #[test]
+    fn a_first_handshake_lost_to_an_unready_server_is_retried_within_a_second() {
+        let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
+        let start = Instant::now();
+        let mut b = PeerState::new(
+            b_key.clone(),
+            a_key.public_key(),
+            Some(A_ADDR.parse().unwrap()),
+            allowed("198.19.255.1/32"),
+            None,
+        );
+        // The first packet queues behind a handshake whose initiation is lost.
+        let mut out = vec![0u8; 2048];
+        assert!(matches!(
+            b.current
+                .tunn
+                .encapsulate(&ipv4_packet([198, 19, 255, 2]), &mut out),
+            TunnResult::WriteToNetwork(_)
+        ));
+        let server_ready = Duration::from_millis(400);
+        let mut a: Option<PeerState> = None;
+        let mut scratch = vec![0u8; SCRATCH];
+        let mut delivered_at = None;
+        let mut sent = 0;
+        let mut now = start;
+        while now < start + Duration::from_secs(3) && delivered_at.is_none() {
+            now += TIMER_TICK;
+            if a.is_none() && now - start >= server_ready {
+                a = Some(PeerState::new(
+                    a_key.clone(),
+                    b_key.public_key(),
+                    None,
+                    allowed("198.19.255.2/32"),
+                    None,
+                ));
+            }
+            let datagrams = b.on_timer(now, &mut scratch);
+            sent += datagrams.len();
+            let Some(server) = a.as_mut() else {
+                continue; // lost: nobody listens yet
+            };
+            let (response, _) = deliver(server, B_ADDR, datagrams);
+            let (to_server, _) = deliver(&mut b, A_ADDR, response);
+            if deliver(server, B_ADDR, to_server).1 > 0 {
+                delivered_at = Some(now - start);
+            }
+        }
+        let delivered_at = delivered_at.expect("the queued packet reaches the server");
+        assert!(
+            delivered_at < server_ready + Duration::from_millis(600),
+            "first packet {delivered_at:?} after start, the server being ready after {server_ready:?}"
+        );
+        assert!(sent <= 6, "{sent} datagrams: no flooding");
     }
 
     fn run(start: usize, end: usize, segment: usize) -> GsoRun {

@@ -16,6 +16,7 @@ use defguard_boringtun::noise::{
     errors::WireGuardError, handshake::parse_handshake_anon, Packet, Tunn, TunnResult,
 };
 
+use super::first_handshake::{self, FirstHandshake};
 use crate::{config::Cidr, PrivateKey, PublicKey};
 
 /// One WireGuard state machine and the peer key it speaks to.
@@ -24,6 +25,9 @@ pub struct Session {
     pub peer_key: PublicKey,
     /// Index prefix of our receiver indices (`Tunn` shifts it left by 8).
     pub index: u32,
+    /// Quick retries of the first initiation, when we are the side that
+    /// dials (inactive for a responder).
+    pub first_handshake: FirstHandshake,
 }
 
 struct EarlyInit {
@@ -67,7 +71,12 @@ impl PeerState {
         allowed: Vec<Cidr>,
         keepalive: Option<u16>,
     ) -> Self {
-        let current = new_session(&own_key, peer_key, keepalive, 1);
+        let mut current = new_session(&own_key, peer_key, keepalive, 1);
+        // The dialling side starts the handshake at once instead of waiting
+        // for the first packet, and retries it quickly until it completes.
+        if endpoint.is_some() {
+            current.first_handshake = FirstHandshake::starting_at(Instant::now());
+        }
         PeerState {
             own_key,
             current,
@@ -125,6 +134,8 @@ impl PeerState {
                 self.endpoint,
             ) {
                 out.push((to, init.to_vec()));
+                session.first_handshake =
+                    FirstHandshake::starting_at(Instant::now() + first_handshake::FIRST_DELAY);
             }
         }
         self.pending = Some(session);
@@ -242,6 +253,42 @@ impl PeerState {
         true
     }
 
+    /// WireGuard's timers of every session (retries, rekeying, keepalives)
+    /// and the quick first-handshake retries: the datagrams to send to the
+    /// endpoint now. Called every [`super::TIMER_TICK`].
+    pub fn on_timer(&mut self, now: Instant, scratch: &mut [u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let dialable = self.endpoint.is_some();
+        for session in std::iter::once(&mut self.current).chain(self.pending.as_mut()) {
+            let protocol = match session.tunn.update_timers(scratch) {
+                TunnResult::WriteToNetwork(p) => {
+                    out.push(p.to_vec());
+                    true
+                }
+                _ => false,
+            };
+            if session.tunn.time_since_last_handshake().is_some() {
+                session.first_handshake.finish();
+                continue;
+            }
+            // Without a session, what the protocol's timers wrote is an
+            // initiation already; the quick schedule waits for the next tick.
+            if dialable && !protocol && session.first_handshake.due(now) {
+                if let TunnResult::WriteToNetwork(init) =
+                    session.tunn.format_handshake_initiation(scratch, true)
+                {
+                    tracing::debug!(
+                        attempt = session.first_handshake.sent(),
+                        peer_key = %session.peer_key,
+                        "first handshake: sending an initiation"
+                    );
+                    out.push(init.to_vec());
+                }
+            }
+        }
+        out
+    }
+
     pub fn last_handshake(&self) -> Option<SystemTime> {
         self.current
             .tunn
@@ -269,6 +316,7 @@ fn new_session(own: &PrivateKey, peer: PublicKey, keepalive: Option<u16>, index:
         ),
         peer_key: peer,
         index,
+        first_handshake: FirstHandshake::inactive(),
     }
 }
 
