@@ -93,15 +93,21 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
         .and_then(|s| s.allocatable.clone())
         .expect("allocatable");
     assert_eq!(allocatable["cpu"].0, "4");
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+    // The Lease is written right after the status that made the node Ready.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         local.clone(),
         "kube-node-lease",
-    )
-    .get("provider-b")
-    .within("reading lease provider-b")
-    .await
-    .expect("lease");
-    assert!(lease.spec.and_then(|s| s.renew_time).is_some());
+    );
+    eventually("the node's Lease renewed", WAIT, || async {
+        leases
+            .get_opt("provider-b")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .is_some_and(|s| s.renew_time.is_some())
+    })
+    .await;
     let vns: Api<VirtualNode> = Api::namespaced(local.clone(), names::SYSTEM_NAMESPACE);
     eventually("VirtualNode Ready", WAIT, || async {
         vns.get("provider-b")
