@@ -115,6 +115,7 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
                     ("MTU", "1420"),
                     ("ENDPOINT", "198.18.0.1:51840"),
                     ("NODE_NAME", "strait-cluster-b"),
+                    ("LOCAL_CLUSTER_ID", "cluster-a"),
                 ],
             );
             assert!(

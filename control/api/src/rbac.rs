@@ -12,12 +12,18 @@ pub struct Rule {
     pub api_group: &'static str,
     pub resources: &'static [&'static str],
     pub verbs: &'static [&'static str],
+    /// Only these objects; empty for all.
+    pub resource_names: &'static [&'static str],
 }
 
 impl Rule {
     /// The rule as `rbac.authorization.k8s.io/v1` writes it.
     pub fn to_policy_rule(&self) -> Value {
-        json!({"apiGroups": [self.api_group], "resources": self.resources, "verbs": self.verbs})
+        let mut rule = json!({"apiGroups": [self.api_group], "resources": self.resources, "verbs": self.verbs});
+        if !self.resource_names.is_empty() {
+            rule["resourceNames"] = json!(self.resource_names);
+        }
+        rule
     }
 }
 
@@ -30,6 +36,7 @@ pub const OFFLOADING_IN_TENANT_NAMESPACE: &[Rule] = &[Rule {
     api_group: group::OFFLOADING,
     resources: &["namespacemaps"],
     verbs: &["get", "create", "patch"],
+    resource_names: &[],
 }];
 
 /// `rules` as a Role's `rules`.
