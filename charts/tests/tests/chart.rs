@@ -117,6 +117,7 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
                     ("NODE_NAME", "strait-cluster-b"),
                     ("CONFIG_MAP", "gw-cluster-b-config"),
                     ("KEY_SECRET", "gw-cluster-b-key"),
+                    ("LOCAL_CLUSTER_ID", "cluster-a"),
                 ],
             );
             assert!(

@@ -10,6 +10,7 @@ pub mod ipam;
 pub mod names;
 pub mod networking;
 pub mod offloading;
+pub mod rbac;
 pub mod rules;
 
 pub use common::{ObjectReference, SecretReference};

@@ -25,7 +25,7 @@ use strait_api::authentication::{
 };
 use strait_api::condition::{find_condition, is_condition_true, ConditionStatus};
 use strait_api::names::{finalizer::RESOURCE_SLICE, label, tenant_namespace};
-use strait_api::{Condition, ConditionUpdate};
+use strait_api::{rbac, Condition, ConditionUpdate};
 
 use crate::consumer::{client_key, identity_client, identity_ready, store_identity, IdentityKind};
 use crate::handshake::{self, slice_user};
@@ -504,13 +504,23 @@ async fn issue_slice_identity(
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let labels =
         json!({label::MANAGED_BY: label::MANAGED_BY_VALUE, label::REMOTE_CLUSTER_ID: consumer});
+    // Its slice, and what the offloading module asks for through a
+    // VirtualNode made from this slice (its NamespaceMap).
+    let mut rules = vec![
+        json!({"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"], "resourceNames": [name], "verbs": ["get", "watch"]}),
+    ];
+    rules.extend(rbac::policy_rules(rbac::OFFLOADING_IN_TENANT_NAMESPACE));
     Api::<Role>::namespaced(ctx.client.clone(), &namespace)
-        .patch(&role, &apply, &Patch::Apply(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": role, "namespace": namespace, "labels": labels},
-            "rules": [{"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"], "resourceNames": [name], "verbs": ["get", "watch"]}],
-        })))
+        .patch(
+            &role,
+            &apply,
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": role, "namespace": namespace, "labels": labels},
+                "rules": rules,
+            })),
+        )
         .await?;
     Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace)
         .patch(&role, &apply, &Patch::Apply(json!({

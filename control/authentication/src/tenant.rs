@@ -24,6 +24,7 @@ use strait_api::authentication::{ApiServer, AuthParams, ResourceSlice, Tenant};
 use strait_api::condition::ConditionStatus::{False, True};
 use strait_api::core::ForeignCluster;
 use strait_api::names::{finalizer::TENANT, label, tenant_namespace};
+use strait_api::rbac;
 use strait_api::ConditionUpdate;
 
 use crate::handshake::{self, Validity};
@@ -261,18 +262,21 @@ async fn write_status(
 }
 
 /// RBAC of a consumer's control-plane identity: ResourceSlices in its tenant
-/// namespace (reading their status), nothing else anywhere.
+/// namespace (reading their status) and what the offloading module asks
+/// there (its NamespaceMap), nothing else anywhere.
 async fn bind_consumer(ctx: &Context, namespace: &str, user: &str) -> Result<(), Error> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let mut rules = vec![
+        json!({"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"],
+               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        json!({"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices/status"], "verbs": ["get"]}),
+    ];
+    rules.extend(rbac::policy_rules(rbac::OFFLOADING_IN_TENANT_NAMESPACE));
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": CONSUMER_ROLE, "namespace": namespace, "labels": {label::MANAGED_BY: label::MANAGED_BY_VALUE}},
-        "rules": [
-            {"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            {"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices/status"], "verbs": ["get"]},
-        ],
+        "rules": rules,
     });
     Api::<Role>::namespaced(ctx.client.clone(), namespace)
         .patch(CONSUMER_ROLE, &apply, &Patch::Apply(role))

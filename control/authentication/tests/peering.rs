@@ -563,3 +563,110 @@ async fn a_hand_made_identity_shows_up_as_a_foreign_cluster() {
         "discovery selects no module"
     );
 }
+
+/// Offloading through the Identity this module issues, with no Role made by
+/// hand: cluster-a's NamespaceOffloading gets its namespace on cluster-b
+/// (the NamespaceMap in the tenant namespace is applied and read through
+/// the Identity), and the Identity may then run ShadowPods there. Only the
+/// namespace part of offloading runs here (no virtual kubelet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issued_identity_is_all_offloading_needs_on_the_provider() {
+    use std::sync::Arc;
+    use strait_api::offloading::{NamespaceOffloading, OffloadingPhase, ShadowPod, VirtualNode};
+    use strait_offloading::{namespace_map_controller, namespace_offloading_controller};
+
+    let a = Peer::start("cluster-a").await;
+    let b = Peer::start("cluster-b").await;
+    peer(&a, &b).await;
+    wait_authenticated(&a, "cluster-b").await;
+    let tenant_on_a = tenant_namespace("cluster-b");
+    let identity = Api::<Identity>::namespaced(a.client(), &tenant_on_a)
+        .get("cluster-b-control-plane")
+        .await
+        .expect("the control-plane Identity");
+    let secret = identity
+        .status
+        .and_then(|s| s.kubeconfig_secret_ref)
+        .expect("its kubeconfig Secret");
+
+    let consumer_side = tokio::spawn(namespace_offloading_controller::run(Arc::new(
+        namespace_offloading_controller::Context {
+            client: a.client(),
+            local_cluster_id: "cluster-a".into(),
+        },
+    )));
+    let provider_side = tokio::spawn(namespace_map_controller::run(b.client()));
+    let _stop = StopOnDrop(vec![consumer_side, provider_side]);
+
+    let virtual_node: VirtualNode = serde_json::from_value(json!({
+        "apiVersion": "offloading.strait.dev/v1beta1", "kind": "VirtualNode",
+        "metadata": {"name": "cluster-b"},
+        "spec": {"clusterID": "cluster-b", "kubeconfigSecretRef": {"name": secret.name}},
+    }))
+    .expect("virtual node");
+    Api::<VirtualNode>::namespaced(a.client(), &tenant_on_a)
+        .create(&PostParams::default(), &virtual_node)
+        .await
+        .expect("VirtualNode");
+    let apps: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("namespace");
+    Api::<Namespace>::all(a.client())
+        .create(&PostParams::default(), &apps)
+        .await
+        .expect("namespace");
+    let offloading: NamespaceOffloading = serde_json::from_value(json!({
+        "apiVersion": "offloading.strait.dev/v1beta1", "kind": "NamespaceOffloading",
+        "metadata": {"name": "offloading"},
+        "spec": {"podOffloadingStrategy": "Remote"},
+    }))
+    .expect("namespace offloading");
+    Api::<NamespaceOffloading>::namespaced(a.client(), "apps")
+        .create(&PostParams::default(), &offloading)
+        .await
+        .expect("NamespaceOffloading");
+    let offloadings: Api<NamespaceOffloading> = Api::namespaced(a.client(), "apps");
+    eventually(
+        "apps offloaded to cluster-b through the issued Identity",
+        STEP,
+        || async {
+            offloadings
+                .get("offloading")
+                .await
+                .is_ok_and(|o| o.status.is_some_and(|s| s.phase == OffloadingPhase::Ready))
+        },
+    )
+    .await;
+    Api::<Namespace>::all(b.client())
+        .get("apps-cluster-a")
+        .await
+        .expect("the remote namespace on cluster-b");
+
+    let through_identity = identity_client(&a, "cluster-b").await;
+    let shadow: ShadowPod = serde_json::from_value(json!({
+        "apiVersion": "offloading.strait.dev/v1beta1", "kind": "ShadowPod",
+        "metadata": {"name": "web"},
+        "spec": {"pod": {"containers": [{"name": "app", "image": "app:1"}]}},
+    }))
+    .expect("shadow pod");
+    Api::<ShadowPod>::namespaced(through_identity.clone(), "apps-cluster-a")
+        .create(&PostParams::default(), &shadow)
+        .await
+        .expect("the Identity runs ShadowPods in the offloaded namespace");
+    forbidden(
+        Api::<ShadowPod>::namespaced(through_identity, "default")
+            .create(&PostParams::default(), &shadow)
+            .await,
+        "ShadowPods outside its offloaded namespaces",
+    );
+}
+
+/// Aborts the tasks when the test ends, before the clusters go.
+struct StopOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}

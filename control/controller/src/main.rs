@@ -173,7 +173,12 @@ struct OffloadingArgs {
 }
 
 impl OffloadingArgs {
-    fn module(&self, cluster_id: Option<String>) -> strait_offloading::module::ModuleConfig {
+    /// `release_namespace`: where the virtual kubelet Deployments run.
+    fn module(
+        &self,
+        cluster_id: Option<String>,
+        release_namespace: &str,
+    ) -> strait_offloading::module::ModuleConfig {
         use strait_offloading::kubelet::{KubeletSettings, Launcher, ProcessLauncher};
         let local = self.virtual_kubelet_binary.is_some();
         let launcher = match &self.virtual_kubelet_binary {
@@ -181,6 +186,7 @@ impl OffloadingArgs {
             None => Launcher::Deployment {
                 image: self.virtual_kubelet_image.clone(),
                 service_account: "strait-virtual-kubelet".into(),
+                namespace: release_namespace.to_owned(),
             },
         };
         let mut kubelet = KubeletSettings {
@@ -266,7 +272,10 @@ async fn main() -> Result<()> {
         }));
     }
     if cli.offloading.enabled {
-        let settings = cli.offloading.module(cli.cluster_id.clone());
+        let settings = cli.offloading.module(
+            cli.cluster_id.clone(),
+            &cli.network.gateway.release_namespace,
+        );
         let client = client.clone();
         modules.push(Box::pin(async move {
             strait_offloading::module::run(client, settings)

@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     api::{DeleteParams, Patch, PatchParams},
-    Api, Client, Resource as _, ResourceExt as _,
+    Api, Client, ResourceExt as _,
 };
 use serde_json::json;
 use strait_api::{names, offloading::VirtualNode};
@@ -90,29 +90,40 @@ pub fn kubelet_args(virtual_node: &VirtualNode, settings: &KubeletSettings) -> V
     args
 }
 
-/// The Deployment that runs `virtual_node`'s kubelet in a cluster, owned by
-/// the VirtualNode so it goes with it.
+/// Name of the Deployment of `virtual_node`'s kubelet.
+pub fn deployment_name(virtual_node: &VirtualNode) -> String {
+    format!(
+        "strait-vk-{}-{}",
+        virtual_node.namespace().unwrap_or_default(),
+        virtual_node.name_any()
+    )
+}
+
+/// The Deployment that runs `virtual_node`'s kubelet in a cluster, in
+/// `namespace` (the release namespace, where its ServiceAccount and RBAC
+/// are). VirtualNodes live in tenant namespaces, so the Deployment cannot
+/// be owned by one (an owner is looked for in the dependent's namespace):
+/// labels name its VirtualNode, and the VirtualNode's finalizer deletes it.
 pub fn render_deployment(
     virtual_node: &VirtualNode,
     settings: &KubeletSettings,
     image: &str,
     service_account: &str,
+    namespace: &str,
 ) -> Result<Deployment, Error> {
-    let name = format!("strait-vk-{}", virtual_node.name_any());
     let labels = json!({
         "app.kubernetes.io/name": "strait-virtual-kubelet",
         names::label::MANAGED_BY: names::label::MANAGED_BY_VALUE,
         names::label::VIRTUAL_NODE: virtual_node.name_any(),
     });
-    let owner = virtual_node.controller_owner_ref(&());
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": name,
-            "namespace": virtual_node.namespace(),
+            "name": deployment_name(virtual_node),
+            "namespace": namespace,
             "labels": labels,
-            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+            "annotations": {names::annotation::VIRTUAL_NODE: key(virtual_node)},
         },
         "spec": {
             "replicas": 1,
@@ -140,10 +151,11 @@ pub fn render_deployment(
 pub enum Launcher {
     /// Child processes of the controller (local simulation).
     Process(ProcessLauncher),
-    /// A Deployment per VirtualNode (in a cluster).
+    /// A Deployment per VirtualNode (in a cluster), in `namespace`.
     Deployment {
         image: String,
         service_account: String,
+        namespace: String,
     },
 }
 
@@ -162,10 +174,11 @@ impl Launcher {
             Self::Deployment {
                 image,
                 service_account,
+                namespace,
             } => {
-                let deployment = render_deployment(virtual_node, settings, image, service_account)?;
-                let namespace = virtual_node.namespace().unwrap_or_default();
-                Api::<Deployment>::namespaced(client.clone(), &namespace)
+                let deployment =
+                    render_deployment(virtual_node, settings, image, service_account, namespace)?;
+                Api::<Deployment>::namespaced(client.clone(), namespace)
                     .patch(
                         &deployment.name_any(),
                         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -183,11 +196,9 @@ impl Launcher {
                 launcher.stop(&key(virtual_node)).await;
                 Ok(())
             }
-            Self::Deployment { .. } => {
-                let namespace = virtual_node.namespace().unwrap_or_default();
-                let name = format!("strait-vk-{}", virtual_node.name_any());
-                match Api::<Deployment>::namespaced(client.clone(), &namespace)
-                    .delete(&name, &DeleteParams::default())
+            Self::Deployment { namespace, .. } => {
+                match Api::<Deployment>::namespaced(client.clone(), namespace)
+                    .delete(&deployment_name(virtual_node), &DeleteParams::default())
                     .await
                 {
                     Ok(_) => Ok(()),
@@ -356,24 +367,20 @@ mod tests {
         assert_eq!(pair("--pod-cidr-remap"), "10.0.0.0/16=10.70.0.0/16");
         assert_eq!(pair("--node-ip"), "$(POD_IP)");
 
-        let deployment =
-            render_deployment(&vn, &settings, "strait/vk:1", "strait-vk").expect("renders");
+        let deployment = render_deployment(&vn, &settings, "strait/vk:1", "strait-vk", "strait")
+            .expect("renders");
         assert_eq!(
             deployment.metadata.name.as_deref(),
-            Some("strait-vk-cluster-b-gpu")
+            Some("strait-vk-strait-tenant-cluster-b-cluster-b-gpu")
         );
         assert_eq!(
             deployment.metadata.namespace.as_deref(),
-            Some("strait-tenant-cluster-b")
+            Some("strait"),
+            "next to its ServiceAccount"
         );
-        let owner = &deployment
-            .metadata
-            .owner_references
-            .as_ref()
-            .expect("owned")[0];
         assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str()),
-            ("VirtualNode", "uid-1")
+            deployment.metadata.owner_references, None,
+            "no owner across namespaces"
         );
         let pod = deployment
             .spec

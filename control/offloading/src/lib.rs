@@ -15,6 +15,7 @@ pub mod namespace_map_controller;
 pub mod namespace_offloading_controller;
 pub mod placement;
 pub mod quantity;
+pub mod rbac;
 pub mod reflection;
 pub mod remote;
 pub mod shadow_endpointslice_controller;

@@ -57,24 +57,14 @@ pub async fn run(client: Client) {
         .await;
 }
 
-/// Rights of a consumer in a namespace offloaded to this cluster: write the
-/// objects its virtual kubelets reflect, read its pods and their logs and events.
+/// Rights of a consumer in a namespace offloaded to this cluster
+/// ([`crate::rbac::OFFLOADED_NAMESPACE`]).
 pub async fn ensure_offloaded_namespace_role(client: &Client) -> Result<(), Error> {
-    let all = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    let read = ["get", "list", "watch"];
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": OFFLOADED_NAMESPACE_ROLE, "labels": {names::label::MANAGED_BY: names::label::MANAGED_BY_VALUE}},
-        "rules": [
-            {"apiGroups": [names::group::OFFLOADING], "resources": ["shadowpods", "shadowendpointslices"], "verbs": all},
-            {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "persistentvolumeclaims"], "verbs": all},
-            {"apiGroups": [""], "resources": ["pods", "events"], "verbs": read},
-            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": read},
-        ],
+        "rules": strait_api::rbac::policy_rules(crate::rbac::OFFLOADED_NAMESPACE),
     });
     Api::<ClusterRole>::all(client.clone())
         .patch(

@@ -48,10 +48,13 @@ pub async fn run(context: Arc<Context>) {
     let client = context.client.clone();
     let offloadings = Api::<NamespaceOffloading>::all(client.clone());
     // Any VirtualNode change may change which providers are selected.
+    // Watches that only trigger are backed off too: an error retried at
+    // once never yields and spins while the API server is away.
     let virtual_nodes = watcher(
         Api::<VirtualNode>::all(client.clone()),
         watcher::Config::default(),
     )
+    .default_backoff()
     .touched_objects()
     .filter_map(|r| async move { r.ok().map(|_| ()) });
     let namespaces = Controller::new(offloadings.clone(), watcher::Config::default())
@@ -323,7 +326,8 @@ async fn place_pods(client: Client) {
         watcher(
             Api::<NamespaceOffloading>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .default_backoff(),
     )
     .applied_objects()
     .filter_map(|r| async move { r.ok().map(|_| ()) });

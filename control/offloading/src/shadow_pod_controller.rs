@@ -207,6 +207,15 @@ async fn apply(
         if !owned {
             merge_conditions(&mut status.conditions, vec![condition("Admitted", false, "NameTaken", format!("pod {namespace}/{name} exists and is not this ShadowPod's: delete it or rename the pod"))], shadow.metadata.generation);
         } else {
+            // Its pod exists, so it was admitted. Said again on every write:
+            // the status read from the cache may predate the admission, and
+            // writing its old refusal back would leave the consumer's pod
+            // Pending for QuotaExceeded while it runs.
+            merge_conditions(
+                &mut status.conditions,
+                vec![admitted_condition()],
+                shadow.metadata.generation,
+            );
             status.phase = phase_of(&pod);
             status.pod_status = pod.status.clone();
             if is_finished(status.phase) {
@@ -222,12 +231,7 @@ async fn apply(
     let verdict = admit(shadow, context, namespace).await?;
     let admitted = verdict.is_ok();
     let update = match &verdict {
-        Ok(()) => condition(
-            "Admitted",
-            true,
-            "WithinQuota",
-            "admitted within the tenant's quota",
-        ),
+        Ok(()) => admitted_condition(),
         Err((reason, message)) => condition("Admitted", false, reason, message.clone()),
     };
     merge_conditions(
@@ -263,6 +267,15 @@ async fn apply(
     } else {
         Action::requeue(Duration::from_secs(5))
     })
+}
+
+fn admitted_condition() -> strait_api::ConditionUpdate<'static> {
+    condition(
+        "Admitted",
+        true,
+        "WithinQuota",
+        "admitted within the tenant's quota",
+    )
 }
 
 async fn write_status(
@@ -419,4 +432,87 @@ async fn cleanup(shadow: &ShadowPod, context: &Context, namespace: &str) -> Resu
 /// Whether the ShadowPod's status says its pod ran to completion.
 pub fn finished(status: &ShadowPodStatus) -> bool {
     is_finished(status.phase)
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::PostParams;
+    use serde_json::json;
+    use strait_testkit::TestCluster;
+
+    use super::*;
+
+    /// The controller's cache may still hold a ShadowPod as it was before
+    /// its admission when the pod's first status change comes in: that old
+    /// refusal must not be written back next to the running pod's status.
+    #[tokio::test]
+    async fn a_stale_refusal_is_not_written_back_once_the_pod_runs() {
+        let cluster = TestCluster::start("shadow-stale").await.expect("starts");
+        let client = cluster.client();
+        let namespace = "work-from-consumer";
+        let namespaces = Api::<Namespace>::all(client.clone());
+        let labelled: Namespace = serde_json::from_value(json!({"metadata": {
+            "name": namespace, "labels": {names::label::REMOTE_CLUSTER_ID: "consumer"}}}))
+        .expect("namespace");
+        namespaces
+            .create(&PostParams::default(), &labelled)
+            .await
+            .expect("namespace");
+        let api = Api::<ShadowPod>::namespaced(client.clone(), namespace);
+        let shadow: ShadowPod = serde_json::from_value(json!({
+            "apiVersion": "offloading.strait.dev/v1beta1", "kind": "ShadowPod",
+            "metadata": {"name": "job"},
+            "spec": {"pod": {"containers": [{"name": "app", "image": "app:1"}]}},
+        }))
+        .expect("shadow");
+        api.create(&PostParams::default(), &shadow)
+            .await
+            .expect("create");
+        let mut refused = ShadowPodStatus {
+            phase: PodPhase::Pending,
+            conditions: Vec::new(),
+            pod_status: None,
+        };
+        merge_conditions(
+            &mut refused.conditions,
+            vec![condition("Admitted", false, "QuotaExceeded", "no cpu left")],
+            Some(1),
+        );
+        apply_status(&api, "job", FIELD_MANAGER, &refused)
+            .await
+            .expect("refusal");
+        let stale = api.get("job").await.expect("stale read");
+        // Admitted since: the pod runs, and the admission is on record.
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "job"},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        }))
+        .expect("pod");
+        pod.metadata.owner_references = stale.controller_owner_ref(&()).map(|o| vec![o]);
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("pod");
+        pods.patch_status(
+            "job",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .expect("running");
+
+        let context = Context::new(client.clone(), Enforcement::Hard);
+        apply(&stale, &context, &api, namespace)
+            .await
+            .expect("reconcile");
+
+        let status = api.get("job").await.expect("read").status.expect("status");
+        assert_eq!(status.phase, PodPhase::Running);
+        let admitted = find_condition(&status.conditions, "Admitted").expect("Admitted");
+        assert_eq!(
+            (admitted.status, admitted.reason.as_str()),
+            (ConditionStatus::True, "WithinQuota"),
+            "{admitted:?}"
+        );
+    }
 }

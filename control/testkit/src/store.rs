@@ -189,7 +189,63 @@ impl State {
             object: stored,
             previous: previous.map(Arc::new),
         });
+        if !meta::is_deleting(&object) && self.all_owners_absent(&object) {
+            // The garbage collector deletes a dependent whose owners are all
+            // gone, also one written after they went (or that names owners
+            // that never existed here): soon after the write, here at once.
+            tracing::debug!(
+                kind = %self.registry.get(type_id).kind,
+                namespace = meta::namespace(&object),
+                name = meta::name(&object),
+                owners = ?meta::owner_uids(&object),
+                "garbage-collecting an object written with no live owner"
+            );
+            if let Some(removed) = self.delete(type_id, object.clone()) {
+                self.cascade(removed, Propagation::Background);
+            }
+        }
         object
+    }
+
+    /// Whether `object` has owner references and none of them resolves to a
+    /// live object, as the garbage collector resolves them: by group and
+    /// kind, a namespaced owner in the dependent's own namespace (a
+    /// cluster-scoped dependent cannot have one), and the same uid. An
+    /// owner of a kind this server does not serve is assumed live.
+    fn all_owners_absent(&self, object: &Value) -> bool {
+        let Some(owners) = object
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .filter(|refs| !refs.is_empty())
+        else {
+            return false;
+        };
+        let namespace = meta::namespace(object);
+        owners.iter().all(|owner| {
+            let text = |key: &str| owner.get(key).and_then(Value::as_str).unwrap_or_default();
+            let group = text("apiVersion")
+                .rsplit_once('/')
+                .map(|(group, _)| group)
+                .unwrap_or("");
+            let Some(owner_type) = self
+                .registry
+                .types
+                .iter()
+                .position(|t| t.group == group && t.kind == text("kind"))
+            else {
+                return false;
+            };
+            let owner_namespace = if self.registry.get(owner_type).namespaced {
+                if namespace.is_empty() {
+                    return true;
+                }
+                namespace
+            } else {
+                ""
+            };
+            self.get(owner_type, owner_namespace, text("name"))
+                .is_none_or(|live| meta::uid(live) != text("uid"))
+        })
     }
 
     /// Removes an object for good, then lets the cascades it starts run:

@@ -686,6 +686,95 @@ async fn owner_references_are_garbage_collected() {
         .is_empty());
 }
 
+/// As the garbage collector does: a dependent written when none of its
+/// owners exists (gone before, another namespace's, another cluster's uid)
+/// is deleted; one with a live owner among dead ones stays.
+#[tokio::test]
+async fn a_dependent_written_without_a_live_owner_is_collected() {
+    let cluster = cluster("gc-late").await;
+    let client = cluster.client();
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "elsewhere"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let elsewhere: Api<ConfigMap> = Api::namespaced(client.clone(), "elsewhere");
+    let owner = api
+        .create(&PostParams::default(), &config_map("owner", json!({})))
+        .await
+        .expect("owner");
+    let uid = owner.metadata.uid.clone().expect("uid");
+    let reference = |name: &str, uid: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": uid});
+    let owned_by = |name: &str, owners: Vec<Value>| {
+        let mut child = config_map(name, json!({}));
+        child.metadata.owner_references =
+            Some(serde_json::from_value(Value::Array(owners)).expect("owner references"));
+        child
+    };
+
+    api.create(
+        &PostParams::default(),
+        &owned_by("live", vec![reference("owner", &uid)]),
+    )
+    .await
+    .expect("created");
+    api.get("live").await.expect("a live owner keeps it");
+
+    for (name, owners) in [
+        (
+            "other-cluster",
+            vec![reference("owner", "uid-of-another-cluster")],
+        ),
+        ("never-existed", vec![reference("nobody", "uid-1")]),
+    ] {
+        let created = api
+            .create(&PostParams::default(), &owned_by(name, owners))
+            .await
+            .expect("the write itself succeeds");
+        assert!(created.metadata.uid.is_some());
+        assert_eq!(api_error(api.get(name).await).code, 404, "{name} collected");
+    }
+    // A namespaced owner is looked for in the dependent's own namespace.
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &owned_by("cross-namespace", vec![reference("owner", &uid)]),
+        )
+        .await
+        .expect("created");
+    assert_eq!(
+        api_error(elsewhere.get("cross-namespace").await).code,
+        404,
+        "an owner in another namespace is no owner"
+    );
+    // One live owner is enough.
+    api.create(
+        &PostParams::default(),
+        &owned_by(
+            "one-live",
+            vec![reference("nobody", "uid-1"), reference("owner", &uid)],
+        ),
+    )
+    .await
+    .expect("created");
+    api.get("one-live").await.expect("kept by its live owner");
+
+    // Written after its owner went: collected too.
+    api.delete("owner", &DeleteParams::default())
+        .await
+        .expect("owner deleted");
+    api.create(
+        &PostParams::default(),
+        &owned_by("late", vec![reference("owner", &uid)]),
+    )
+    .await
+    .expect("created");
+    assert_eq!(api_error(api.get("late").await).code, 404, "late collected");
+}
+
 #[tokio::test]
 async fn admission_refuses_invalid_strait_objects() {
     use strait_api::ipam::Network;

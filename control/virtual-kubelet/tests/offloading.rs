@@ -67,6 +67,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     consumer.wait_node_ready("provider-b", true).await;
     let node = Api::<Node>::all(local.clone())
         .get("provider-b")
+        .within("reading node provider-b")
         .await
         .expect("node");
     assert_eq!(
@@ -92,14 +93,21 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
         .and_then(|s| s.allocatable.clone())
         .expect("allocatable");
     assert_eq!(allocatable["cpu"].0, "4");
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+    // The Lease is written right after the status that made the node Ready.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         local.clone(),
         "kube-node-lease",
-    )
-    .get("provider-b")
-    .await
-    .expect("lease");
-    assert!(lease.spec.and_then(|s| s.renew_time).is_some());
+    );
+    eventually("the node's Lease renewed", WAIT, || async {
+        leases
+            .get_opt("provider-b")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .is_some_and(|s| s.renew_time.is_some())
+    })
+    .await;
     let vns: Api<VirtualNode> = Api::namespaced(local.clone(), names::SYSTEM_NAMESPACE);
     eventually("VirtualNode Ready", WAIT, || async {
         vns.get("provider-b")
@@ -121,6 +129,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     let remote_namespace = "shop-consumer-a";
     Api::<Namespace>::all(remote.clone())
         .get(remote_namespace)
+        .within("reading the remote namespace")
         .await
         .expect("remote namespace on the provider");
 
@@ -145,6 +154,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     wait_phase(&local, "shop", "web", "Running").await;
     let shadow = Api::<ShadowPod>::namespaced(remote.clone(), remote_namespace)
         .get("web")
+        .within("reading ShadowPod web")
         .await
         .expect("ShadowPod");
     assert_eq!(
@@ -156,11 +166,13 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     );
     let real = Api::<Pod>::namespaced(remote.clone(), remote_namespace)
         .get("web")
+        .within("reading the provider's pod web")
         .await
         .expect("real pod");
     let remote_ip = real.status.and_then(|s| s.pod_ip).expect("provider pod IP");
     let local_ip = pods
         .get("web")
+        .within("reading pod web")
         .await
         .expect("pod")
         .status
@@ -208,6 +220,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     assert_eq!(code, 404, "a namespace not offloaded through this node");
 
     pods.delete("web", &DeleteParams::default())
+        .within("deleting pod web")
         .await
         .expect("delete pod");
     let remote_pods: Api<Pod> = Api::namespaced(remote.clone(), remote_namespace);
@@ -226,6 +239,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
 
     offloadings
         .delete("offloading", &DeleteParams::default())
+        .within("deleting the NamespaceOffloading")
         .await
         .expect("delete offloading");
     eventually("the remote namespace is gone", WAIT, || async {
@@ -240,6 +254,7 @@ async fn a_pod_on_a_virtual_node_runs_on_the_provider_and_everything_goes_away_a
     })
     .await;
     vns.delete("provider-b", &DeleteParams::default())
+        .within("deleting VirtualNode provider-b")
         .await
         .expect("delete virtual node");
     eventually("the VirtualNode is drained and gone", WAIT, || async {
@@ -350,6 +365,7 @@ async fn two_virtual_nodes_of_one_provider_get_the_pods_their_labels_select_with
     wait_phase(&local, "ml", "train-2", "Failed").await;
     let refused = Api::<Pod>::namespaced(local.clone(), "ml")
         .get("train-2")
+        .within("reading pod train-2")
         .await
         .expect("pod");
     assert_eq!(
@@ -359,7 +375,12 @@ async fn two_virtual_nodes_of_one_provider_get_the_pods_their_labels_select_with
     let remote_namespace = "ml-consumer-c";
     let remote_pods: Api<Pod> = Api::namespaced(provider.cluster.client(), remote_namespace);
     assert!(
-        remote_pods.get_opt("train-2").await.expect("get").is_none(),
+        remote_pods
+            .get_opt("train-2")
+            .within("reading the provider's pod train-2")
+            .await
+            .expect("get")
+            .is_none(),
         "a refused pod never reaches the provider"
     );
     eventually("allocatable shrinks by what runs", WAIT, || async {
@@ -375,6 +396,7 @@ async fn two_virtual_nodes_of_one_provider_get_the_pods_their_labels_select_with
     .await;
     let shadow = Api::<ShadowPod>::namespaced(provider.cluster.client(), remote_namespace)
         .get("train-0")
+        .within("reading ShadowPod train-0")
         .await
         .expect("shadow");
     assert_eq!(
@@ -439,6 +461,7 @@ async fn an_unreachable_provider_makes_the_node_not_ready_and_its_return_ready_w
     );
     let node = Api::<Node>::all(local.clone())
         .get("provider-f")
+        .within("reading node provider-f")
         .await
         .expect("node");
     let ready = node
@@ -459,6 +482,7 @@ async fn an_unreachable_provider_makes_the_node_not_ready_and_its_return_ready_w
     let remote_pods: Api<Pod> = Api::namespaced(provider.cluster.client(), "jobs-consumer-e");
     let names: Vec<String> = remote_pods
         .list(&Default::default())
+        .within("listing the provider's pods")
         .await
         .expect("list")
         .into_iter()
@@ -471,6 +495,7 @@ async fn an_unreachable_provider_makes_the_node_not_ready_and_its_return_ready_w
     );
     let shadows = Api::<ShadowPod>::namespaced(provider.cluster.client(), "jobs-consumer-e")
         .list(&Default::default())
+        .within("listing the provider's ShadowPods")
         .await
         .expect("list");
     assert_eq!(shadows.items.len(), 2);
@@ -563,6 +588,7 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
     .await;
     let service = Api::<Service>::namespaced(remote.clone(), remote_ns)
         .get("frontend")
+        .within("reading the reflected Service")
         .await
         .expect("service");
     let spec = service.spec.expect("spec");
@@ -577,6 +603,7 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
     );
     let slice = Api::<EndpointSlice>::namespaced(remote.clone(), remote_ns)
         .get("frontend-abc")
+        .within("reading the reflected EndpointSlice")
         .await
         .expect("slice");
     assert_eq!(
@@ -587,7 +614,12 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
         Some("frontend")
     );
     assert!(
-        remote_cms.get_opt("private").await.expect("get").is_none(),
+        remote_cms
+            .get_opt("private")
+            .within("reading the provider's ConfigMap private")
+            .await
+            .expect("get")
+            .is_none(),
         "opted out"
     );
 
@@ -598,6 +630,7 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
             &PatchParams::default(),
             &Patch::Merge(json!({"data": {"mode": "green"}})),
         )
+        .within("updating ConfigMap settings")
         .await
         .expect("update");
     Api::<Secret>::namespaced(local.clone(), "web")
@@ -606,6 +639,7 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
             &PatchParams::default(),
             &Patch::Merge(json!({"data": {"password": "dHdv"}})),
         )
+        .within("updating Secret token")
         .await
         .expect("update");
     eventually("updates propagate", WAIT, || async {
@@ -624,10 +658,12 @@ async fn services_endpoints_configmaps_and_secrets_are_reflected_and_follow_upda
                 json!({"metadata": {"annotations": {names::annotation::SKIP_REFLECTION: "true"}}}),
             ),
         )
+        .within("opting ConfigMap settings out")
         .await
         .expect("opt out");
     Api::<Secret>::namespaced(local.clone(), "web")
         .delete("token", &DeleteParams::default())
+        .within("deleting Secret token")
         .await
         .expect("delete");
     eventually("copies removed", WAIT, || async {
@@ -740,19 +776,29 @@ async fn strategies_name_and_place_and_report_per_cluster_and_the_provider_enfor
     })
     .await;
     let remote_pods: Api<Pod> = Api::namespaced(remote.clone(), "batch-from-i");
-    assert!(remote_pods.get_opt("c").await.expect("get").is_none());
+    assert!(remote_pods
+        .get_opt("c")
+        .within("reading the provider's pod c")
+        .await
+        .expect("get")
+        .is_none());
     remote_pods
         .patch_status(
             "a",
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
         )
+        .within("completing the provider's pod a")
         .await
         .expect("a completes");
     wait_phase(&local, "batch", "a", "Succeeded").await;
     wait_phase(&local, "batch", "c", "Running").await;
     // A completed pod is never started again.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let a = remote_pods.get("a").await.expect("a stays");
+    let a = remote_pods
+        .get("a")
+        .within("reading the provider's pod a")
+        .await
+        .expect("a stays");
     assert_eq!(a.status.and_then(|s| s.phase).as_deref(), Some("Succeeded"));
 }

@@ -343,42 +343,6 @@ async fn offload(stage: &Stage, clusters: &Clusters, report: &mut Report) -> Res
         .context("the control-plane Identity has no kubeconfig Secret")?
         .to_owned();
 
-    report.say(format!(
-        "offloading: the authentication module's identity for {a} on {b} may only manage ResourceSlices;\n\
-         {b}'s admin also lets it map namespaces (not yet granted by the modules themselves):",
-        a = a.id,
-        b = b.id
-    ));
-    let consumer_user = format!("strait:consumer:{}", a.id);
-    let grant = format!(
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:
-  name: strait-offloading-{a}
-  namespace: strait-tenant-{a}
-rules:
-  - apiGroups: [offloading.strait.dev]
-    resources: [namespacemaps]
-    verbs: [get, list, watch, create, update, patch, delete]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: strait-offloading-{a}
-  namespace: strait-tenant-{a}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: Role
-  name: strait-offloading-{a}
-subjects:
-  - apiGroup: rbac.authorization.k8s.io
-    kind: User
-    name: {consumer_user}
-"#,
-        a = a.id
-    );
-    apply(stage, b, "provider-offloading.yaml", &grant, report)?;
-
     let virtual_node = format!(
         r#"apiVersion: offloading.strait.dev/v1beta1
 kind: VirtualNode

@@ -23,6 +23,27 @@ use strait_testkit::{Options, TestCluster};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// `.within("what").await`: [`bounded`] as a method of any future.
+pub trait Within: std::future::Future + Sized {
+    fn within(self, what: &str) -> impl std::future::Future<Output = Self::Output> {
+        bounded(what.to_owned(), self)
+    }
+}
+
+impl<F: std::future::Future> Within for F {}
+
+/// Awaits `future` for at most [`WAIT`]: a hang becomes a failure that
+/// says what the test was waiting for.
+pub async fn bounded<T>(
+    what: impl std::fmt::Display,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("no answer within {WAIT:?}: {what}"),
+    }
+}
+
 pub fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("a valid object")
 }
@@ -35,30 +56,45 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    let api: Api<T> = Api::namespaced(client.clone(), namespace.unwrap_or("default"));
-    api.create(&PostParams::default(), &object(value))
+    let namespace = namespace.unwrap_or("default");
+    let api: Api<T> = Api::namespaced(client.clone(), namespace);
+    let what = format!(
+        "creating {} {namespace}/{}",
+        T::kind(&()),
+        value["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    bounded(&what, api.create(&PostParams::default(), &object(value)))
         .await
-        .expect("create")
+        .unwrap_or_else(|error| panic!("{what}: {error}"))
 }
 
 pub async fn namespace(client: &Client, name: &str) {
-    Api::<Namespace>::all(client.clone())
-        .create(
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let what = format!("creating namespace {name}");
+    bounded(
+        &what,
+        namespaces.create(
             &PostParams::default(),
             &object(json!({"metadata": {"name": name}})),
-        )
-        .await
-        .expect("namespace");
+        ),
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{what}: {error}"));
 }
 
-/// The offloading module of one cluster, stopped when dropped.
-pub struct Module(tokio::task::JoinHandle<()>);
+/// A task of the test (a cluster's offloading module, a stand-in kubelet),
+/// stopped when dropped. Dropping a bare JoinHandle would leave it running
+/// after its cluster is gone, until the runtime shuts down.
+pub struct Task(tokio::task::JoinHandle<()>);
 
-impl Drop for Module {
+impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
+
+/// The offloading module of one cluster, stopped when dropped.
+pub type Module = Task;
 
 /// The strait-virtual-kubelet binary: cargo's for tests, else next to this executable.
 pub fn virtual_kubelet_binary() -> std::path::PathBuf {
@@ -98,7 +134,7 @@ pub fn start_module(
         },
         quota_enforcement: enforcement,
     };
-    Module(tokio::spawn(async move {
+    Task(tokio::spawn(async move {
         if let Err(error) = module::run(client, config).await {
             panic!("offloading module stopped: {error}");
         }
@@ -107,23 +143,29 @@ pub fn start_module(
 
 /// A provider: a TLS cluster where the consumer's identity may only touch
 /// its tenant namespace (and, once granted, the namespaces it offloads).
+///
+/// Fields drop in order: the module and the kubelet stop before the cluster
+/// they talk to goes away.
 pub struct Provider {
+    _module: Module,
+    _kubelet: Task,
     pub id: String,
     pub cluster: TestCluster,
     pub consumer_kubeconfig: String,
-    _module: Module,
-    _kubelet: tokio::task::JoinHandle<()>,
 }
 
 impl Provider {
     /// `grant` is the hand-made ResourceSlice grant of the consumer.
     pub async fn start(id: &str, consumer_id: &str, grant: Value, dir: &std::path::Path) -> Self {
-        let cluster = TestCluster::start_with(
-            id,
-            Options {
-                tls: true,
-                ..Options::default()
-            },
+        let cluster = bounded(
+            format!("provider {id} starting"),
+            TestCluster::start_with(
+                id,
+                Options {
+                    tls: true,
+                    ..Options::default()
+                },
+            ),
         )
         .await
         .expect("provider starts");
@@ -150,14 +192,16 @@ impl Provider {
             "metadata": {"name": "default"},
             "spec": {"consumerClusterID": consumer_id, "providerClusterID": id, "resources": grant.clone()},
         })).await;
-        slices
-            .patch_status(
+        bounded(
+            "granting the ResourceSlice",
+            slices.patch_status(
                 &slice.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(json!({"status": {"resources": grant}})),
-            )
-            .await
-            .expect("grant");
+            ),
+        )
+        .await
+        .expect("grant");
         let consumer_kubeconfig = cluster
             .kubeconfig_yaml_as(&user, &[])
             .expect("consumer kubeconfig");
@@ -170,7 +214,7 @@ impl Provider {
             KubeletSettings::default(),
             Enforcement::Hard,
         );
-        let kubelet = tokio::spawn(play_kubelet(admin));
+        let kubelet = Task(tokio::spawn(play_kubelet(admin)));
         Self {
             id: id.to_owned(),
             cluster,
@@ -187,11 +231,15 @@ pub fn pod_ip(n: u32) -> String {
 }
 
 /// The provider's kubelet, played by the test: every pod that appears is
-/// Running with an address, unless its annotation asks otherwise.
+/// Running with an address.
 pub async fn play_kubelet(client: Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut started = 0u32;
+    // With backoff: a watch error retried at once never yields, and a task
+    // that never yields keeps the runtime from shutting down (the test then
+    // hangs after its last assertion, once the provider's server is gone).
     let mut events = watcher(pods, watcher::Config::default())
+        .default_backoff()
         .applied_objects()
         .boxed();
     while let Some(event) = events.next().await {
@@ -222,11 +270,13 @@ pub async fn play_kubelet(client: Client) {
 }
 
 /// The consumer: a plain cluster with the offloading module.
+///
+/// The module drops first: it stops before the cluster it talks to.
 pub struct Consumer {
+    module: Option<Module>,
     pub id: String,
     pub cluster: TestCluster,
     pub dir: tempfile::TempDir,
-    module: Option<Module>,
 }
 
 impl Consumer {
@@ -235,7 +285,9 @@ impl Consumer {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let cluster = TestCluster::start(id).await.expect("consumer starts");
+        let cluster = bounded(format!("consumer {id} starting"), TestCluster::start(id))
+            .await
+            .expect("consumer starts");
         let dir = tempfile::tempdir().expect("temp dir");
         namespace(&cluster.client(), names::SYSTEM_NAMESPACE).await;
         Self {
@@ -328,14 +380,18 @@ pub fn node_ready(node: &Node) -> Option<bool> {
 
 /// Binds a pod to a node, as the scheduler does.
 pub async fn bind(client: &Client, namespace: &str, pod: &str, node: &str) {
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .patch(
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let what = format!("binding pod {namespace}/{pod} to {node}");
+    bounded(
+        &what,
+        pods.patch(
             pod,
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"nodeName": node}})),
-        )
-        .await
-        .expect("bind");
+        ),
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{what}: {error}"));
 }
 
 pub async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> Option<String> {
@@ -347,16 +403,45 @@ pub async fn pod_phase(client: &Client, namespace: &str, pod: &str) -> Option<St
         .and_then(|p| p.status.and_then(|s| s.phase))
 }
 
+/// Waits for a pod's phase; a timeout names the pod and shows its last status.
 pub async fn wait_phase(client: &Client, namespace: &str, pod: &str, phase: &str) {
-    strait_testkit::eventually(&format!("pod {namespace}/{pod} {phase}"), WAIT, || async {
-        pod_phase(client, namespace, pod).await.as_deref() == Some(phase)
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let mut last = None;
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Some(current)) = pods.get_opt(pod).await {
+                let status = current.status.unwrap_or_default();
+                if status.phase.as_deref() == Some(phase) {
+                    return;
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
+    assert!(
+        reached.is_ok(),
+        "pod {namespace}/{pod} not {phase} within {WAIT:?}; last status: {}",
+        last.map(|s| serde_json::to_string(&s).unwrap_or_default())
+            .unwrap_or_else(|| "never read".into())
+    );
 }
 
 /// Everything Strait left in a cluster: names of objects of the kinds it
 /// creates, in every namespace, skipping what the test made itself.
 pub async fn leftovers(client: &Client, keep_namespaces: &[&str]) -> BTreeMap<String, Vec<String>> {
+    bounded(
+        "listing what Strait left behind",
+        list_leftovers(client, keep_namespaces),
+    )
+    .await
+}
+
+async fn list_leftovers(
+    client: &Client,
+    keep_namespaces: &[&str],
+) -> BTreeMap<String, Vec<String>> {
     let mut found = BTreeMap::new();
     let names_of = |items: Vec<String>| items;
     let pods = Api::<Pod>::all(client.clone())
@@ -414,10 +499,12 @@ pub async fn leftovers(client: &Client, keep_namespaces: &[&str]) -> BTreeMap<St
 
 /// What a kubelet endpoint of a virtual node answers.
 pub async fn kubelet_get(client: &Client, node: &str, path: &str) -> (u16, String) {
-    let node = Api::<Node>::all(client.clone())
-        .get(node)
-        .await
-        .expect("node");
+    let node = bounded(
+        format!("reading node {node}"),
+        Api::<Node>::all(client.clone()).get(node),
+    )
+    .await
+    .expect("node");
     let status = node.status.expect("node status");
     let address = &status.addresses.expect("addresses")[0].address;
     let port = status
@@ -533,12 +620,18 @@ pub fn through(kubeconfig: &str, address: std::net::SocketAddr) -> String {
 pub async fn schedule(client: &Client, namespace: &str, pod: &str) -> Option<String> {
     use strait_offloading::placement::selects;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let spec = pods.get(pod).await.expect("pod").spec.unwrap_or_default();
-    let mut nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
+    let spec = bounded(format!("reading pod {namespace}/{pod}"), pods.get(pod))
         .await
-        .expect("nodes")
-        .items;
+        .expect("pod")
+        .spec
+        .unwrap_or_default();
+    let mut nodes = bounded(
+        "listing nodes",
+        Api::<Node>::all(client.clone()).list(&ListParams::default()),
+    )
+    .await
+    .expect("nodes")
+    .items;
     nodes.sort_by_key(|n| n.name_any());
     let required = spec
         .affinity
