@@ -3,7 +3,7 @@ use std::{ffi::CString, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use strait_common::{fabric::LocalEndpoints, Direction, NatSide};
+use strait_common::{fabric::LocalEndpoints, Direction};
 use strait_dataplane::{
     bpffs::PinDir,
     cluster::{ClusterFabric, Follow},
@@ -100,8 +100,8 @@ enum NatCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Attach the NAT programs to the interfaces facing the peer: destination
-    /// NAT on ingress, source NAT on egress.
+    /// Attach the NAT programs to the interfaces facing the peer, on ingress
+    /// and egress: every mapping translates both ways.
     Attach {
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
@@ -263,18 +263,18 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         NatCommand::Detach { ifaces } => {
             let pins = PinDir::open(pin_dir)?;
             for iface in &ifaces {
-                for side in NatSide::ALL {
+                for direction in Direction::ALL {
                     // Whichever variant is there: the interface may have
                     // been recreated with another link type since.
-                    let mode = match tc::detach(&pins, TcProgram::Nat(side), iface) {
+                    let mode = match tc::detach(&pins, TcProgram::Nat(direction), iface) {
                         Err(strait_dataplane::Error::NotAttached { .. }) => {
-                            tc::detach(&pins, TcProgram::NatL3(side), iface)?
+                            tc::detach(&pins, TcProgram::NatL3(direction), iface)?
                         }
                         other => other?,
                     };
                     println!(
                         "detached {} NAT from {iface} ({})",
-                        side.as_str(),
+                        direction.as_str(),
                         mode.as_str()
                     );
                 }

@@ -367,12 +367,13 @@ pub fn act(
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }
-        // The NAT of this gateway: this cluster's pods leave as the peer
-        // sees them (the peer's Configuration status), and come back.
+        // The NAT of this gateway: this cluster's pods are exposed as the
+        // peer sees them (the peer's Configuration status): their source
+        // is translated on the way out, the destination back on the way in.
         let mut nat = String::from("prefixes:\n");
         for (real, as_seen) in POD_CIDRS.iter().zip(&views[peer]) {
             nat.push_str(&format!(
-                "  - {{direction: Source, from: \"{real}\", to: \"{as_seen}\"}}\n  - {{direction: Destination, from: \"{as_seen}\", to: \"{real}\"}}\n"
+                "  - {{direction: Source, from: \"{real}\", to: \"{as_seen}\"}}\n"
             ));
         }
         let nat_file = stage.path(&format!("nat-{}.yaml", ["a", "b"][own]));
