@@ -1,13 +1,14 @@
 //! The NAT tables: validation of NatConfiguration specs ([`NatPlan`]), their
 //! flattening into sorted disjoint ranges ([`ranges`]), their atomic
 //! application to the pinned arrays the `strait_nat_*` programs search
-//! ([`NatTables`]).
+//! ([`NatTables`]), and following NatConfiguration CRs ([`follow`]).
 //!
 //! Every mapping is a stateless bidirectional translation on the gateway's
 //! interface toward the peer, so it fills two tables (see
 //! strait_common::nat and [`TableId`]): its forward translation, keyed by
 //! `from`, on the way out, and its reverse, keyed by `to`, on the way in.
 
+pub mod follow;
 mod ranges;
 mod tables;
 
