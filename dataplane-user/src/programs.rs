@@ -1,7 +1,7 @@
 //! The embedded eBPF object and the programs in it.
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use strait_common::{Direction, NatSide};
+use strait_common::Direction;
 
 use crate::{bpffs::PinDir, Error};
 
@@ -16,11 +16,12 @@ pub enum TcProgram {
     GeneveEncap,
     /// Geneve decapsulation, at the underlay's ingress.
     GeneveDecap,
-    /// Destination NAT runs on ingress (from the peer), source NAT on egress.
-    Nat(NatSide),
+    /// NAT of packets arriving from (ingress) or leaving toward (egress)
+    /// the peer.
+    Nat(Direction),
     /// As `Nat`, for L3-only devices (WireGuard, tun, IP-in-IP), whose
     /// packets start with the IP header.
-    NatL3(NatSide),
+    NatL3(Direction),
 }
 
 impl TcProgram {
@@ -31,23 +32,19 @@ impl TcProgram {
             TcProgram::Count(Direction::Egress) => "strait_count_egress",
             TcProgram::GeneveEncap => "strait_geneve_encap",
             TcProgram::GeneveDecap => "strait_geneve_decap",
-            TcProgram::Nat(NatSide::Destination) => "strait_nat_ingress",
-            TcProgram::Nat(NatSide::Source) => "strait_nat_egress",
-            TcProgram::NatL3(NatSide::Destination) => "strait_nat_l3_ingress",
-            TcProgram::NatL3(NatSide::Source) => "strait_nat_l3_egress",
+            TcProgram::Nat(Direction::Ingress) => "strait_nat_ingress",
+            TcProgram::Nat(Direction::Egress) => "strait_nat_egress",
+            TcProgram::NatL3(Direction::Ingress) => "strait_nat_l3_ingress",
+            TcProgram::NatL3(Direction::Egress) => "strait_nat_l3_egress",
         }
     }
 
     pub const fn direction(self) -> Direction {
         match self {
-            TcProgram::Count(direction) => direction,
+            TcProgram::Count(direction)
+            | TcProgram::Nat(direction)
+            | TcProgram::NatL3(direction) => direction,
             TcProgram::GeneveEncap | TcProgram::GeneveDecap => Direction::Ingress,
-            TcProgram::Nat(NatSide::Destination) | TcProgram::NatL3(NatSide::Destination) => {
-                Direction::Ingress
-            }
-            TcProgram::Nat(NatSide::Source) | TcProgram::NatL3(NatSide::Source) => {
-                Direction::Egress
-            }
         }
     }
 
@@ -57,10 +54,10 @@ impl TcProgram {
     pub const fn link_name(self) -> &'static str {
         match self {
             TcProgram::Count(direction) => direction.as_str(),
-            TcProgram::Nat(NatSide::Destination) => "nat_ingress",
-            TcProgram::Nat(NatSide::Source) => "nat_egress",
-            TcProgram::NatL3(NatSide::Destination) => "nat_l3_ingress",
-            TcProgram::NatL3(NatSide::Source) => "nat_l3_egress",
+            TcProgram::Nat(Direction::Ingress) => "nat_ingress",
+            TcProgram::Nat(Direction::Egress) => "nat_egress",
+            TcProgram::NatL3(Direction::Ingress) => "nat_l3_ingress",
+            TcProgram::NatL3(Direction::Egress) => "nat_l3_egress",
             TcProgram::GeneveEncap => "geneve_encap",
             TcProgram::GeneveDecap => "geneve_decap",
         }

@@ -111,15 +111,15 @@ const L3_ONLY_LINK_TYPES: [u16; 7] = [
     libc::ARPHRD_PPP,
 ];
 
-/// The NAT programs (destination, source) built for `iface`'s link type:
-/// the Ethernet ones, or those for L3-only devices.
+/// The NAT programs (ingress, egress) built for `iface`'s link type: the
+/// Ethernet ones, or those for L3-only devices.
 pub fn nat_programs(iface: &str) -> Result<[TcProgram; 2], Error> {
-    use strait_common::NatSide::{Destination, Source};
+    use strait_common::Direction::{Egress, Ingress};
     let link_type = link_type(iface)?;
     if link_type == libc::ARPHRD_ETHER {
-        Ok([TcProgram::Nat(Destination), TcProgram::Nat(Source)])
+        Ok([TcProgram::Nat(Ingress), TcProgram::Nat(Egress)])
     } else if L3_ONLY_LINK_TYPES.contains(&link_type) {
-        Ok([TcProgram::NatL3(Destination), TcProgram::NatL3(Source)])
+        Ok([TcProgram::NatL3(Ingress), TcProgram::NatL3(Egress)])
     } else {
         Err(Error::UnsupportedLinkType {
             iface: iface.to_owned(),

@@ -6,11 +6,16 @@
 //!      fd00:18:10::2         fd00:18:200::/64          fd00:18:10::2
 //! ```
 //!
-//! Each side knows the other's pods as 198.19.10.0/24 (fd00:19:10::/64): a
-//! gateway rewrites the source of what leaves towards the peer and the
-//! destination of what arrives from it. UDP, TCP and ICMP echo must work
-//! across, and a time-exceeded error raised by gwB must reach podA's socket
-//! translated back, over IPv4 and IPv6. Needs root.
+//! A knows B's pods as 198.19.10.0/24 (fd00:19:10::/64), B knows A's as
+//! 198.19.30.0/24 (fd00:19:30::/64). In the own-view setup each gateway has
+//! only its own Destination mapping of the peer's pods, as the network
+//! module renders it, and knows nothing of the peer's choice: between the
+//! gateways packets carry the real pod addresses. In the exposed setup each
+//! gateway instead has a Source mapping exposing its pods under the address
+//! the peer knows them by (Liqo's way, which needs the peer's choice).
+//! UDP, TCP and ICMP echo must work across either way, and a time-exceeded
+//! error raised by gwB must reach podA's socket translated back, over IPv4
+//! and IPv6. Needs root.
 
 use std::{
     io::{Read as _, Write as _},
@@ -28,35 +33,44 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The pod address in both clusters.
 const POD: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 2);
-/// The other cluster's pod, as each side knows it.
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 2);
+/// B's pod as A knows it, and A's pod as B knows it.
+const B_SEEN_BY_A: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 2);
+const A_SEEN_BY_B: Ipv4Addr = Ipv4Addr::new(198, 19, 30, 2);
 const GW_A_TRANSIT: &str = "198.18.200.1";
 const GW_B_TRANSIT: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 2);
 const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0x10, 0, 0, 0, 0, 2);
-const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0x10, 0, 0, 0, 0, 2);
+const B_SEEN_BY_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0x10, 0, 0, 0, 0, 2);
+const A_SEEN_BY_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0x30, 0, 0, 0, 0, 2);
 const GW_A_TRANSIT6: &str = "fd00:18:200::1";
 const GW_B_TRANSIT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0x200, 0, 0, 0, 0, 2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The same table on both gateways, once as a whole object (admitted like
-/// the API server would) and once as a bare spec.
-const NAT_OBJECT: &str = r#"
+/// gwA's own view of B's pods, as a whole object (admitted like the API
+/// server would); gwB's of A's pods as a bare spec.
+const OWN_VIEW_A: &str = r#"
 apiVersion: networking.strait.dev/v1beta1
 kind: NatConfiguration
 metadata: {name: peer, namespace: strait}
 spec:
   prefixes:
-    - {direction: Source, from: 198.18.10.0/24, to: 198.19.10.0/24}
     - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}
-    - {direction: Source, from: "fd00:18:10::/64", to: "fd00:19:10::/64"}
     - {direction: Destination, from: "fd00:19:10::/64", to: "fd00:18:10::/64"}
 "#;
-const NAT_SPEC: &str = r#"
+const OWN_VIEW_B: &str = r#"
+prefixes:
+  - {direction: Destination, from: 198.19.30.0/24, to: 198.18.10.0/24}
+  - {direction: Destination, from: "fd00:19:30::/64", to: "fd00:18:10::/64"}
+"#;
+/// Each gateway exposes its pods as the peer knows them.
+const EXPOSED_A: &str = r#"
+prefixes:
+  - {direction: Source, from: 198.18.10.0/24, to: 198.19.30.0/24}
+  - {direction: Source, from: "fd00:18:10::/64", to: "fd00:19:30::/64"}
+"#;
+const EXPOSED_B: &str = r#"
 prefixes:
   - {direction: Source, from: 198.18.10.0/24, to: 198.19.10.0/24}
-  - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}
   - {direction: Source, from: "fd00:18:10::/64", to: "fd00:19:10::/64"}
-  - {direction: Destination, from: "fd00:19:10::/64", to: "fd00:18:10::/64"}
 "#;
 
 /// A config file removed on drop.
@@ -142,29 +156,25 @@ impl Clusters {
                 Some(relay)
             }
         };
-        for (gw, next_v4, next_v6) in [
-            (&c.gw_a, "198.18.200.2", "fd00:18:200::2"),
-            (&c.gw_b, GW_A_TRANSIT, GW_A_TRANSIT6),
-        ] {
-            gw.ip(&[
-                "route",
-                "add",
+        // Each side routes the peer's pods, as it knows them, to the peer.
+        for (gw, peer_v4, next_v4, peer_v6, next_v6) in [
+            (
+                &c.gw_a,
                 "198.19.10.0/24",
-                "via",
-                next_v4,
-                "dev",
-                "peer",
-            ])?;
-            gw.ip(&[
-                "-6",
-                "route",
-                "add",
+                "198.18.200.2",
                 "fd00:19:10::/64",
-                "via",
-                next_v6,
-                "dev",
-                "peer",
-            ])?;
+                "fd00:18:200::2",
+            ),
+            (
+                &c.gw_b,
+                "198.19.30.0/24",
+                GW_A_TRANSIT,
+                "fd00:19:30::/64",
+                GW_A_TRANSIT6,
+            ),
+        ] {
+            gw.ip(&["route", "add", peer_v4, "via", next_v4, "dev", "peer"])?;
+            gw.ip(&["-6", "route", "add", peer_v6, "via", next_v6, "dev", "peer"])?;
         }
         for gw in [&c.gw_a, &c.gw_b] {
             sysctl(gw, "net.ipv4.ip_forward", "1")?;
@@ -258,11 +268,16 @@ impl Drop for TunRelay {
 }
 
 /// Applies the table on a gateway and attaches the programs to its peer
-/// side, checking the variant chosen for the link type.
-fn start_gateway(fabric: &FabricCli, config: &TempFile, program: &str) -> TestResult {
+/// side, checking the variant chosen for the link type and the tables.
+fn start_gateway(
+    fabric: &FabricCli,
+    config: &TempFile,
+    program: &str,
+    tables: &[&str],
+) -> TestResult {
     let config = config.0.to_str().ok_or("non-UTF-8 temp path")?;
     let applied = fabric.run(&["nat", "apply", "--config", config])?;
-    assert!(applied.starts_with("applied 4 NAT entries"), "{applied}");
+    assert!(applied.starts_with("applied 2 NAT entries"), "{applied}");
     let attached = fabric.run(&["nat", "attach", "--iface", "peer"])?;
     assert_eq!(attached.lines().count(), 2, "{attached}");
     assert!(
@@ -274,50 +289,108 @@ fn start_gateway(fabric: &FabricCli, config: &TempFile, program: &str) -> TestRe
         "{attached}"
     );
     let shown = fabric.run(&["nat", "show"])?;
-    for entry in [
-        "destination 198.19.10.0/24 -> 198.18.10.0/24",
-        "source 198.18.10.0/24 -> 198.19.10.0/24",
-        "destination fd00:19:10::/64 -> fd00:18:10::/64",
-        "source fd00:18:10::/64 -> fd00:19:10::/64",
-    ] {
+    assert!(shown.contains("4 ranges"), "{shown}");
+    for entry in tables {
         assert!(shown.contains(entry), "{entry} missing from:\n{shown}");
     }
     Ok(())
 }
 
-#[test]
-fn overlapping_clusters_talk_through_the_remap() -> TestResult {
-    talk_across(Transit::Veth, "strait_nat")
+/// Which mappings the gateways have.
+#[derive(Clone, Copy, Debug)]
+enum Mappings {
+    /// Each its own Destination mapping of the peer's pods.
+    OwnView,
+    /// Each a Source mapping exposing its pods as the peer knows them.
+    Exposed,
 }
 
 #[test]
-fn overlapping_clusters_talk_through_the_remap_over_an_l3_tunnel() -> TestResult {
-    talk_across(Transit::Tun, "strait_nat_l3")
+fn overlapping_clusters_talk_through_their_own_remaps() -> TestResult {
+    talk_across(Transit::Veth, "strait_nat", Mappings::OwnView)
 }
 
-fn talk_across(transit: Transit, program: &str) -> TestResult {
+#[test]
+fn overlapping_clusters_talk_through_their_own_remaps_over_an_l3_tunnel() -> TestResult {
+    talk_across(Transit::Tun, "strait_nat_l3", Mappings::OwnView)
+}
+
+#[test]
+fn overlapping_clusters_talk_through_exposed_ranges() -> TestResult {
+    talk_across(Transit::Veth, "strait_nat", Mappings::Exposed)
+}
+
+fn talk_across(transit: Transit, program: &str, mappings: Mappings) -> TestResult {
     let (c, _relay) = Clusters::new(transit)?;
     let pins_a = TestPinDir::new("nat-gw-a")?;
     let pins_b = TestPinDir::new("nat-gw-b")?;
     let fabric_a = FabricCli::new(&c.gw_a, pins_a.path())?;
     let fabric_b = FabricCli::new(&c.gw_b, pins_b.path())?;
-    let object = TempFile::new("object", NAT_OBJECT)?;
-    let spec = TempFile::new("spec", NAT_SPEC)?;
-    start_gateway(&fabric_a, &object, program)?;
-    start_gateway(&fabric_b, &spec, program)?;
+    match mappings {
+        Mappings::OwnView => {
+            start_gateway(
+                &fabric_a,
+                &TempFile::new("own-a", OWN_VIEW_A)?,
+                program,
+                &[
+                    "egress destination 198.19.10.0/24 -> 198.18.10.0/24",
+                    "ingress source 198.18.10.0/24 -> 198.19.10.0/24",
+                    "egress destination fd00:19:10::/64 -> fd00:18:10::/64",
+                    "ingress source fd00:18:10::/64 -> fd00:19:10::/64",
+                ],
+            )?;
+            start_gateway(
+                &fabric_b,
+                &TempFile::new("own-b", OWN_VIEW_B)?,
+                program,
+                &[
+                    "egress destination 198.19.30.0/24 -> 198.18.10.0/24",
+                    "ingress source 198.18.10.0/24 -> 198.19.30.0/24",
+                ],
+            )?;
+        }
+        Mappings::Exposed => {
+            start_gateway(
+                &fabric_a,
+                &TempFile::new("exposed-a", EXPOSED_A)?,
+                program,
+                &[
+                    "egress source 198.18.10.0/24 -> 198.19.30.0/24",
+                    "ingress destination 198.19.30.0/24 -> 198.18.10.0/24",
+                    "egress source fd00:18:10::/64 -> fd00:19:30::/64",
+                    "ingress destination fd00:19:30::/64 -> fd00:18:10::/64",
+                ],
+            )?;
+            start_gateway(
+                &fabric_b,
+                &TempFile::new("exposed-b", EXPOSED_B)?,
+                program,
+                &["egress source 198.18.10.0/24 -> 198.19.10.0/24"],
+            )?;
+        }
+    }
 
-    for (pod, remote, router) in [
-        (
-            IpAddr::from(POD),
-            IpAddr::from(REMOTE_POD),
-            IpAddr::from(GW_B_TRANSIT),
-        ),
-        (POD6.into(), REMOTE_POD6.into(), GW_B_TRANSIT6.into()),
+    for view in [
+        Views {
+            pod: IpAddr::from(POD),
+            b_seen_by_a: IpAddr::from(B_SEEN_BY_A),
+            a_seen_by_b: IpAddr::from(A_SEEN_BY_B),
+        },
+        Views {
+            pod: POD6.into(),
+            b_seen_by_a: B_SEEN_BY_A6.into(),
+            a_seen_by_b: A_SEEN_BY_B6.into(),
+        },
     ] {
-        udp_round_trip(&c, pod, remote)?;
-        tcp_round_trip(&c, pod, remote)?;
-        ping(&c, remote)?;
-        time_exceeded_comes_back(&c, pod, remote, router)?;
+        let router = if view.pod.is_ipv4() {
+            IpAddr::from(GW_B_TRANSIT)
+        } else {
+            GW_B_TRANSIT6.into()
+        };
+        udp_round_trip(&c, &view)?;
+        tcp_round_trip(&c, &view)?;
+        ping(&c, view.b_seen_by_a)?;
+        time_exceeded_comes_back(&c, view.pod, view.b_seen_by_a, router)?;
     }
 
     // Nothing was dropped on the way.
@@ -329,9 +402,18 @@ fn talk_across(transit: Transit, program: &str) -> TestResult {
     Ok(())
 }
 
-/// podA → podB and back: podB sees podA as `remote` (198.19.10.2), and
-/// podA gets the reply from the address it sent to.
-fn udp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
+/// The pods' address (the same on both sides) and how each side knows the
+/// other's, in one family.
+struct Views {
+    pod: IpAddr,
+    b_seen_by_a: IpAddr,
+    a_seen_by_b: IpAddr,
+}
+
+/// podA → podB and back: podB sees podA as B knows it, and podA gets the
+/// reply from the address it sent to.
+fn udp_round_trip(c: &Clusters, view: &Views) -> TestResult {
+    let (pod, remote) = (view.pod, view.b_seen_by_a);
     let server = c.pod_b.enter(|| UdpSocket::bind((pod, 7000)))??;
     server.set_read_timeout(Some(TIMEOUT))?;
     let client = c.pod_a.enter(|| UdpSocket::bind((pod, 0)))??;
@@ -343,7 +425,7 @@ fn udp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
     assert_eq!(&buf[..len], b"hello over the remap");
     assert_eq!(
         from,
-        SocketAddr::from((remote, client_port)),
+        SocketAddr::from((view.a_seen_by_b, client_port)),
         "podB sees podA remapped"
     );
     server.send_to(b"hello back", from)?;
@@ -357,7 +439,8 @@ fn udp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
     Ok(())
 }
 
-fn tcp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
+fn tcp_round_trip(c: &Clusters, view: &Views) -> TestResult {
+    let (pod, remote) = (view.pod, view.b_seen_by_a);
     let listener = c.pod_b.enter(|| TcpListener::bind((pod, 7001)))??;
     listener.set_nonblocking(true)?;
     let server = std::thread::spawn(move || -> std::io::Result<(SocketAddr, Vec<u8>)> {
@@ -392,7 +475,7 @@ fn tcp_round_trip(c: &Clusters, pod: IpAddr, remote: IpAddr) -> TestResult {
     assert_eq!(&reply, b"!pct-tiarts");
     let (peer, request) = server.join().map_err(|_| "TCP server panicked")??;
     assert_eq!(request, b"strait-tcp!");
-    assert_eq!(peer.ip(), remote, "podB sees podA remapped");
+    assert_eq!(peer.ip(), view.a_seen_by_b, "podB sees podA remapped");
     Ok(())
 }
 
@@ -415,9 +498,9 @@ fn ping(c: &Clusters, remote: IpAddr) -> TestResult {
 }
 
 /// A datagram with a TTL (hop limit) of 2 dies at gwB. gwB's error quotes
-/// the datagram as it saw it (destination already translated to the real
-/// pod address); only if both gateways translate the quoted packet back does
-/// the error match podA's connected socket, which then reports EHOSTUNREACH.
+/// the datagram as it saw it (addresses already translated); only if both
+/// gateways translate the quoted packet back does the error match podA's
+/// connected socket, which then reports EHOSTUNREACH.
 fn time_exceeded_comes_back(
     c: &Clusters,
     pod: IpAddr,

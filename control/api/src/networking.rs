@@ -412,37 +412,54 @@ pub struct RouteConfigurationSpec {
     pub routes: Vec<FabricRoute>,
 }
 
-/// Which way a NAT mapping translates.
+/// What a NAT mapping remaps. Every mapping is a stateless, bidirectional
+/// 1:1 translation on the gateway's interface toward the peer: it rewrites
+/// one address of the packets leaving toward the peer and the opposite
+/// address of the packets arriving from it, so replies (and ICMP errors,
+/// whose quoted packet is translated too) find their way back.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NatDirection {
-    /// Rewrite destination addresses of packets coming in from the peer side.
+    /// A peer's range as this cluster sees it: packets leaving toward the
+    /// peer with a destination in `from` get it rewritten into `to` (the
+    /// peer's real range), and packets arriving from the peer with a source
+    /// in `to` get it rewritten into `from`. This is how a cluster remaps an
+    /// overlapping peer range with only its own IPAM decision.
     Destination,
-    /// Rewrite source addresses of packets going out to the peer.
+    /// A local range exposed under another one: packets leaving toward the
+    /// peer with a source in `from` get it rewritten into `to`, and packets
+    /// arriving from the peer with a destination in `to` get it rewritten
+    /// into `from`.
     Source,
 }
 
-/// A stateless 1:1 prefix translation: host bits are kept.
+/// A stateless 1:1 prefix translation, both ways (see NatDirection): host
+/// bits are kept. Within one gateway's mappings of one direction, the `to`
+/// ranges must not overlap, or translating back would be ambiguous (the
+/// agent refuses such a configuration and says so in its status).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::same_prefix_length())]
 pub struct PrefixMapping {
-    /// Destination or Source.
+    /// Destination (remap a peer's range) or Source (expose a local range).
     pub direction: NatDirection,
-    /// The CIDR packets carry before translation.
+    /// The CIDR packets carry on this cluster's side of the gateway.
     #[x_kube(validation = rules::cidr("from"))]
     pub from: String,
-    /// The CIDR they carry after; same family and prefix length as `from`.
+    /// The CIDR they carry on the peer's side; same family and prefix
+    /// length as `from`.
     #[x_kube(validation = rules::cidr("to"))]
     pub to: String,
 }
 
-/// A single-address translation, for exposing one address (a node, an
-/// external service) under a remapped address.
+/// A single-address translation exposing one local address (a node, an
+/// external service) under a remapped address: the Source mapping of
+/// `local` to `remapped` as a /32 (/128), both ways.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::same_ip_family())]
 pub struct AddressMapping {
-    /// The address as the peer sees it.
+    /// The address as the peer sees it: what the local address's packets
+    /// leave from, and what the peer's packets to it arrive for.
     #[x_kube(validation = rules::ip("remapped"))]
     pub remapped: String,
     /// The real local address.
@@ -451,7 +468,9 @@ pub struct AddressMapping {
 }
 
 /// The eBPF NAT tables of a gateway: CIDR remapping for overlapping pod
-/// networks, without iptables or nftables.
+/// networks, without iptables or nftables. The gateway's NAT agent merges
+/// every NatConfiguration it follows into one table and reports, per host,
+/// whether it applied each one in `status.hosts`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     derive = "PartialEq",
@@ -463,16 +482,16 @@ pub struct AddressMapping {
     namespaced,
     category = "strait",
     status = "ApplyStatus",
-    doc = "Stateless prefix and address translations a gateway's eBPF programs apply.",
+    doc = "Stateless bidirectional prefix and address translations a gateway's eBPF programs apply on its interface toward the peer.",
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NatConfigurationSpec {
-    /// Prefix translations.
+    /// Prefix translations, each both ways.
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub prefixes: Vec<PrefixMapping>,
-    /// Single-address translations.
+    /// Single-address translations (Source mappings of one address).
     #[serde(default)]
     #[schemars(length(max = 4096))]
     pub addresses: Vec<AddressMapping>,

@@ -2,7 +2,8 @@
 //! peer's CIDRs (one `Network` per kind of range, owned by the
 //! Configuration so deleting it releases them), publishes how this cluster
 //! sees the peer in `status.remote`, and renders the gateway's
-//! `NatConfiguration` from it.
+//! `NatConfiguration` from it (labelled with the peering's remote cluster
+//! ID, for the gateway's NAT agent to select).
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +17,7 @@ use kube::{
 use strait_api::{
     condition::{set_condition, ConditionStatus, ConditionUpdate},
     ipam::Network,
+    names::label::REMOTE_CLUSTER_ID,
     networking::{ClusterCidrs, ClusterNetwork, Configuration, NatConfiguration},
 };
 use tracing::warn;
@@ -118,10 +120,18 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Context>) -> Result<Acti
         match gateway_nat(&rendered) {
             Ok(nat) => {
                 let nat_name = format!("{}-gateway", config.name_any());
+                // The peering's label lets the gateway's NAT agent select
+                // the NatConfigurations of its peer (`nat run --selector`).
+                let labels: std::collections::BTreeMap<&str, &String> = config
+                    .labels()
+                    .get(REMOTE_CLUSTER_ID)
+                    .map(|id| (REMOTE_CLUSTER_ID, id))
+                    .into_iter()
+                    .collect();
                 let object = serde_json::json!({
                     "apiVersion": "networking.strait.dev/v1beta1",
                     "kind": "NatConfiguration",
-                    "metadata": { "name": nat_name, "ownerReferences": owner },
+                    "metadata": { "name": nat_name, "ownerReferences": owner, "labels": labels },
                     "spec": serde_json::to_value(&nat)?,
                 });
                 Api::<NatConfiguration>::namespaced(ctx.client.clone(), &namespace)

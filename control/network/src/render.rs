@@ -67,9 +67,12 @@ pub fn node_routes(
     Ok(RouteConfigurationSpec { routes })
 }
 
-/// The gateway's destination remapping: traffic this cluster sends to a
-/// remapped range leaves with the peer's real addresses. Ranges used as
-/// requested need no mapping.
+/// The gateway's remapping of the peer's ranges, this cluster's own view
+/// only: one Destination mapping per remapped range, which the gateway
+/// applies both ways (what this cluster sends to the remapped range leaves
+/// for the peer's real addresses, and the peer's packets from those arrive
+/// from the remapped range). The peer's own choices are never needed.
+/// Ranges used as requested need no mapping.
 pub fn gateway_nat(config: &Configuration) -> Result<NatConfigurationSpec, RenderError> {
     let wanted = &config.spec.remote.cidr;
     let seen = seen_locally(config)?;

@@ -12,6 +12,7 @@ use kube::{
 use strait_api::{
     condition::is_condition_true,
     ipam::Network,
+    names::label::REMOTE_CLUSTER_ID,
     networking::{
         ClusterCidrs, ClusterNetwork, Configuration, ConfigurationSpec, NatConfiguration,
         NatDirection, PrefixMapping,
@@ -30,7 +31,7 @@ const NS: &str = "strait-tenant-cluster-b";
 
 fn configuration(name: &str) -> Configuration {
     let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    Configuration::new(
+    let mut config = Configuration::new(
         name,
         ConfigurationSpec {
             local: None,
@@ -41,7 +42,9 @@ fn configuration(name: &str) -> Configuration {
                 },
             },
         },
-    )
+    );
+    config.metadata.labels = Some([(REMOTE_CLUSTER_ID.to_owned(), name.to_owned())].into());
+    config
 }
 
 async fn remote_seen(api: &Api<Configuration>, name: &str) -> Option<ClusterCidrs> {
@@ -102,6 +105,15 @@ async fn an_overlapping_peer_is_remapped_published_and_natted_then_released() {
             mapping("10.64.0.0/16", "10.244.0.0/16"),
             mapping("fd00:ffff::/56", "fd00:10:244::/56")
         ]
+    );
+    assert_eq!(
+        nat.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(REMOTE_CLUSTER_ID))
+            .map(String::as_str),
+        Some("cluster-b"),
+        "the gateway's NAT agent selects it by the peering's label"
     );
 
     // Deleting the peering deletes its Networks (owned), which returns the ranges.

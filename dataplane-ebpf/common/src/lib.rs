@@ -12,4 +12,4 @@ pub mod nat;
 
 pub use counter::{Counter, CounterKey, Direction, TrafficClass};
 pub use drop::DropReason;
-pub use nat::{NatRangeV4, NatRangeV6, NatSide};
+pub use nat::{NatField, NatRangeV4, NatRangeV6};

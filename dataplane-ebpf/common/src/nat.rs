@@ -1,6 +1,16 @@
 //! Stateless 1:1 prefix translation (NAT) tables shared by the
 //! `strait_nat_*` TC programs and the userspace that fills them.
 //!
+//! Every mapping of a NatConfiguration is a bidirectional translation on
+//! the gateway's interface toward the peer, so each one feeds two tables: a
+//! `Destination {from, to}` mapping rewrites the destination of packets
+//! leaving with one in `from` (table egress/destination, keyed by `from`)
+//! and the source of packets arriving with one in `to` (ingress/source,
+//! keyed by `to`); a `Source` mapping does the same to the other address
+//! (egress/source and ingress/destination). A program therefore looks up
+//! both addresses of a packet in the two tables of its direction, and the
+//! two quoted addresses of an ICMP error in the same two tables swapped.
+//!
 //! A table is a sorted run of disjoint address ranges, each naming the
 //! prefix it belongs to and where that prefix goes; the programs find an
 //! address's range by binary search. Userspace flattens nested prefixes into
@@ -8,14 +18,16 @@
 //! and writes a whole table through a memory mapping of the array: applying
 //! ten thousand mappings is a memory copy, not ten thousand syscalls.
 //!
-//! Each family's array holds four tables: two *generations* of the
-//! destination and source sides ([`table_index`]). The programs read the
-//! active generation from [`NAT_ACTIVE_MAP`] and each table's length from
-//! [`NAT_LEN_MAP`]; userspace writes a complete table set into the inactive
-//! generation, then its lengths, then flips the generation with one array
-//! write, so a packet never sees half of an old table and half of a new one.
+//! Each family's array holds eight tables: two *generations* of the four
+//! tables above ([`table_index`]). The programs read the active generation
+//! from [`NAT_ACTIVE_MAP`] and each table's length from [`NAT_LEN_MAP`];
+//! userspace writes a complete table set into the inactive generation, then
+//! its lengths, then flips the generation with one array write, so a packet
+//! never sees half of an old table and half of a new one.
 
 use core::mem::{align_of, size_of};
+
+use crate::Direction;
 
 /// Array of IPv4 ranges ([`NatRangeV4`]), memory-mappable.
 pub const NAT_V4_MAP: &str = "STRAIT_NAT_R4";
@@ -27,13 +39,15 @@ pub const NAT_LEN_MAP: &str = "STRAIT_NAT_LEN";
 pub const NAT_ACTIVE_MAP: &str = "STRAIT_NAT_ACTIVE";
 /// Generations a table alternates between.
 pub const NAT_GENERATIONS: u8 = 2;
-/// Tables per family: every generation of both sides.
-pub const NAT_TABLES: u32 = NAT_GENERATIONS as u32 * 2;
+/// Tables of one generation: both addresses in both directions.
+pub const NAT_TABLES_PER_GENERATION: u32 = 4;
+/// Tables per family: every generation's.
+pub const NAT_TABLES: u32 = NAT_GENERATIONS as u32 * NAT_TABLES_PER_GENERATION;
 /// Binary-search steps a lookup takes at most: log2 of [`NAT_RANGES_PER_TABLE`].
 pub const NAT_SEARCH_STEPS: u32 = 15;
 /// Ranges one table holds: well above the largest NatConfiguration (1024
-/// prefixes + 4096 addresses per side, which flatten to at most twice as
-/// many ranges when prefixes nest).
+/// prefixes + 4096 addresses, which flatten to at most twice as many ranges
+/// when prefixes nest), so that several merged ones fit too.
 pub const NAT_RANGES_PER_TABLE: u32 = 1 << NAT_SEARCH_STEPS;
 /// Capacity of each family's range array.
 pub const NAT_RANGES_MAX_ENTRIES: u32 = NAT_TABLES * NAT_RANGES_PER_TABLE;
@@ -42,44 +56,54 @@ pub const NAT_LEN_MAX_ENTRIES: u32 = 2 * NAT_TABLES;
 /// `BPF_F_MMAPABLE`: the range arrays are written through a shared mapping.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Where the table of `side` in `generation` starts in its family's array,
-/// in ranges.
+/// Which of a generation's tables: the address it translates in packets
+/// going one way.
 #[inline(always)]
-pub const fn table_index(generation: u8, side: NatSide) -> u32 {
-    (generation as u32 * 2 + side as u32) * NAT_RANGES_PER_TABLE
+pub const fn table_slot(direction: Direction, field: NatField) -> u32 {
+    direction as u32 * 2 + field as u32
+}
+
+/// Where a table starts in its family's array, in ranges.
+#[inline(always)]
+pub const fn table_index(generation: u8, direction: Direction, field: NatField) -> u32 {
+    (generation as u32 * NAT_TABLES_PER_GENERATION + table_slot(direction, field))
+        * NAT_RANGES_PER_TABLE
 }
 
 /// Slot of [`NAT_LEN_MAP`] that holds the length of a table.
 #[inline(always)]
-pub const fn len_index(ipv6: bool, generation: u8, side: NatSide) -> u32 {
-    ipv6 as u32 * NAT_TABLES + generation as u32 * 2 + side as u32
+pub const fn len_index(ipv6: bool, generation: u8, direction: Direction, field: NatField) -> u32 {
+    ipv6 as u32 * NAT_TABLES
+        + generation as u32 * NAT_TABLES_PER_GENERATION
+        + table_slot(direction, field)
 }
 
 /// Which address of a packet a table translates.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NatSide {
-    /// Destination addresses of packets arriving from the peer (ingress).
+pub enum NatField {
     Destination = 0,
-    /// Source addresses of packets leaving towards the peer (egress).
     Source = 1,
 }
 
-impl NatSide {
-    pub const ALL: [NatSide; 2] = [NatSide::Destination, NatSide::Source];
+impl NatField {
+    pub const ALL: [NatField; 2] = [NatField::Destination, NatField::Source];
 
-    pub const fn from_raw(raw: u8) -> Option<Self> {
-        match raw {
-            0 => Some(NatSide::Destination),
-            1 => Some(NatSide::Source),
-            _ => None,
+    /// The other address: where an ICMP error's quoted packet, which
+    /// travelled the opposite way, keeps the address that corresponds to
+    /// this one of the error itself.
+    #[inline(always)]
+    pub const fn opposite(self) -> Self {
+        match self {
+            NatField::Destination => NatField::Source,
+            NatField::Source => NatField::Destination,
         }
     }
 
     pub const fn as_str(self) -> &'static str {
         match self {
-            NatSide::Destination => "destination",
-            NatSide::Source => "source",
+            NatField::Destination => "destination",
+            NatField::Source => "source",
         }
     }
 }
@@ -199,31 +223,32 @@ mod tests {
 
     #[test]
     fn tables_and_lengths_do_not_overlap() {
-        let mut starts = [0u32; 4];
-        let mut lens = [0u32; 8];
-        let mut n = 0;
+        let mut starts = Vec::new();
+        let mut lens = Vec::new();
         for generation in 0..NAT_GENERATIONS {
-            for side in NatSide::ALL {
-                starts[n] = table_index(generation, side);
-                lens[n] = len_index(false, generation, side);
-                lens[n + 4] = len_index(true, generation, side);
-                n += 1;
+            for direction in Direction::ALL {
+                for field in NatField::ALL {
+                    starts.push(table_index(generation, direction, field));
+                    lens.push(len_index(false, generation, direction, field));
+                    lens.push(len_index(true, generation, direction, field));
+                }
             }
         }
         starts.sort_unstable();
+        assert_eq!(starts.len() as u32, NAT_TABLES);
         for (i, start) in starts.iter().enumerate() {
             assert_eq!(*start, i as u32 * NAT_RANGES_PER_TABLE);
         }
         lens.sort_unstable();
-        assert_eq!(lens, [0, 1, 2, 3, 4, 5, 6, 7]);
-        assert!(starts[3] + NAT_RANGES_PER_TABLE <= NAT_RANGES_MAX_ENTRIES);
+        assert_eq!(lens, (0..NAT_LEN_MAX_ENTRIES).collect::<Vec<_>>());
+        assert!(starts[starts.len() - 1] + NAT_RANGES_PER_TABLE <= NAT_RANGES_MAX_ENTRIES);
     }
 
     #[test]
-    fn sides_round_trip_through_raw_values() {
-        for side in NatSide::ALL {
-            assert_eq!(NatSide::from_raw(side as u8), Some(side));
+    fn the_opposite_field_is_the_other_one() {
+        for field in NatField::ALL {
+            assert_ne!(field.opposite(), field);
+            assert_eq!(field.opposite().opposite(), field);
         }
-        assert_eq!(NatSide::from_raw(2), None);
     }
 }

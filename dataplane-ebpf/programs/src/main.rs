@@ -13,7 +13,7 @@ mod mss;
 mod nat;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use strait_common::{Direction, NatSide};
+use strait_common::Direction;
 
 /// Counts every frame entering the interface; never changes the verdict.
 #[classifier]
@@ -43,30 +43,33 @@ pub fn strait_geneve_decap(ctx: TcContext) -> i32 {
     fabric::decap(&ctx)
 }
 
-/// Gateway, from the peer: rewrites remapped destination addresses to the
-/// real ones (and the embedded source of ICMP errors).
+/// Gateway, from the peer: translates both addresses through the ingress
+/// tables (the peer's real addresses back to how this cluster sees them,
+/// the addresses it exposes back to the local ones), and the quoted packet
+/// of ICMP errors the other way.
 #[classifier]
 pub fn strait_nat_ingress(ctx: TcContext) -> i32 {
-    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Destination)
+    nat::translate::<{ nat::ETHERNET }>(&ctx, Direction::Ingress)
 }
 
-/// Gateway, towards the peer: rewrites local source addresses to those the
-/// peer knows us by (and the embedded destination of ICMP errors).
+/// Gateway, towards the peer: translates both addresses through the egress
+/// tables (how this cluster sees the peer to the peer's real addresses,
+/// local addresses to those they are exposed as).
 #[classifier]
 pub fn strait_nat_egress(ctx: TcContext) -> i32 {
-    nat::translate::<{ nat::ETHERNET }>(&ctx, NatSide::Source)
+    nat::translate::<{ nat::ETHERNET }>(&ctx, Direction::Egress)
 }
 
 /// As `strait_nat_ingress`, on an L3-only device (WireGuard, tun, IP-in-IP).
 #[classifier]
 pub fn strait_nat_l3_ingress(ctx: TcContext) -> i32 {
-    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Destination)
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, Direction::Ingress)
 }
 
 /// As `strait_nat_egress`, on an L3-only device.
 #[classifier]
 pub fn strait_nat_l3_egress(ctx: TcContext) -> i32 {
-    nat::translate::<{ nat::L3_ONLY }>(&ctx, NatSide::Source)
+    nat::translate::<{ nat::L3_ONLY }>(&ctx, Direction::Egress)
 }
 
 #[cfg(not(test))]

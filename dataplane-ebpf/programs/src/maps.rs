@@ -76,8 +76,9 @@ pub static FABRIC_SCRATCH: PerCpuArray<crate::fabric::EncapScratch> =
 #[map(name = "STRAIT_ICMP_SCR")]
 pub static ICMP_SCRATCH: PerCpuArray<crate::icmp::IcmpScratch> =
     PerCpuArray::with_max_entries(1, 0);
-/// IPv4 NAT ranges: four tables, both generations of both sides (see
-/// strait_common::nat); userspace writes them through a memory mapping.
+/// IPv4 NAT ranges: eight tables, both generations of both addresses in
+/// both directions (see strait_common::nat); userspace writes them through a
+/// memory mapping.
 #[map(name = "STRAIT_NAT_R4")]
 pub static NAT_V4: Array<NatRangeV4> = Array::pinned(NAT_RANGES_MAX_ENTRIES, BPF_F_MMAPABLE);
 

@@ -3,13 +3,17 @@ use std::{ffi::CString, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use strait_common::{fabric::LocalEndpoints, Direction, NatSide};
+use strait_api::networking::{NatConfiguration, NatConfigurationSpec};
+use strait_common::{fabric::LocalEndpoints, Direction};
 use strait_dataplane::{
     bpffs::PinDir,
     cluster::{ClusterFabric, Follow},
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
-    nat::{parse_config, NatPlan, NatTables},
+    nat::{
+        follow::{self, Follower},
+        parse_config, NatPlan, NatTables,
+    },
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
     DEFAULT_PIN_DIR,
@@ -100,8 +104,8 @@ enum NatCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Attach the NAT programs to the interfaces facing the peer: destination
-    /// NAT on ingress, source NAT on egress.
+    /// Attach the NAT programs to the interfaces facing the peer, on ingress
+    /// and egress: every mapping translates both ways.
     Attach {
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
@@ -115,6 +119,39 @@ enum NatCommand {
     },
     /// Print the active NAT table.
     Show,
+    /// Run as the gateway's NAT agent: merge the `--config` file and, with
+    /// `--from-cluster`, every selected NatConfiguration CR into one table,
+    /// apply it atomically whenever one of them changes (a deleted CR's
+    /// entries leave the tables; a CR that is refused keeps its last applied
+    /// spec), and report each CR's outcome for this host in its
+    /// `status.hosts`, until SIGTERM or SIGINT. Tables and programs stay in
+    /// place when it stops.
+    Run {
+        /// Static mappings (a NatConfiguration object or a bare spec),
+        /// re-read when the file changes.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Follow NatConfiguration CRs (kubeconfig or in-cluster config).
+        #[arg(long)]
+        from_cluster: bool,
+        /// Only CRs of this namespace (all namespaces when omitted).
+        #[arg(long, requires = "from_cluster")]
+        namespace: Option<String>,
+        /// Only CRs matching this label selector, e.g.
+        /// strait.dev/remote-cluster-id=cluster-b.
+        #[arg(long, short = 'l', requires = "from_cluster")]
+        selector: Option<String>,
+        /// Name of this gateway in the CRs' status (default: $NODE_NAME,
+        /// else the host name).
+        #[arg(long, env = "NODE_NAME")]
+        host: Option<String>,
+        /// Attach the NAT programs to these interfaces once a table is applied.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        /// How often to check the file and the CRs for changes.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        poll_interval: std::time::Duration,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -263,23 +300,43 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         NatCommand::Detach { ifaces } => {
             let pins = PinDir::open(pin_dir)?;
             for iface in &ifaces {
-                for side in NatSide::ALL {
+                for direction in Direction::ALL {
                     // Whichever variant is there: the interface may have
                     // been recreated with another link type since.
-                    let mode = match tc::detach(&pins, TcProgram::Nat(side), iface) {
+                    let mode = match tc::detach(&pins, TcProgram::Nat(direction), iface) {
                         Err(strait_dataplane::Error::NotAttached { .. }) => {
-                            tc::detach(&pins, TcProgram::NatL3(side), iface)?
+                            tc::detach(&pins, TcProgram::NatL3(direction), iface)?
                         }
                         other => other?,
                     };
                     println!(
                         "detached {} NAT from {iface} ({})",
-                        side.as_str(),
+                        direction.as_str(),
                         mode.as_str()
                     );
                 }
             }
         }
+        NatCommand::Run {
+            config,
+            from_cluster,
+            namespace,
+            selector,
+            host,
+            ifaces,
+            poll_interval,
+        } => run_nat_agent(
+            pin_dir,
+            NatAgent {
+                config,
+                from_cluster,
+                namespace,
+                selector,
+                host,
+                ifaces,
+                poll_interval,
+            },
+        )?,
         NatCommand::Show => {
             let tables = NatTables::open_pinned(&PinDir::open(pin_dir)?)?;
             let generation = tables.active_generation()?;
@@ -291,6 +348,208 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `nat run` follows.
+struct NatAgent {
+    config: Option<PathBuf>,
+    from_cluster: bool,
+    namespace: Option<String>,
+    selector: Option<String>,
+    host: Option<String>,
+    ifaces: Vec<String>,
+    poll_interval: std::time::Duration,
+}
+
+/// The NatConfiguration CRs `nat run --from-cluster` follows.
+struct NatCrs {
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+    api: kube::Api<NatConfiguration>,
+    params: kube::api::ListParams,
+}
+
+impl NatCrs {
+    fn connect(namespace: Option<&str>, selector: Option<&str>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the Kubernetes client's runtime")?;
+        let client = runtime
+            .block_on(kube::Client::try_default())
+            .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+        let api = match namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        let mut params = kube::api::ListParams::default();
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
+        Ok(Self {
+            runtime,
+            client,
+            api,
+            params,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<NatConfiguration>> {
+        Ok(self
+            .runtime
+            .block_on(self.api.list(&self.params))
+            .context("listing NatConfigurations")?
+            .items)
+    }
+}
+
+fn host_name(flag: Option<String>) -> Result<String> {
+    if let Some(host) = flag.filter(|h| !h.is_empty()) {
+        return Ok(host);
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name (or give --host)")?;
+    Ok(name.trim().to_owned())
+}
+
+fn read_nat_file(path: &std::path::Path) -> Result<NatConfigurationSpec> {
+    let yaml =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_config(&yaml).with_context(|| format!("in {}", path.display()))
+}
+
+/// The loop of `nat run`: every poll, the file and the CRs are read and
+/// merged; the tables are swapped when the merge changed, and a CR's
+/// status entry is written when its outcome for this host changed.
+fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
+    use std::{
+        collections::BTreeMap,
+        sync::{atomic::AtomicBool, Arc},
+    };
+    if agent.config.is_none() && !agent.from_cluster {
+        bail!("nothing to follow: give --config FILE, --from-cluster, or both");
+    }
+    for iface in &agent.ifaces {
+        tc::check_iface(iface)?;
+    }
+    let host = host_name(agent.host)?;
+    let crs = agent
+        .from_cluster
+        .then(|| NatCrs::connect(agent.namespace.as_deref(), agent.selector.as_deref()))
+        .transpose()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let mut dp = Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
+    let mut tables = NatTables::open_pinned(dp.pin_dir())?;
+    let mut follower = Follower::default();
+    let mut applied: Option<NatPlan> = None;
+    let mut attached = false;
+    // What each CR's status last said for this host.
+    let mut reported: BTreeMap<(String, String), (i64, Option<String>)> = BTreeMap::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let file = match agent.config.as_deref().map(read_nat_file).transpose() {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "config refused; keeping the last applied table"
+                );
+                sleep_unless_stopped(agent.poll_interval, &stop);
+                continue;
+            }
+        };
+        let listed = match crs.as_ref().map(NatCrs::list).transpose() {
+            Ok(listed) => listed.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "keeping the last applied table");
+                sleep_unless_stopped(agent.poll_interval, &stop);
+                continue;
+            }
+        };
+        match follower.merge(file.as_ref(), &listed) {
+            Ok(merged) => {
+                let mut apply_error = None;
+                if applied.as_ref() != Some(&merged.plan) {
+                    match tables.apply(&merged.plan) {
+                        Ok(done) => {
+                            tracing::info!(
+                                entries = done.entries,
+                                ranges = done.ranges,
+                                generation = done.generation,
+                                crs = listed.len(),
+                                "NAT table applied"
+                            );
+                            applied = Some(merged.plan);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "applying the NAT table");
+                            apply_error = Some(format!("applying the NAT table on {host}: {e}"));
+                        }
+                    }
+                }
+                if !attached && applied.is_some() {
+                    for iface in &agent.ifaces {
+                        for program in tc::nat_programs(iface)? {
+                            tc::attach(&mut dp, program, iface, AttachMode::Auto)?;
+                        }
+                        tracing::info!(%iface, "NAT programs attached");
+                    }
+                    attached = true;
+                }
+                if let Some(crs) = &crs {
+                    reported.retain(|key, _| {
+                        merged
+                            .outcomes
+                            .iter()
+                            .any(|o| (&o.namespace, &o.name) == (&key.0, &key.1))
+                    });
+                    for outcome in &merged.outcomes {
+                        let key = (outcome.namespace.clone(), outcome.name.clone());
+                        let now = (
+                            outcome.generation,
+                            outcome.error.clone().or(apply_error.clone()),
+                        );
+                        if reported.get(&key) == Some(&now) {
+                            continue;
+                        }
+                        let written = crs.runtime.block_on(follow::report(
+                            &crs.client,
+                            &host,
+                            outcome,
+                            apply_error.as_deref(),
+                        ));
+                        match written {
+                            Ok(()) => {
+                                reported.insert(key, now);
+                            }
+                            Err(e) => tracing::warn!(
+                                namespace = %outcome.namespace,
+                                name = %outcome.name,
+                                error = %e,
+                                "writing the NatConfiguration status"
+                            ),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config refused; keeping the last applied table")
+            }
+        }
+        sleep_unless_stopped(agent.poll_interval, &stop);
+    }
+    tracing::info!("stopping; NAT tables and programs stay in place");
+    Ok(())
+}
+
+fn sleep_unless_stopped(duration: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+    let until = std::time::Instant::now() + duration;
+    while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Applies a fabric config; returns a human summary of what it did.

@@ -1,20 +1,22 @@
 //! Flattening translations into what the programs search: per family and
-//! side, sorted disjoint address ranges, where an address inside a nested
+//! table, sorted disjoint address ranges, where an address inside a nested
 //! prefix belongs to the most specific one (longest-prefix-match semantics).
+//! The reverse tables are keyed by the mappings' `to` ranges, which
+//! [`super::NatPlan`] keeps disjoint.
 
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use strait_common::{NatRangeV4, NatRangeV6, NatSide};
+use strait_common::{NatRangeV4, NatRangeV6};
 
-use super::Translation;
+use super::{TableId, Translation};
 
 /// A range of one table, as addresses (what `strait-fabric nat show` prints).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TableRange {
-    pub side: NatSide,
+    pub table: TableId,
     pub first: IpAddr,
     pub last: IpAddr,
     /// The network the range's prefix is translated to.
@@ -24,7 +26,8 @@ pub struct TableRange {
 
 impl fmt::Display for TableRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let side = self.side.as_str();
+        let side = self.table;
+        // `to` is where the range's prefix goes.
         let (first, last) = (numeric(self.first), numeric(self.last));
         let width = address_bits(self.first);
         let mask = host_mask(width - u32::from(self.prefix_len));
@@ -49,24 +52,31 @@ pub(crate) struct Range {
     pub prefix_len: u8,
 }
 
-/// The sorted disjoint ranges of the translations of one family and side.
-/// Translations must be nested or disjoint (prefixes are) and unique per
-/// prefix, which [`super::NatPlan`] guarantees.
+/// The sorted disjoint ranges of one family's `table`. Its keys (the
+/// translations' `from`, or `to` for a reverse table) must be nested or
+/// disjoint (prefixes are) and unique per prefix, which [`super::NatPlan`]
+/// guarantees.
 pub(crate) fn flatten<'a>(
     translations: impl IntoIterator<Item = &'a Translation>,
-    side: NatSide,
+    table: TableId,
     ipv6: bool,
 ) -> Vec<Range> {
+    let (kind, reverse) = table.filled_by();
     let mut prefixes: Vec<Range> = translations
         .into_iter()
-        .filter(|t| t.side == side && t.from.is_ipv6() == ipv6)
+        .filter(|t| t.kind == kind && t.from.is_ipv6() == ipv6)
         .map(|t| {
-            let host_bits = address_bits(t.from) - u32::from(t.prefix_len);
-            let first = numeric(t.from);
+            let (key, target) = if reverse {
+                (t.to, t.from)
+            } else {
+                (t.from, t.to)
+            };
+            let host_bits = address_bits(key) - u32::from(t.prefix_len);
+            let first = numeric(key);
             Range {
                 first,
                 last: first | host_mask(host_bits),
-                target: numeric(t.to),
+                target: numeric(target),
                 prefix_len: t.prefix_len,
             }
         })
@@ -133,9 +143,9 @@ impl Range {
         }
     }
 
-    pub fn from_v4(side: NatSide, r: &NatRangeV4) -> TableRange {
+    pub fn from_v4(table: TableId, r: &NatRangeV4) -> TableRange {
         TableRange {
-            side,
+            table,
             first: IpAddr::V4(Ipv4Addr::from(r.first)),
             last: IpAddr::V4(Ipv4Addr::from(r.last)),
             to: IpAddr::V4(Ipv4Addr::from(r.target)),
@@ -143,9 +153,9 @@ impl Range {
         }
     }
 
-    pub fn from_v6(side: NatSide, r: &NatRangeV6) -> TableRange {
+    pub fn from_v6(table: TableId, r: &NatRangeV6) -> TableRange {
         TableRange {
-            side,
+            table,
             first: IpAddr::V6(Ipv6Addr::from(from_words(r.first))),
             last: IpAddr::V6(Ipv6Addr::from(from_words(r.last))),
             to: IpAddr::V6(Ipv6Addr::from(from_words(r.target))),
@@ -168,7 +178,7 @@ fn from_words(w: [u32; 4]) -> u128 {
         .fold(0, |acc, word| (acc << 32) | u128::from(*word))
 }
 
-fn numeric(addr: IpAddr) -> u128 {
+pub(crate) fn numeric(addr: IpAddr) -> u128 {
     match addr {
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
@@ -182,7 +192,7 @@ fn address(like: IpAddr, value: u128) -> IpAddr {
     }
 }
 
-const fn address_bits(addr: IpAddr) -> u32 {
+pub(crate) const fn address_bits(addr: IpAddr) -> u32 {
     match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
@@ -190,19 +200,27 @@ const fn address_bits(addr: IpAddr) -> u32 {
 }
 
 /// The low `host_bits` bits set.
-fn host_mask(host_bits: u32) -> u128 {
+pub(crate) fn host_mask(host_bits: u32) -> u128 {
     u128::MAX.checked_shr(128 - host_bits).unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use strait_common::{Direction, NatField};
 
-    fn t(side: NatSide, from: &str, to: &str) -> Translation {
+    use super::*;
+    use crate::nat::MappingKind;
+
+    const EGRESS_DST: TableId = TableId::new(Direction::Egress, NatField::Destination);
+    const EGRESS_SRC: TableId = TableId::new(Direction::Egress, NatField::Source);
+    const INGRESS_SRC: TableId = TableId::new(Direction::Ingress, NatField::Source);
+    const INGRESS_DST: TableId = TableId::new(Direction::Ingress, NatField::Destination);
+
+    fn t(kind: MappingKind, from: &str, to: &str) -> Translation {
         let (from, len) = from.split_once('/').expect("a CIDR");
         let (to, _) = to.split_once('/').expect("a CIDR");
         Translation {
-            side,
+            kind,
             from: from.parse().expect("an address"),
             to: to.parse().expect("an address"),
             prefix_len: len.parse().expect("a length"),
@@ -242,30 +260,46 @@ mod tests {
     #[test]
     fn disjoint_prefixes_become_one_range_each_in_order() {
         let ts = [
-            t(NatSide::Destination, "198.19.20.0/24", "198.18.20.0/24"),
-            t(NatSide::Destination, "198.19.10.0/24", "198.18.10.0/24"),
-            t(NatSide::Source, "198.18.99.0/24", "198.19.99.0/24"),
+            t(MappingKind::Destination, "198.19.20.0/24", "198.18.20.0/24"),
+            t(MappingKind::Destination, "198.19.10.0/24", "198.18.10.0/24"),
+            t(MappingKind::Source, "198.18.99.0/24", "198.19.99.0/24"),
         ];
         assert_eq!(
-            flatten(&ts, NatSide::Destination, false),
+            flatten(&ts, EGRESS_DST, false),
             [
                 v4("198.19.10.0", "198.19.10.255", "198.18.10.0", 24),
                 v4("198.19.20.0", "198.19.20.255", "198.18.20.0", 24),
             ]
         );
-        assert_eq!(flatten(&ts, NatSide::Source, false).len(), 1);
-        assert!(flatten(&ts, NatSide::Source, true).is_empty());
+        assert_eq!(flatten(&ts, EGRESS_SRC, false).len(), 1);
+        assert!(flatten(&ts, EGRESS_SRC, true).is_empty());
+    }
+
+    #[test]
+    fn each_mapping_fills_its_forward_and_its_reverse_table() {
+        let ts = [
+            t(MappingKind::Destination, "198.19.10.0/24", "198.18.10.0/24"),
+            t(MappingKind::Source, "198.18.20.0/24", "198.19.20.0/24"),
+        ];
+        let peer_going_out = v4("198.19.10.0", "198.19.10.255", "198.18.10.0", 24);
+        let peer_coming_in = v4("198.18.10.0", "198.18.10.255", "198.19.10.0", 24);
+        let ours_going_out = v4("198.18.20.0", "198.18.20.255", "198.19.20.0", 24);
+        let ours_coming_in = v4("198.19.20.0", "198.19.20.255", "198.18.20.0", 24);
+        assert_eq!(flatten(&ts, EGRESS_DST, false), [peer_going_out]);
+        assert_eq!(flatten(&ts, INGRESS_SRC, false), [peer_coming_in]);
+        assert_eq!(flatten(&ts, EGRESS_SRC, false), [ours_going_out]);
+        assert_eq!(flatten(&ts, INGRESS_DST, false), [ours_coming_in]);
     }
 
     #[test]
     fn a_nested_prefix_splits_the_one_around_it() {
         let ts = [
-            t(NatSide::Destination, "198.19.0.0/16", "198.18.0.0/16"),
-            t(NatSide::Destination, "198.19.10.7/32", "198.18.99.1/32"),
-            t(NatSide::Destination, "198.19.10.0/24", "198.18.77.0/24"),
+            t(MappingKind::Destination, "198.19.0.0/16", "198.18.0.0/16"),
+            t(MappingKind::Destination, "198.19.10.7/32", "198.18.99.1/32"),
+            t(MappingKind::Destination, "198.19.10.0/24", "198.18.77.0/24"),
         ];
         assert_eq!(
-            flatten(&ts, NatSide::Destination, false),
+            flatten(&ts, EGRESS_DST, false),
             [
                 v4("198.19.0.0", "198.19.9.255", "198.18.0.0", 16),
                 v4("198.19.10.0", "198.19.10.6", "198.18.77.0", 24),
@@ -279,11 +313,11 @@ mod tests {
     #[test]
     fn the_whole_address_space_and_its_edges_do_not_overflow() {
         let ts = [
-            t(NatSide::Source, "::/0", "::/0"),
-            t(NatSide::Source, "ffff::/16", "fd00::/16"),
-            t(NatSide::Source, "::/8", "fd01::/8"),
+            t(MappingKind::Source, "::/0", "::/0"),
+            t(MappingKind::Source, "ffff::/16", "fd00::/16"),
+            t(MappingKind::Source, "::/8", "fd01::/8"),
         ];
-        let ranges = flatten(&ts, NatSide::Source, true);
+        let ranges = flatten(&ts, EGRESS_SRC, true);
         assert_eq!(ranges.len(), 3);
         assert_eq!(ranges[0].first, 0);
         assert_eq!(ranges[2].last, u128::MAX);
@@ -315,13 +349,13 @@ mod tests {
                 continue;
             }
             ts.push(Translation {
-                side: NatSide::Destination,
+                kind: MappingKind::Destination,
                 from: IpAddr::V4(from),
                 to: IpAddr::V4(Ipv4Addr::from(next() & mask)),
                 prefix_len: len,
             });
         }
-        let ranges = flatten(&ts, NatSide::Destination, false);
+        let ranges = flatten(&ts, EGRESS_DST, false);
         assert!(ranges.windows(2).all(|w| w[0].last < w[1].first));
         assert!(ranges.len() < 2 * ts.len());
         for _ in 0..20_000 {
@@ -338,15 +372,15 @@ mod tests {
     #[test]
     fn table_entries_round_trip_and_print_as_prefixes_or_pieces() {
         let whole = v4("198.19.10.0", "198.19.10.255", "198.18.10.0", 24);
-        let shown = Range::from_v4(NatSide::Destination, &whole.to_v4());
+        let shown = Range::from_v4(EGRESS_DST, &whole.to_v4());
         assert_eq!(
             shown.to_string(),
-            "destination 198.19.10.0/24 -> 198.18.10.0/24"
+            "egress destination 198.19.10.0/24 -> 198.18.10.0/24"
         );
         let piece = v4("198.19.10.8", "198.19.10.255", "198.18.77.0", 24);
         assert_eq!(
-            Range::from_v4(NatSide::Destination, &piece.to_v4()).to_string(),
-            "destination 198.19.10.8-198.19.10.255 (of 198.19.10.0/24) -> 198.18.77.0/24"
+            Range::from_v4(EGRESS_DST, &piece.to_v4()).to_string(),
+            "egress destination 198.19.10.8-198.19.10.255 (of 198.19.10.0/24) -> 198.18.77.0/24"
         );
         let v6 = Range {
             first: 0xfd00_0019 << 96,
@@ -354,7 +388,10 @@ mod tests {
             target: 0xfd00_0018 << 96,
             prefix_len: 64,
         };
-        let shown = Range::from_v6(NatSide::Source, &v6.to_v6());
-        assert_eq!(shown.to_string(), "source fd00:19::/64 -> fd00:18::/64");
+        let shown = Range::from_v6(INGRESS_DST, &v6.to_v6());
+        assert_eq!(
+            shown.to_string(),
+            "ingress destination fd00:19::/64 -> fd00:18::/64"
+        );
     }
 }

@@ -20,15 +20,15 @@ use aya::maps::{Array, Map, MapData, MapError};
 use strait_common::{
     nat::{
         len_index, table_index, BPF_F_MMAPABLE, NAT_ACTIVE_MAP, NAT_GENERATIONS, NAT_LEN_MAP,
-        NAT_RANGES_MAX_ENTRIES, NAT_RANGES_PER_TABLE, NAT_V4_MAP, NAT_V6_MAP,
+        NAT_LEN_MAX_ENTRIES, NAT_RANGES_MAX_ENTRIES, NAT_RANGES_PER_TABLE, NAT_V4_MAP, NAT_V6_MAP,
     },
-    NatRangeV4, NatRangeV6, NatSide,
+    NatRangeV4, NatRangeV6,
 };
 use tracing::info;
 
 use super::{
     ranges::{flatten, Range, TableRange},
-    NatError, NatPlan,
+    NatError, NatPlan, TableId,
 };
 use crate::bpffs::PinDir;
 
@@ -37,7 +37,7 @@ use crate::bpffs::PinDir;
 pub struct NatApplied {
     /// The generation now active.
     pub generation: u8,
-    /// Translations of the plan.
+    /// Mappings of the plan (prefixes and addresses).
     pub entries: usize,
     /// Ranges written, after nested prefixes were split.
     pub ranges: usize,
@@ -61,8 +61,7 @@ impl NatTables {
         Ok(NatTables {
             v4: MappedArray::open(pin_dir, NAT_V4_MAP)?,
             v6: MappedArray::open(pin_dir, NAT_V6_MAP)?,
-            lens: Array::try_from(open_pinned(pin_dir, NAT_LEN_MAP)?)
-                .map_err(map_err(NAT_LEN_MAP))?,
+            lens: open_lens(pin_dir)?,
             active: Array::try_from(open_pinned(pin_dir, NAT_ACTIVE_MAP)?)
                 .map_err(map_err(NAT_ACTIVE_MAP))?,
             pin_root: pin_dir.root().to_owned(),
@@ -84,26 +83,27 @@ impl NatTables {
         let _lock = DirLock::exclusive(&self.pin_root)?;
         let target = (self.active_generation()? + 1) % NAT_GENERATIONS;
         let mut written = 0;
-        for side in NatSide::ALL {
-            let v4 = flatten(plan.translations(), side, false);
-            let v6 = flatten(plan.translations(), side, true);
+        for table in TableId::ALL {
+            let v4 = flatten(plan.translations(), table, false);
+            let v6 = flatten(plan.translations(), table, true);
             // NatPlan bounds translations so that ranges always fit; this
             // guards the memory writes below all the same.
             for (ranges, family) in [(&v4, "IPv4"), (&v6, "IPv6")] {
                 if ranges.len() > NAT_RANGES_PER_TABLE as usize {
                     return Err(NatError::TooManyEntries {
                         family,
-                        side: side.as_str(),
+                        kind: table.filled_by().0.as_str(),
                         count: ranges.len(),
                         max: NAT_RANGES_PER_TABLE as usize,
                     });
                 }
             }
-            let start = table_index(target, side) as usize;
+            let (direction, field) = (table.direction, table.field);
+            let start = table_index(target, direction, field) as usize;
             write_table(&mut self.v4, start, &v4, Range::to_v4);
             write_table(&mut self.v6, start, &v6, Range::to_v6);
-            self.set_len(len_index(false, target, side), v4.len())?;
-            self.set_len(len_index(true, target, side), v6.len())?;
+            self.set_len(len_index(false, target, direction, field), v4.len())?;
+            self.set_len(len_index(true, target, direction, field), v6.len())?;
             written += v4.len() + v6.len();
         }
         // The single write that makes the new table visible. The syscall
@@ -133,23 +133,25 @@ impl NatTables {
         self.lens.set(slot, len, 0).map_err(map_err(NAT_LEN_MAP))
     }
 
-    /// The ranges of the active generation, sorted by side, then address.
+    /// The ranges of the active generation, by table (egress destination,
+    /// egress source, ingress source, ingress destination), then address.
     pub fn active_entries(&self) -> Result<Vec<TableRange>, NatError> {
         let generation = self.active_generation()?;
         let mut out = Vec::new();
-        for side in NatSide::ALL {
-            let start = table_index(generation, side) as usize;
-            let v4_len = self.len(len_index(false, generation, side))?;
-            let v6_len = self.len(len_index(true, generation, side))?;
+        for table in TableId::ALL {
+            let (direction, field) = (table.direction, table.field);
+            let start = table_index(generation, direction, field) as usize;
+            let v4_len = self.len(len_index(false, generation, direction, field))?;
+            let v6_len = self.len(len_index(true, generation, direction, field))?;
             out.extend(
                 self.v4.entries()[start..start + v4_len]
                     .iter()
-                    .map(|r| Range::from_v4(side, r)),
+                    .map(|r| Range::from_v4(table, r)),
             );
             out.extend(
                 self.v6.entries()[start..start + v6_len]
                     .iter()
-                    .map(|r| Range::from_v6(side, r)),
+                    .map(|r| Range::from_v6(table, r)),
             );
         }
         Ok(out)
@@ -296,6 +298,23 @@ impl DirLock {
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> NatError {
     move |source| NatError::Map { name, source }
+}
+
+/// The table lengths, refused when pinned by a version with another number
+/// of tables (the programs would read the wrong slots).
+fn open_lens(pin_dir: &PinDir) -> Result<Array<MapData, u32>, NatError> {
+    let map = open_pinned(pin_dir, NAT_LEN_MAP)?;
+    let lens = Array::try_from(map).map_err(map_err(NAT_LEN_MAP))?;
+    let max_entries = lens.len();
+    if max_entries != NAT_LEN_MAX_ENTRIES {
+        return Err(NatError::IncompatibleMap {
+            name: NAT_LEN_MAP,
+            problem: format!(
+                "{max_entries} table lengths; this version keeps {NAT_LEN_MAX_ENTRIES}"
+            ),
+        });
+    }
+    Ok(lens)
 }
 
 fn open_pinned(pin_dir: &PinDir, name: &'static str) -> Result<Map, NatError> {

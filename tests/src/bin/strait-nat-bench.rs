@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use strait_api::networking::{AddressMapping, NatConfigurationSpec, NatDirection, PrefixMapping};
-use strait_common::NatSide;
+use strait_common::Direction;
 use strait_dataplane::{
     nat::{NatPlan, NatTables},
     programs::{Dataplane, TcProgram},
@@ -120,21 +120,17 @@ fn extra(i: u32) -> (Ipv4Addr, Ipv4Addr) {
     )
 }
 
+/// The gateway's client side plays the peer: the server's range is exposed
+/// to it as 198.19.10.0/24 (a Source mapping: destinations arriving from the
+/// client are translated back, sources leaving to it forward), and so is
+/// each extra address.
 fn strait_spec(extras: u32) -> NatConfigurationSpec {
-    let prefix = |direction, from: &str, to: &str| PrefixMapping {
-        direction,
-        from: from.into(),
-        to: to.into(),
-    };
     NatConfigurationSpec {
-        prefixes: vec![
-            prefix(
-                NatDirection::Destination,
-                "198.19.10.0/24",
-                "198.18.10.0/24",
-            ),
-            prefix(NatDirection::Source, "198.18.10.0/24", "198.19.10.0/24"),
-        ],
+        prefixes: vec![PrefixMapping {
+            direction: NatDirection::Source,
+            from: "198.18.10.0/24".into(),
+            to: "198.19.10.0/24".into(),
+        }],
         addresses: (0..extras)
             .map(|i| {
                 let (remapped, local) = extra(i);
@@ -155,8 +151,13 @@ fn start_strait(t: &Topology, pins: &TestPinDir, extras: u32) -> Result<Duration
     t.gw.enter(move || -> Result<Duration> {
         let mut dp = Dataplane::load(pin_dir)?;
         let applied = NatTables::open_pinned(dp.pin_dir())?.apply(&plan)?;
-        for side in NatSide::ALL {
-            tc::attach(&mut dp, TcProgram::Nat(side), "client", AttachMode::Auto)?;
+        for direction in Direction::ALL {
+            tc::attach(
+                &mut dp,
+                TcProgram::Nat(direction),
+                "client",
+                AttachMode::Auto,
+            )?;
         }
         Ok(applied.elapsed)
     })?

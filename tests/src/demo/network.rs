@@ -3,19 +3,19 @@
 //!
 //! ```text
 //!  pod ─ node ═Geneve═ gateway node ─ gateway pod (strait-gateway) ══WireGuard══ (the other cluster)
-//!    (strait-fabric run)  (strait-fabric run)   (strait-fabric nat)   internet bridge
+//!    (strait-fabric run)  (strait-fabric run)   (strait-fabric nat run)   internet bridge
 //! ```
 //! Everything a cluster's network module decides comes from its CRs: the
 //! remap of the peer's pods (a Configuration, applied with kubectl), the
 //! gateways (GatewayServer/GatewayClient: the controller runs
 //! `strait-gateway`, see [`gateways`](super::gateways)), the fabric
 //! (`strait-fabric run --from-cluster` follows RouteConfigurations and the
-//! InternalNodes derived from the Nodes). Two pieces are not driven by the
-//! controllers yet and say so as they run: the RouteConfiguration (no
+//! InternalNodes derived from the Nodes), the gateways' NAT (`strait-fabric
+//! nat run --from-cluster` follows the NatConfiguration the network module
+//! renders from the Configuration). One piece is not driven by the
+//! controllers yet and says so as it runs: the RouteConfiguration (no
 //! controller writes one; the demo applies what the network module's
-//! `render::node_routes` makes of the Configuration) and the gateways' NAT
-//! (`strait-fabric nat` with a file, until the NAT agent follows
-//! NatConfigurations).
+//! `render::node_routes` makes of the Configuration).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -24,7 +24,7 @@ use kube::Api;
 use serde_json::{json, Value};
 use strait_api::{
     names::{self, label::REMOTE_CLUSTER_ID},
-    networking::{Configuration, InternalNode},
+    networking::{ApplyState, Configuration, InternalNode, NatConfiguration},
 };
 use strait_common::fabric::FabricCounter;
 use strait_dataplane::{
@@ -50,7 +50,7 @@ use crate::{
     gateway::{self, Internet, Process},
     netns::run,
     traffic::tcp_transfer_translated,
-    FabricCli, NetNs, Veth,
+    NetNs, Veth,
 };
 
 /// The pod of each cluster's node (the same address in both clusters).
@@ -394,21 +394,68 @@ pub fn act(
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }
-        // The controller's gateway accepts and routes the peer's real pod
-        // CIDRs (allowedIPs), so the tunnel carries real addresses and the
-        // translation happens before it: on the LAN side, where the
-        // packets still carry the addresses this cluster uses for the peer.
+        // The tunnel carries real addresses (the gateway accepts the peer's
+        // real pod CIDRs), so the NAT sits on the tunnel interface: the
+        // network module's own-view remap of the peer (its NatConfiguration)
+        // rewrites destinations on the way out and sources on the way in.
+        let namespace = names::tenant_namespace(peer.id);
+        let label = format!("{id}-gwnat");
+        let args = [
+            "nat",
+            "run",
+            "--from-cluster",
+            "--namespace",
+            &namespace,
+            "--host",
+            &label,
+            "--iface",
+            &interfaces[own],
+            "--poll-interval",
+            "200ms",
+        ];
+        let (agent, relay, pins) = start_agent(stage, cluster, pod, &label, &args)?;
         report.say(format!(
-            "gateway pod {id}: the NAT translates on its LAN side: the peer's pods as seen here <-> their real addresses, which the tunnel carries"
+            "gateway pod {id} $ strait-fabric {}   # follows the NatConfiguration the network module rendered",
+            args.join(" ")
         ));
-        dataplane.nat_pins.push(gateway_nat(
-            stage,
-            report,
-            pod,
-            own,
-            &views[own],
-            GATEWAY_POD_LAN_IFACE,
-        )?);
+        let nats: Api<NatConfiguration> = Api::namespaced(cluster.client(), &namespace);
+        let applied = runtime.block_on(wait_for(STEP, || async {
+            let list = nats
+                .list(&Default::default())
+                .await
+                .map_err(|e| format!("listing NatConfigurations: {e}"))?;
+            let mut seen = Vec::new();
+            for nat in list.items {
+                let name = nat.metadata.name.clone().unwrap_or_default();
+                let host = nat
+                    .status
+                    .and_then(|s| s.hosts.into_iter().find(|h| h.host == label));
+                match host {
+                    Some(h) if h.state == ApplyState::Applied => {
+                        let mappings = nat
+                            .spec
+                            .prefixes
+                            .iter()
+                            .map(|p| format!("{:?} {} -> {}", p.direction, p.from, p.to))
+                            .collect::<Vec<_>>();
+                        return Ok(format!("{name} Applied: {}", mappings.join(", ")));
+                    }
+                    Some(h) => seen.push(format!("{name}: {:?} {}", h.state, h.message)),
+                    None => seen.push(format!("{name}: no status from {label} yet")),
+                }
+            }
+            Err(format!("NatConfigurations in {namespace}: {seen:?}"))
+        }));
+        report.check(
+            &format!(
+                "{}: the gateway's NAT agent applied the network module's NatConfiguration",
+                cluster.id
+            ),
+            applied,
+        );
+        dataplane._agents.push(agent);
+        dataplane._relays.push(relay);
+        dataplane.nat_pins.push(pins);
 
         // The nodes' routes toward the gateway, as the network module renders them.
         let configurations: Api<Configuration> =
@@ -584,39 +631,7 @@ pub fn act(
     Ok(dataplane)
 }
 
-/// The static NAT of gateway pod `own` (`strait-fabric nat`, until the NAT
-/// agent follows the NatConfiguration): prefixes [`POD_CIDRS`] and `seen`
-/// translated into each other on `iface`, source on the way out,
-/// destination on the way in.
-fn gateway_nat(
-    stage: &Stage,
-    report: &Report,
-    pod: &NetNs,
-    own: usize,
-    seen: &[String],
-    iface: &str,
-) -> Result<TestPinDir> {
-    let mut nat = String::from("prefixes:\n");
-    for (real, as_seen) in POD_CIDRS.iter().zip(seen) {
-        nat.push_str(&format!(
-            "  - {{direction: Source, from: \"{real}\", to: \"{as_seen}\"}}\n  - {{direction: Destination, from: \"{as_seen}\", to: \"{real}\"}}\n"
-        ));
-    }
-    let nat_file = stage.path(&format!("nat-{}.yaml", ["a", "b"][own]));
-    std::fs::write(&nat_file, &nat)?;
-    let pins = TestPinDir::new(&format!("demo-nat-{own}"))?;
-    let cli = FabricCli::new(pod, pins.path())?;
-    report.say(format!(
-        "gateway pod {} $ strait-fabric nat apply --config nat-{}.yaml && strait-fabric nat attach --iface {}",
-        ["a", "b"][own], ["a", "b"][own], iface
-    ));
-    report.say(cli.run(&["nat", "apply", "--config", &nat_file.display().to_string()])?);
-    report.say(cli.run(&["nat", "attach", "--iface", iface])?);
-    Ok(pins)
-}
-
-/// `strait-fabric run --from-cluster=<follow>` in `host`, reaching its
-/// cluster's API server through a relay; logs to `fabric-<label>.log`.
+/// `strait-fabric run --from-cluster=<follow>` in `host`: see [`start_agent`].
 fn start_fabric(
     stage: &Stage,
     cluster: &Cluster,
@@ -624,6 +639,30 @@ fn start_fabric(
     label: &str,
     follow: &str,
     config: &str,
+) -> Result<(Process, ApiRelay, TestPinDir)> {
+    let config_file = stage.path(&format!("fabric-{label}.yaml"));
+    std::fs::write(&config_file, config)?;
+    let follow = format!("--from-cluster={follow}");
+    let config_file = config_file.display().to_string();
+    let args = [
+        "run",
+        "--poll-interval",
+        "200ms",
+        &follow,
+        "--config",
+        &config_file,
+    ];
+    start_agent(stage, cluster, host, label, &args)
+}
+
+/// `strait-fabric <args>` in `host` with its own pin directory, reaching
+/// its cluster's API server through a relay; logs to `fabric-<label>.log`.
+fn start_agent(
+    stage: &Stage,
+    cluster: &Cluster,
+    host: &NetNs,
+    label: &str,
+    args: &[&str],
 ) -> Result<(Process, ApiRelay, TestPinDir)> {
     let target: SocketAddr = cluster
         .api
@@ -638,18 +677,13 @@ fn start_fabric(
         target,
         &stage.path(&format!("fabric-{label}.kubeconfig")),
     )?;
-    let config_file = stage.path(&format!("fabric-{label}.yaml"));
-    std::fs::write(&config_file, config)?;
     let pins = TestPinDir::new(&format!("demo-{label}"))?;
     let binary = bins::path("strait-fabric").map_err(anyhow::Error::msg)?;
     let mut command: Command = host.command(&binary);
     command
         .arg("--pin-dir")
         .arg(pins.path())
-        .args(["run", "--poll-interval", "200ms"])
-        .arg(format!("--from-cluster={follow}"))
-        .arg("--config")
-        .arg(&config_file)
+        .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info");
     let agent = process::spawn(command, stage.path(&format!("fabric-{label}.log")))?;

@@ -2,12 +2,13 @@
 //! (whose embedded IPv4 header has a checksum of its own) and fragments.
 
 use aya_ebpf::programs::TcContext;
-use strait_common::{nat::splice_v4, DropReason, NatSide};
+use strait_common::{nat::splice_v4, Direction, DropReason, NatField};
 
 use super::{
     checksum::{self, Coverage},
-    table, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
-    UDP_CSUM_OFF, UDP_HDR_LEN,
+    table::{self, Table},
+    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
+    UDP_HDR_LEN,
 };
 use crate::maps::NAT_V4;
 
@@ -23,26 +24,18 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
-/// Offset of the address `side` translates, from the start of an IPv4 header.
-const fn addr_offset(side: NatSide) -> usize {
-    match side {
-        NatSide::Destination => DST_OFF,
-        NatSide::Source => SRC_OFF,
-    }
-}
-
-/// The opposite address: where an ICMP error's embedded packet keeps the
-/// address that corresponds to the outer one `side` translates.
-const fn embedded_addr_offset(side: NatSide) -> usize {
-    match side {
-        NatSide::Destination => SRC_OFF,
-        NatSide::Source => DST_OFF,
+/// Offset of `field` from the start of an IPv4 header.
+#[inline(always)]
+const fn addr_offset(field: NatField) -> usize {
+    match field {
+        NatField::Destination => DST_OFF,
+        NatField::Source => SRC_OFF,
     }
 }
 
 pub fn translate<const IP_OFF: usize>(
     ctx: &TcContext,
-    side: NatSide,
+    direction: Direction,
     generation: u8,
 ) -> Result<(), DropReason> {
     let hdr: [u8; MIN_HDR_LEN] = ctx.load(IP_OFF).map_err(|_| DropReason::Truncated)?;
@@ -57,9 +50,19 @@ pub fn translate<const IP_OFF: usize>(
     if IP_OFF + total_len > ctx.len() as usize {
         return Err(DropReason::Truncated);
     }
-    let addr_off = IP_OFF + addr_offset(side);
-    let old = addr_at(&hdr, addr_offset(side));
-    let new = lookup(generation, side, old);
+    let table = |field| Table {
+        generation,
+        direction,
+        field,
+    };
+    let old_dst = addr_at(&hdr, DST_OFF);
+    let old_src = addr_at(&hdr, SRC_OFF);
+    // Found-flag and address rather than Options: LLVM copies an Option's
+    // payload even when it is None, and the verifier refuses reading such
+    // uninitialised registers.
+    let (dst_mapped, new_dst) = lookup_or_keep(table(NatField::Destination), old_dst);
+    let (src_mapped, new_src) = lookup_or_keep(table(NatField::Source), old_src);
+    let translated = dst_mapped || src_mapped;
 
     // Later fragments carry no transport header: only the IP header changes.
     // The first fragment's transport checksum covers the whole datagram, so
@@ -68,52 +71,69 @@ pub fn translate<const IP_OFF: usize>(
     let l4_off = IP_OFF + hdr_len;
     let l4_len = total_len - hdr_len;
     let proto = hdr[9];
-
-    if let Some(new) = new {
-        if !later_fragment {
-            match proto {
-                IPPROTO_TCP => {
-                    require(l4_len, TCP_HDR_LEN)?;
-                    checksum::transport4(
-                        ctx,
-                        l4_off + TCP_CSUM_OFF,
-                        old,
-                        new,
-                        Coverage::PseudoHeader,
-                    )?;
-                }
-                IPPROTO_UDP => {
-                    require(l4_len, UDP_HDR_LEN)?;
-                    checksum::transport4(
-                        ctx,
-                        l4_off + UDP_CSUM_OFF,
-                        old,
-                        new,
-                        Coverage::PseudoHeaderUdp,
-                    )?;
-                }
-                // The ICMP checksum has no pseudo header; an address outside
-                // it changes nothing there.
-                IPPROTO_ICMP => require(l4_len, ICMP_HDR_LEN)?,
-                _ => {}
-            }
-        }
-        ctx.store(addr_off, &new, 0)
-            .map_err(|_| DropReason::NatRewriteFailed)?;
-        checksum::ipv4_header(ctx, IP_OFF + CSUM_OFF, old, new)?;
+    let (needed, csum_off, coverage) = match proto {
+        IPPROTO_TCP => (TCP_HDR_LEN, TCP_CSUM_OFF, Coverage::PseudoHeader),
+        IPPROTO_UDP => (UDP_HDR_LEN, UDP_CSUM_OFF, Coverage::PseudoHeaderUdp),
+        IPPROTO_ICMP => (ICMP_HDR_LEN, 0, Coverage::Payload),
+        _ => (0, 0, Coverage::Payload),
+    };
+    let has_transport = needed > 0 && !later_fragment;
+    // Refuse a cut transport header before anything is written.
+    if translated && has_transport {
+        require(l4_len, needed)?;
+    }
+    let csum = TransportCsum {
+        // The ICMP checksum has no pseudo header: an address outside it
+        // changes nothing there.
+        fix: has_transport && proto != IPPROTO_ICMP,
+        offset: l4_off + csum_off,
+        coverage,
+    };
+    if dst_mapped {
+        rewrite_address::<IP_OFF>(ctx, IP_OFF + DST_OFF, old_dst, new_dst, csum)?;
+    }
+    if src_mapped {
+        rewrite_address::<IP_OFF>(ctx, IP_OFF + SRC_OFF, old_src, new_src, csum)?;
     }
 
     if proto == IPPROTO_ICMP && !later_fragment {
-        let quoted = translate_icmp_error(ctx, side, generation, l4_off, l4_len);
-        return super::unless_untouched(quoted, new.is_some());
+        let quoted = translate_icmp_error(ctx, direction, generation, l4_off, l4_len);
+        return super::unless_untouched(quoted, translated);
     }
     Ok(())
 }
 
-/// Translates the packet embedded in an ICMP error, if this is one.
+/// The transport checksum an address change must be folded into.
+#[derive(Clone, Copy)]
+struct TransportCsum {
+    fix: bool,
+    offset: usize,
+    coverage: Coverage,
+}
+
+/// Writes `new` over the address at `addr_off`, fixing the IPv4 header's
+/// checksum and the transport checksum.
+#[inline(always)]
+fn rewrite_address<const IP_OFF: usize>(
+    ctx: &TcContext,
+    addr_off: usize,
+    old: u32,
+    new: u32,
+    csum: TransportCsum,
+) -> Result<(), DropReason> {
+    if csum.fix {
+        checksum::transport4(ctx, csum.offset, old, new, csum.coverage)?;
+    }
+    ctx.store(addr_off, &new, 0)
+        .map_err(|_| DropReason::NatRewriteFailed)?;
+    checksum::ipv4_header(ctx, IP_OFF + CSUM_OFF, old, new)
+}
+
+/// Translates the packet embedded in an ICMP error, if this is one: each of
+/// its addresses with the table of the error's opposite address.
 fn translate_icmp_error(
     ctx: &TcContext,
-    side: NatSide,
+    direction: Direction,
     generation: u8,
     icmp_off: usize,
     icmp_len: usize,
@@ -136,25 +156,35 @@ fn translate_icmp_error(
     if inner[0] >> 4 != 4 || usize::from(inner[0] & 0x0f) * 4 < MIN_HDR_LEN {
         return Err(DropReason::NatIcmpEmbeddedMalformed);
     }
-    let field = embedded_addr_offset(side);
-    let old = addr_at(&inner, field);
-    let Some(new) = lookup(generation, side, old) else {
-        return Ok(());
-    };
-    let old_csum = u16::from_ne_bytes([inner[CSUM_OFF], inner[CSUM_OFF + 1]]);
-    ctx.store(inner_off + field, &new, 0)
-        .map_err(|_| DropReason::NatRewriteFailed)?;
-    checksum::ipv4_header(ctx, inner_off + CSUM_OFF, old, new)?;
-    let new_csum: u16 = ctx
-        .load(inner_off + CSUM_OFF)
-        .map_err(|_| DropReason::NatRewriteFailed)?;
-    // Both changes are inside the ICMP payload. (For a correct embedded
-    // checksum they cancel out, but an embedded header with a wrong checksum
-    // must not turn the outer checksum wrong too.)
-    let icmp_csum = icmp_off + ICMP_CSUM_OFF;
-    checksum::transport4(ctx, icmp_csum, old, new, Coverage::Payload)?;
-    checksum::transport2(ctx, icmp_csum, old_csum, new_csum, Coverage::Payload)?;
-    fix_quoted_transport(ctx, icmp_off, icmp_len, &inner, old, new)
+    for field in [NatField::Destination, NatField::Source] {
+        let old = addr_at(&inner, addr_offset(field));
+        let table = Table {
+            generation,
+            direction,
+            field: field.opposite(),
+        };
+        let (mapped, new) = lookup_or_keep(table, old);
+        if !mapped {
+            continue;
+        }
+        let old_csum: u16 = ctx
+            .load(inner_off + CSUM_OFF)
+            .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?;
+        ctx.store(inner_off + addr_offset(field), &new, 0)
+            .map_err(|_| DropReason::NatRewriteFailed)?;
+        checksum::ipv4_header(ctx, inner_off + CSUM_OFF, old, new)?;
+        let new_csum: u16 = ctx
+            .load(inner_off + CSUM_OFF)
+            .map_err(|_| DropReason::NatRewriteFailed)?;
+        // Both changes are inside the ICMP payload. (For a correct embedded
+        // checksum they cancel out, but an embedded header with a wrong
+        // checksum must not turn the outer checksum wrong too.)
+        let icmp_csum = icmp_off + ICMP_CSUM_OFF;
+        checksum::transport4(ctx, icmp_csum, old, new, Coverage::Payload)?;
+        checksum::transport2(ctx, icmp_csum, old_csum, new_csum, Coverage::Payload)?;
+        fix_quoted_transport(ctx, icmp_off, icmp_len, &inner, old, new)?;
+    }
+    Ok(())
 }
 
 /// The quoted packet's own TCP/UDP checksum covers the address just
@@ -223,13 +253,22 @@ fn addr_at(hdr: &[u8; MIN_HDR_LEN], off: usize) -> u32 {
     u32::from_ne_bytes([hdr[off], hdr[off + 1], hdr[off + 2], hdr[off + 3]])
 }
 
-/// The translated address, in packet byte order, if a mapping covers `addr`.
+/// Whether a mapping of `table` covers `addr`, and the translated address
+/// (`addr` itself when none does).
 #[inline(always)]
-fn lookup(generation: u8, side: NatSide, addr: u32) -> Option<u32> {
+fn lookup_or_keep(table: Table, addr: u32) -> (bool, u32) {
+    match lookup(table, addr) {
+        Some(new) => (true, new),
+        None => (false, addr),
+    }
+}
+
+/// The translated address, in packet byte order, if a mapping of `table`
+/// covers `addr`.
+#[inline(always)]
+fn lookup(table: Table, addr: u32) -> Option<u32> {
     let value = u32::from_be_bytes(addr.to_ne_bytes());
-    let range = table::candidate(&NAT_V4, false, generation, side, |r| {
-        table::at_most(r.first, value)
-    })?;
+    let range = table::candidate(&NAT_V4, false, table, |r| table::at_most(r.first, value))?;
     if table::at_most(value, range.last) == 0 {
         return None;
     }

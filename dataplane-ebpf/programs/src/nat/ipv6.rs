@@ -3,12 +3,13 @@
 //! walked (a bounded number) to find the transport header and fragments.
 
 use aya_ebpf::programs::TcContext;
-use strait_common::{nat::splice_v6, DropReason, NatSide};
+use strait_common::{nat::splice_v6, Direction, DropReason, NatField};
 
 use super::{
     checksum::{self, Coverage},
-    table, ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN,
-    UDP_CSUM_OFF, UDP_HDR_LEN,
+    table::{self, Table},
+    ICMP_CSUM_OFF, ICMP_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CSUM_OFF, TCP_HDR_LEN, UDP_CSUM_OFF,
+    UDP_HDR_LEN,
 };
 use crate::maps::NAT_V6;
 
@@ -33,18 +34,11 @@ const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
 /// An IPv6 address as four words in packet byte order.
 type Addr = [u32; 4];
 
-const fn addr_offset(side: NatSide) -> usize {
-    match side {
-        NatSide::Destination => DST_OFF,
-        NatSide::Source => SRC_OFF,
-    }
-}
-
-/// See ipv4::embedded_addr_offset.
-const fn embedded_addr_offset(side: NatSide) -> usize {
-    match side {
-        NatSide::Destination => SRC_OFF,
-        NatSide::Source => DST_OFF,
+#[inline(always)]
+const fn addr_offset(field: NatField) -> usize {
+    match field {
+        NatField::Destination => DST_OFF,
+        NatField::Source => SRC_OFF,
     }
 }
 
@@ -58,7 +52,7 @@ struct Transport {
 
 pub fn translate<const IP_OFF: usize>(
     ctx: &TcContext,
-    side: NatSide,
+    direction: Direction,
     generation: u8,
 ) -> Result<(), DropReason> {
     let first: [u8; 8] = ctx.load(IP_OFF).map_err(|_| DropReason::Truncated)?;
@@ -70,34 +64,54 @@ pub fn translate<const IP_OFF: usize>(
     if end > ctx.len() as usize {
         return Err(DropReason::Truncated);
     }
-    let addr_off = IP_OFF + addr_offset(side);
-    let old: Addr = ctx.load(addr_off).map_err(|_| DropReason::Truncated)?;
-    let new = lookup(generation, side, &old);
+    let table = |field| Table {
+        generation,
+        direction,
+        field,
+    };
+    let old_dst: Addr = ctx
+        .load(IP_OFF + DST_OFF)
+        .map_err(|_| DropReason::Truncated)?;
+    let old_src: Addr = ctx
+        .load(IP_OFF + SRC_OFF)
+        .map_err(|_| DropReason::Truncated)?;
+    // Found-flag and address rather than Options: see ipv4::translate.
+    let (dst_mapped, new_dst) = lookup_or_keep(table(NatField::Destination), &old_dst);
+    let (src_mapped, new_src) = lookup_or_keep(table(NatField::Source), &old_src);
+    let translated = dst_mapped || src_mapped;
     let transport = find_transport::<IP_OFF>(ctx, first[6])?;
     let l4_len = end.saturating_sub(transport.offset);
 
-    if let Some(new) = new {
-        if !transport.later_fragment {
-            let (csum_off, needed, coverage) = match transport.proto {
-                IPPROTO_TCP => (TCP_CSUM_OFF, TCP_HDR_LEN, Coverage::PseudoHeader),
-                IPPROTO_UDP => (UDP_CSUM_OFF, UDP_HDR_LEN, Coverage::PseudoHeaderUdp),
-                IPPROTO_ICMPV6 => (ICMP_CSUM_OFF, ICMP_HDR_LEN, Coverage::PseudoHeader),
-                _ => (0, 0, Coverage::Payload),
-            };
-            if needed > 0 {
-                if l4_len < needed {
-                    return Err(DropReason::NatL4Truncated);
-                }
-                checksum::transport16(ctx, transport.offset + csum_off, &old, &new, coverage)?;
-            }
+    let (csum_off, needed, coverage) = match transport.proto {
+        IPPROTO_TCP => (TCP_CSUM_OFF, TCP_HDR_LEN, Coverage::PseudoHeader),
+        IPPROTO_UDP => (UDP_CSUM_OFF, UDP_HDR_LEN, Coverage::PseudoHeaderUdp),
+        IPPROTO_ICMPV6 => (ICMP_CSUM_OFF, ICMP_HDR_LEN, Coverage::PseudoHeader),
+        _ => (0, 0, Coverage::Payload),
+    };
+    let fix_transport = needed > 0 && !transport.later_fragment;
+    // Refuse a cut transport header before anything is written.
+    if translated && fix_transport && l4_len < needed {
+        return Err(DropReason::NatL4Truncated);
+    }
+    let csum_at = transport.offset + csum_off;
+    if dst_mapped {
+        if fix_transport {
+            checksum::transport16(ctx, csum_at, &old_dst, &new_dst, coverage)?;
         }
-        ctx.store(addr_off, &new, 0)
+        ctx.store(IP_OFF + DST_OFF, &new_dst, 0)
+            .map_err(|_| DropReason::NatRewriteFailed)?;
+    }
+    if src_mapped {
+        if fix_transport {
+            checksum::transport16(ctx, csum_at, &old_src, &new_src, coverage)?;
+        }
+        ctx.store(IP_OFF + SRC_OFF, &new_src, 0)
             .map_err(|_| DropReason::NatRewriteFailed)?;
     }
 
     if transport.proto == IPPROTO_ICMPV6 && !transport.later_fragment {
-        let quoted = translate_icmp_error(ctx, side, generation, transport.offset, l4_len);
-        return super::unless_untouched(quoted, new.is_some());
+        let quoted = translate_icmp_error(ctx, direction, generation, transport.offset, l4_len);
+        return super::unless_untouched(quoted, translated);
     }
     Ok(())
 }
@@ -152,10 +166,11 @@ fn find_transport<const IP_OFF: usize>(
     }
 }
 
-/// Translates the packet embedded in an ICMPv6 error, if this is one.
+/// Translates the packet embedded in an ICMPv6 error, if this is one: each
+/// of its addresses with the table of the error's opposite address.
 fn translate_icmp_error(
     ctx: &TcContext,
-    side: NatSide,
+    direction: Direction,
     generation: u8,
     icmp_off: usize,
     icmp_len: usize,
@@ -183,17 +198,26 @@ fn translate_icmp_error(
     if inner[0] >> 4 != 6 {
         return Err(DropReason::NatIcmpEmbeddedMalformed);
     }
-    let field = inner_off + embedded_addr_offset(side);
-    let old: Addr = ctx
-        .load(field)
-        .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?;
-    let Some(new) = lookup(generation, side, &old) else {
-        return Ok(());
-    };
-    checksum::transport16(ctx, icmp_off + ICMP_CSUM_OFF, &old, &new, Coverage::Payload)?;
-    ctx.store(field, &new, 0)
-        .map_err(|_| DropReason::NatRewriteFailed)?;
-    fix_quoted_transport(ctx, icmp_off, icmp_len, inner[6], &old, &new)
+    for field in [NatField::Destination, NatField::Source] {
+        let at = inner_off + addr_offset(field);
+        let old: Addr = ctx
+            .load(at)
+            .map_err(|_| DropReason::NatIcmpEmbeddedTruncated)?;
+        let table = Table {
+            generation,
+            direction,
+            field: field.opposite(),
+        };
+        let (mapped, new) = lookup_or_keep(table, &old);
+        if !mapped {
+            continue;
+        }
+        checksum::transport16(ctx, icmp_off + ICMP_CSUM_OFF, &old, &new, Coverage::Payload)?;
+        ctx.store(at, &new, 0)
+            .map_err(|_| DropReason::NatRewriteFailed)?;
+        fix_quoted_transport(ctx, icmp_off, icmp_len, inner[6], &old, &new)?;
+    }
+    Ok(())
 }
 
 /// See ipv4::fix_quoted_transport; here ICMPv6 has a pseudo header too.
@@ -239,11 +263,21 @@ fn fix_quoted_transport(
     )
 }
 
-/// The translated address, if a mapping covers `addr`.
+/// Whether a mapping of `table` covers `addr`, and the translated address
+/// (`addr` itself when none does).
 #[inline(always)]
-fn lookup(generation: u8, side: NatSide, addr: &Addr) -> Option<Addr> {
+fn lookup_or_keep(table: Table, addr: &Addr) -> (bool, Addr) {
+    match lookup(table, addr) {
+        Some(new) => (true, new),
+        None => (false, *addr),
+    }
+}
+
+/// The translated address, if a mapping of `table` covers `addr`.
+#[inline(always)]
+fn lookup(table: Table, addr: &Addr) -> Option<Addr> {
     let value = be_words(&to_bytes(addr));
-    let range = table::candidate(&NAT_V6, true, generation, side, |r| {
+    let range = table::candidate(&NAT_V6, true, table, |r| {
         table::at_most_v6(&r.first, &value)
     })?;
     if table::at_most_v6(&value, &range.last) == 0 {

@@ -1,13 +1,14 @@
 //! Stateless 1:1 prefix translation (NAT) of the gateway.
 //!
-//! The destination program rewrites the destination address of packets that
-//! arrive from the peer; the source program rewrites the source address of
-//! packets that leave towards it. Both look the address up in the active
-//! generation of the family's LPM trie and keep the host bits. An ICMP error
+//! Every mapping is bidirectional on the interface toward the peer (see
+//! strait_common::nat): the egress program rewrites the destination and the
+//! source of packets leaving toward the peer through the two egress tables,
+//! the ingress program both addresses of packets arriving from it through
+//! the two ingress tables, all with the host bits kept. An ICMP error
 //! carries the packet that caused it, which travelled the other way: its
-//! *opposite* address (source for the destination program, destination for
-//! the source program) is translated with the same table, so the error
-//! still matches the socket that sent the original.
+//! source is translated with the table of the error's destination and its
+//! destination with that of the error's source, so the error still matches
+//! the socket that sent the original.
 //!
 //! Each program exists twice: for devices whose frames start with an
 //! Ethernet header (veth, NICs) and for L3-only devices (WireGuard, tun,
@@ -19,7 +20,7 @@ mod ipv6;
 mod table;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use strait_common::{DropReason, NatSide};
+use strait_common::{Direction, DropReason};
 
 use crate::{drop::drop_packet, maps::NAT_ACTIVE};
 
@@ -42,23 +43,31 @@ const UDP_HDR_LEN: usize = 8;
 const ICMP_CSUM_OFF: usize = 2;
 const ICMP_HDR_LEN: usize = 8;
 
-/// Translates the packet in place, or drops it with a counted reason when it
-/// cannot be translated correctly. Packets without a matching mapping and
-/// non-IP frames pass untouched.
+/// Translates the packet going `direction` in place, or drops it with a
+/// counted reason when it cannot be translated correctly. Packets without a
+/// matching mapping and non-IP frames pass untouched.
 /// `IP_OFF` is where the IP header starts: [`ETHERNET`] or [`L3_ONLY`].
-pub fn translate<const IP_OFF: usize>(ctx: &TcContext, side: NatSide) -> i32 {
-    // skb->protocol, not a header field: L3-only devices have no EtherType.
-    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    let generation = active_generation();
-    let result = match ethertype {
-        ETHERTYPE_IPV4 => ipv4::translate::<IP_OFF>(ctx, side, generation),
-        ETHERTYPE_IPV6 => ipv6::translate::<IP_OFF>(ctx, side, generation),
-        _ => Ok(()),
-    };
-    match result {
+#[inline(always)]
+pub fn translate<const IP_OFF: usize>(ctx: &TcContext, direction: Direction) -> i32 {
+    match try_translate::<IP_OFF>(ctx, direction) {
         // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => drop_packet(reason),
+    }
+}
+
+#[inline(always)]
+fn try_translate<const IP_OFF: usize>(
+    ctx: &TcContext,
+    direction: Direction,
+) -> Result<(), DropReason> {
+    // skb->protocol, not a header field: L3-only devices have no EtherType.
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    let generation = active_generation();
+    match ethertype {
+        ETHERTYPE_IPV4 => ipv4::translate::<IP_OFF>(ctx, direction, generation),
+        ETHERTYPE_IPV6 => ipv6::translate::<IP_OFF>(ctx, direction, generation),
+        _ => Ok(()),
     }
 }
 

@@ -2,16 +2,27 @@
 //!
 //! The binary search is branch-free: every step probes, and the comparison
 //! becomes a mask instead of a jump. A branching search gives the verifier
-//! two paths per step to explore at every call site, which multiplied by the
-//! ICMP paths exceeds its budget; this one is a straight line.
+//! two paths per step to explore at every call site (a program has four:
+//! both addresses and both quoted addresses of an ICMP error), which
+//! multiplied by the ICMP paths exceeds its budget; this one is a straight
+//! line.
 
 use aya_ebpf::maps::Array;
 use strait_common::{
     nat::{len_index, table_index, NAT_RANGES_PER_TABLE, NAT_SEARCH_STEPS},
-    NatSide,
+    Direction, NatField,
 };
 
 use crate::maps::NAT_LEN;
+
+/// The table of a generation that translates `field` of packets going
+/// `direction`.
+#[derive(Clone, Copy)]
+pub struct Table {
+    pub generation: u8,
+    pub direction: Direction,
+    pub field: NatField,
+}
 
 /// The range of a table that may hold an address: the last one whose first
 /// address is not above it (ranges are sorted and disjoint), or None when
@@ -21,15 +32,20 @@ use crate::maps::NAT_LEN;
 pub fn candidate<T>(
     ranges: &Array<T>,
     ipv6: bool,
-    generation: u8,
-    side: NatSide,
+    which: Table,
     starts_at_most: impl Fn(&T) -> u32,
 ) -> Option<&T> {
-    let len = (*NAT_LEN.get(len_index(ipv6, generation, side))?).min(NAT_RANGES_PER_TABLE);
+    let Table {
+        generation,
+        direction,
+        field,
+    } = which;
+    let len =
+        (*NAT_LEN.get(len_index(ipv6, generation, direction, field))?).min(NAT_RANGES_PER_TABLE);
     if len == 0 {
         return None;
     }
-    let table = table_index(generation, side);
+    let table = table_index(generation, direction, field);
     let mut low = 0u32;
     let mut remaining = len;
     for _ in 0..NAT_SEARCH_STEPS {
