@@ -58,7 +58,8 @@ pub async fn run(client: Client) {
 }
 
 /// Rights of a consumer in a namespace offloaded to this cluster: write the
-/// objects its virtual kubelets reflect, read its pods and their logs and events.
+/// objects its virtual kubelets reflect, read its pods and their logs and events,
+/// open exec, attach and port-forward streams into its pods.
 pub async fn ensure_offloaded_namespace_role(client: &Client) -> Result<(), Error> {
     let all = [
         "get", "list", "watch", "create", "update", "patch", "delete",
@@ -73,6 +74,8 @@ pub async fn ensure_offloaded_namespace_role(client: &Client) -> Result<(), Erro
             {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "persistentvolumeclaims"], "verbs": all},
             {"apiGroups": [""], "resources": ["pods", "events"], "verbs": read},
             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+            // kubectl exec / attach / port-forward through the virtual kubelet.
+            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": read},
         ],
     });
