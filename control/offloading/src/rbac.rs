@@ -142,6 +142,14 @@ pub const VIRTUAL_KUBELET: &[Rule] = &[
     rule("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
     // The provider's events, copied to the local pods.
     rule("", &["events"], &["create", "patch"]),
+    // Authenticating and authorizing callers of its kubelet endpoint, as
+    // a kubelet does (webhook mode).
+    rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
+    rule(
+        "authorization.k8s.io",
+        &["subjectaccessreviews"],
+        &["create"],
+    ),
 ];
 
 /// A consumer's rights in a namespace offloaded to this cluster (the
@@ -171,6 +179,13 @@ pub const OFFLOADED_NAMESPACE: &[Rule] = &[
     ),
     rule("", &["events"], &["list", "watch"]),
     rule("", &["pods/log"], &["get"]),
+    // kubectl exec / attach / port-forward relayed by the virtual kubelet
+    // (websocket upgrades are authorized as get before 1.30, create after).
+    rule(
+        "",
+        &["pods/exec", "pods/attach", "pods/portforward"],
+        &["get", "create"],
+    ),
 ];
 
 /// One right: `(apiGroup, resource, verb, resourceNames joined by ",")`.

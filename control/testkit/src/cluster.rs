@@ -8,13 +8,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::kubelet::{KubeletSlot, TestKubelet, KUBELET_CLIENT_USER};
 use crate::logs::PodLogs;
 use crate::meta;
-use crate::pki::{ClientCredentials, Pki};
+use crate::pki::{ClientCredentials, Pki, User};
 use crate::rbac::SUPERUSER_GROUP;
 use crate::registry::Registry;
 use crate::server::{self, Server, Tls};
 use crate::store::Store;
+use crate::tokens::Tokens;
 use base64::Engine;
 
 /// Namespaces every cluster starts with, as a real one does.
@@ -55,6 +57,8 @@ pub struct TestCluster {
     admin: Option<ClientCredentials>,
     shutdown: watch::Sender<bool>,
     logs: Arc<PodLogs>,
+    tokens: Arc<Tokens>,
+    kubelet: Arc<KubeletSlot>,
 }
 
 impl TestCluster {
@@ -94,8 +98,17 @@ impl TestCluster {
             ));
         }
         let logs = Arc::new(PodLogs::default());
+        let tokens = Arc::new(Tokens::default());
+        let kubelet = Arc::new(KubeletSlot::default());
+        let kubelet_token = tokens.issue(User {
+            name: KUBELET_CLIENT_USER.to_owned(),
+            groups: vec![SUPERUSER_GROUP.to_owned()],
+        });
         let server = Arc::new(Server {
             logs: logs.clone(),
+            tokens: tokens.clone(),
+            kubelet: kubelet.clone(),
+            kubelet_token,
             registry,
             store,
             address,
@@ -114,6 +127,8 @@ impl TestCluster {
             pki,
             shutdown,
             logs,
+            tokens,
+            kubelet,
         };
         if let Some(pki) = &cluster.pki {
             let admin = pki.issue(ADMIN_USER, &[SUPERUSER_GROUP])?;
@@ -156,6 +171,24 @@ impl TestCluster {
     /// returns: there is no kubelet, so the test says what the container printed.
     pub fn set_pod_log(&self, namespace: &str, pod: &str, container: &str, text: &str) {
         self.logs.set(namespace, pod, container, text);
+    }
+
+    /// A bearer token for `user` in `groups`, which a TokenReview on this
+    /// cluster accepts (on plain and TLS clusters alike). The API server
+    /// itself authenticates clients by certificate only.
+    pub fn issue_token(&self, user: &str, groups: &[&str]) -> String {
+        self.tokens.issue(User {
+            name: user.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        })
+    }
+
+    /// Lets `kubelet` answer `pods/exec`, `pods/attach` and
+    /// `pods/portforward` of every pod of this cluster, as the kubelet of
+    /// its nodes. Without one, those requests go to the kubelet endpoint
+    /// of the pod's Node, as kube-apiserver sends them.
+    pub fn set_kubelet(&self, kubelet: Arc<dyn TestKubelet>) {
+        self.kubelet.set(kubelet);
     }
 
     pub fn name(&self) -> &str {

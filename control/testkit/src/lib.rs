@@ -16,6 +16,7 @@ mod cluster;
 mod discovery;
 mod error;
 mod handlers;
+mod kubelet;
 mod logs;
 mod meta;
 mod openapi;
@@ -30,10 +31,14 @@ mod server;
 mod signer;
 mod store;
 mod table;
+mod tokens;
 mod watch;
 
 pub use cluster::{Options, TestCluster, ADMIN_USER, DEFAULT_WATCH_HISTORY};
 pub use error::{ApiError, Error};
+pub use kubelet::{
+    BoxFuture, ContainerCall, ContainerIo, PodConnection, TestKubelet, KUBELET_CLIENT_USER,
+};
 pub use pki::{PkiError, User};
 pub use rbac::SUPERUSER_GROUP;
 pub use signer::CLIENT_SIGNER;

@@ -19,6 +19,10 @@ pub enum Route {
         namespace: String,
         name: String,
     },
+    /// `authentication.k8s.io/v1` TokenReview (create only).
+    TokenReview,
+    /// `authorization.k8s.io/v1` SubjectAccessReview (create only).
+    SubjectAccessReview,
     /// The OpenAPI v3 index and one group/version document (see `openapi`).
     OpenApiRoot,
     OpenApiGroupVersion {
@@ -61,6 +65,10 @@ pub fn parse(registry: &Registry, path: &str) -> Result<Route, ApiError> {
         }),
         ["api", "v1", rest @ ..] => object_route(registry, "", "v1", rest).ok_or_else(not_found),
         ["apis"] => Ok(Route::Groups),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Ok(Route::TokenReview),
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
+            Ok(Route::SubjectAccessReview)
+        }
         ["apis", group] if registry.groups().iter().any(|(g, _)| g == group) => {
             Ok(Route::Group((*group).to_owned()))
         }

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers::{self, Call, Query, Reply};
+use crate::kubelet::{self, KubeletSlot};
 use crate::logs::PodLogs;
 use crate::openapi;
 use crate::pki::{Pki, User};
@@ -28,6 +29,7 @@ use crate::registry::Registry;
 use crate::routes::Target;
 use crate::routes::{self, Route};
 use crate::store::Store;
+use crate::tokens::{self, Tokens};
 
 /// The largest request body accepted (the API server's limit is 3 MiB per object).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -44,6 +46,12 @@ pub struct Server {
     pub tls: Option<Tls>,
     /// What `pods/<name>/log` returns, set by the test.
     pub logs: Arc<PodLogs>,
+    /// Bearer tokens issued, for TokenReviews.
+    pub tokens: Arc<Tokens>,
+    /// The test kubelet answering pod streams, once the test sets one.
+    pub kubelet: Arc<KubeletSlot>,
+    /// The token this API server shows the kubelets it proxies to.
+    pub kubelet_token: String,
 }
 
 pub struct Tls {
@@ -114,7 +122,10 @@ where
         async move { Ok::<_, Infallible>(handle(&server, request, user.as_ref().as_ref()).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
@@ -124,6 +135,9 @@ async fn handle(
     request: Request<Incoming>,
     user: Option<&User>,
 ) -> Response<Body> {
+    if let Some(route) = kubelet::route(request.uri().path()) {
+        return kubelet::serve(server, request, user, route).await;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = Query::parse(request.uri().query());
@@ -254,6 +268,40 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
                     .logs
                     .read(&server.store, &namespace, &name, query.get("container"))?;
             return Ok(Reply::Text(text));
+        }
+        Route::TokenReview | Route::SubjectAccessReview => {
+            if *method != Method::POST {
+                return Err(ApiError::method_not_allowed(method.as_str(), path));
+            }
+            let (group, plural) = if route == Route::TokenReview {
+                ("authentication.k8s.io", "tokenreviews")
+            } else {
+                ("authorization.k8s.io", "subjectaccessreviews")
+            };
+            if let (Some(_), Some(user)) = (&server.tls, user) {
+                let attributes = rbac::Attributes {
+                    verb: "create",
+                    group,
+                    resource: plural,
+                    namespace: None,
+                    name: None,
+                };
+                if !rbac::allowed(&server.store.lock(), user, &attributes) {
+                    return Err(ApiError::forbidden_by_rbac(
+                        group,
+                        plural,
+                        &format!("{plural}.{group}"),
+                        None,
+                        rbac::refusal(user, &attributes),
+                    ));
+                }
+            }
+            let review = if route == Route::TokenReview {
+                tokens::token_review(&server.tokens, body)?
+            } else {
+                tokens::subject_access_review(&server.store.lock(), body)?
+            };
+            return Ok(Reply::Json(201, review));
         }
         Route::Object(target) => target,
     };

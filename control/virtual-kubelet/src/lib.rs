@@ -2,10 +2,15 @@
 //! a provider. Registers the Node and its Lease, runs the reflectors (pods
 //! as ShadowPods, Services and EndpointSlices, ConfigMaps, Secrets,
 //! ServiceAccounts, PersistentVolumeClaims; events back), and serves the
-//! kubelet's log endpoint by asking the provider.
+//! kubelet endpoints (container logs, exec, attach, port-forward) over
+//! HTTPS, authenticated and authorized as a kubelet does it, by asking the
+//! provider.
 
+pub mod auth;
 pub mod node;
 pub mod server;
+pub mod streams;
+pub mod tls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,6 +37,8 @@ pub enum Error {
         address: String,
         source: std::io::Error,
     },
+    #[error("TLS of the kubelet endpoint: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("--virtual-node must be NAMESPACE/NAME, not {0:?}")]
     VirtualNodeReference(String),
 }
@@ -50,6 +57,8 @@ pub struct Config {
     pub pod_workers: usize,
     pub reflection_workers: usize,
     pub translation: IpTranslation,
+    /// The kubelet endpoint's serving certificate and client CA.
+    pub tls: tls::TlsSettings,
 }
 
 /// Splits `namespace/name`.
@@ -117,6 +126,15 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
         namespaces: mapping_rx,
         virtual_node: virtual_node_rx.clone(),
     });
+    // Checked before anything listens: a bad certificate file stops the start.
+    let tls_config = tls::server_config(
+        &config.tls,
+        &[
+            config.node_name.clone(),
+            config.node_ip.clone(),
+            "localhost".to_owned(),
+        ],
+    )?;
     let listener = TcpListener::bind(&config.listen_address)
         .await
         .map_err(|source| Error::Listen {
@@ -140,6 +158,14 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
         not_ready_grace: config.not_ready_grace,
         status_interval: config.status_interval,
     };
+    let endpoint = Arc::new(server::Endpoint {
+        reflection: reflection.clone(),
+        gatekeeper: auth::Gatekeeper {
+            consumer: local.clone(),
+            node_name: config.node_name.clone(),
+        },
+        tls: tokio_rustls::TlsAcceptor::from(tls_config),
+    });
     let workers = config.reflection_workers;
     tokio::join!(
         follow_virtual_node,
@@ -152,7 +178,7 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
             admitted.clone(),
             capacity_tx
         ),
-        server::serve(listener, reflection.clone()),
+        server::serve(listener, endpoint),
         pods::run(
             reflection.clone(),
             config.pod_workers,

@@ -1,14 +1,16 @@
 //! strait-virtual-kubelet: the virtual node of one VirtualNode.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use strait_offloading::ipmap::{CidrRemap, IpTranslation};
-use strait_virtual_kubelet::{parent_gone, parse_virtual_node, run, Config};
+use strait_virtual_kubelet::{parent_gone, parse_virtual_node, run, tls::TlsSettings, Config};
 use tracing_subscriber::EnvFilter;
 
 /// A virtual node backed by a provider cluster: registers the Node, runs
-/// pods there as ShadowPods, reflects what they need, serves their logs.
+/// pods there as ShadowPods, reflects what they need, serves their logs,
+/// exec, attach and port-forward (HTTPS, authenticated and authorized as a
+/// kubelet does it) by asking the provider.
 /// Started by strait-controller --offloading, one per VirtualNode.
 #[derive(Parser, Debug)]
 #[command(name = "strait-virtual-kubelet", version, about)]
@@ -28,9 +30,29 @@ struct Cli {
     /// Milliseconds between two looks at the provider and the node status.
     #[arg(long, default_value_t = 1000)]
     node_status_interval_ms: u64,
-    /// Address of the kubelet endpoints (container logs).
+    /// Address of the kubelet endpoints (HTTPS: container logs, exec,
+    /// attach, port-forward), published on the Node as its kubelet port.
     #[arg(long, default_value = "0.0.0.0:10250")]
     listen_address: String,
+    /// PEM certificate (chain, leaf first) the kubelet endpoint serves, as
+    /// a kubelet's --tls-cert-file. Without it and --tls-private-key-file,
+    /// a self-signed certificate for --node-name, --node-ip and localhost
+    /// is generated in memory at every start (the API server does not
+    /// verify kubelet certificates unless given --kubelet-certificate-authority).
+    #[arg(long, value_name = "FILE", requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// PEM CA bundle of the cluster's client certificates: one it signed
+    /// authenticates as its CN (user) and O (groups), as the API server's
+    /// --kubelet-client-certificate does. Bearer tokens are always accepted
+    /// when the consumer's API server vouches for them (TokenReview); a
+    /// request with neither gets 401. Every request is then authorized
+    /// with a SubjectAccessReview on the Node (nodes/proxy for logs, exec,
+    /// attach and port-forward): 403 when refused.
+    #[arg(long, value_name = "FILE")]
+    client_ca_file: Option<PathBuf>,
     /// Address published on the Node for reaching those endpoints.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
@@ -72,6 +94,11 @@ async fn main() -> Result<()> {
         reflection_workers: cli.reflection_workers,
         translation: IpTranslation {
             remaps: cli.pod_cidr_remaps,
+        },
+        tls: TlsSettings {
+            cert_file: cli.tls_cert_file,
+            key_file: cli.tls_private_key_file,
+            client_ca_file: cli.client_ca_file,
         },
     };
     let local = kube::Client::try_default()

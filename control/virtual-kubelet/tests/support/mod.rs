@@ -497,46 +497,29 @@ async fn list_leftovers(
     found
 }
 
-/// What a kubelet endpoint of a virtual node answers.
+/// What a kubelet endpoint of a virtual node answers, asked through the
+/// API server's node proxy (`/api/v1/nodes/<node>/proxy/<path>`): the API
+/// server finds the endpoint in the Node's status and authenticates to it
+/// as its kubelet client, as `kubectl get --raw` would.
 pub async fn kubelet_get(client: &Client, node: &str, path: &str) -> (u16, String) {
-    let node = bounded(
-        format!("reading node {node}"),
-        Api::<Node>::all(client.clone()).get(node),
-    )
-    .await
-    .expect("node");
-    let status = node.status.expect("node status");
-    let address = &status.addresses.expect("addresses")[0].address;
-    let port = status
-        .daemon_endpoints
-        .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port)
-        .expect("kubelet port");
+    use http_body_util::BodyExt as _;
+    let request = http::Request::get(format!("/api/v1/nodes/{node}/proxy{path}"))
+        .body(kube::client::Body::from(Vec::new()))
+        .expect("request");
     let exchange = async {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect((address.as_str(), port as u16))
+        let response = client.send(request).await.expect("the API server answers");
+        let code = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
             .await
-            .expect("connect to the kubelet");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        response
+            .expect("body")
+            .to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
     };
-    let response = tokio::time::timeout(WAIT, exchange)
+    tokio::time::timeout(WAIT, exchange)
         .await
-        .expect("the kubelet answers in time");
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+        .expect("the kubelet answers in time")
 }
 
 pub type Shared<T> = Arc<T>;
