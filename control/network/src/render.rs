@@ -128,6 +128,7 @@ mod tests {
         config.status = remapped.map(|remote| ConfigurationStatus {
             remote: Some(remote),
             conditions: Vec::new(),
+            vni: None,
         });
         config
     }
