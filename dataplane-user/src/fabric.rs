@@ -47,7 +47,8 @@ pub struct FabricConfig {
     /// traffic to those CIDRs is sent to the node with `nodeVni`.
     #[serde(default)]
     pub internal_nodes: Vec<NamedInternalNode>,
-    /// VNI used toward nodes; required with `internalNodes`.
+    /// VNI used toward nodes; required with `internalNodes`. Packets
+    /// arriving with it are decapsulated (a node's return traffic).
     #[serde(default)]
     pub node_vni: Option<u32>,
     /// tcx where available (default), or force tcx / netlink.
@@ -153,6 +154,17 @@ impl FabricConfig {
             local,
             ..FabricTables::default()
         };
+        // Nodes accept what gateways send back to them on the node VNI,
+        // whether or not they list InternalNodes themselves.
+        if let Some(vni) = self.node_vni {
+            if vni == 0 || vni > 0x00ff_ffff {
+                return Err(ConfigError::BadVni {
+                    what: "nodeVni".to_owned(),
+                    vni,
+                });
+            }
+            tables.vnis.insert(vni);
+        }
         let mut add = |what: &str,
                        destinations: &[String],
                        endpoints: &[String],
@@ -165,6 +177,12 @@ impl FabricConfig {
                 });
             }
             let hop = next_hop(what, endpoints, &local, vni)?;
+            tables.vnis.insert(vni);
+            if is_local(&hop, &local) {
+                // This host is the route's gateway (a gateway node following
+                // the peers' routes): it terminates the VNI, routing nothing.
+                return Ok(());
+            }
             for destination in destinations {
                 let (addr, len) = parse_cidr(destination)?;
                 let fresh = match addr {
@@ -175,7 +193,6 @@ impl FabricConfig {
                     return Err(ConfigError::DuplicateDestination(destination.clone()));
                 }
             }
-            tables.vnis.insert(vni);
             Ok(())
         };
         for (i, route) in self.routes.iter().enumerate() {
@@ -275,6 +292,14 @@ fn next_hop(
     Err(ConfigError::NoUsableEndpoint {
         what: what.to_owned(),
     })
+}
+
+/// Whether `hop` leads to this host itself.
+fn is_local(hop: &NextHop, local: &LocalEndpoints) -> bool {
+    match hop.family {
+        FAMILY_V4 => local.present & LocalEndpoints::HAS_V4 != 0 && hop.endpoint[..4] == local.v4,
+        _ => local.present & LocalEndpoints::HAS_V6 != 0 && hop.endpoint == local.v6,
+    }
 }
 
 /// What a reconcile changed.
@@ -528,6 +553,32 @@ routes:
             config(&yaml).tables(1, 1500),
             Err(ConfigError::DuplicateDestination("198.19.0.0/24".into()))
         );
+    }
+
+    #[test]
+    fn a_gateway_accepts_the_vnis_of_routes_toward_itself_and_nodes_the_node_vni() {
+        let gateway = config(
+            "underlay: eth0\nlocalEndpoints: [198.18.0.2]\nnodeVni: 1\nroutes:\n  - destinations: [198.19.0.0/24]\n    gateways: [198.18.0.2, 'fd00:f::2']\n    vni: 4096\n",
+        )
+        .tables(1, 1500)
+        .expect("valid");
+        assert!(tables_empty(&gateway), "no route toward itself");
+        assert_eq!(gateway.vnis, BTreeSet::from([1, 4096]));
+        let node = config(&format!("{NODE}nodeVni: 1\n"))
+            .tables(1, 1500)
+            .expect("valid");
+        assert_eq!(node.vnis, BTreeSet::from([1, 4242]));
+        assert_eq!(
+            config(&format!("{NODE}nodeVni: 16777216\n")).tables(1, 1500),
+            Err(ConfigError::BadVni {
+                what: "nodeVni".into(),
+                vni: 16_777_216
+            })
+        );
+    }
+
+    fn tables_empty(tables: &FabricTables) -> bool {
+        tables.routes_v4.is_empty() && tables.routes_v6.is_empty()
     }
 
     #[test]

@@ -13,15 +13,15 @@ use serde_json::{json, Value};
 use strait_api::{
     condition::is_condition_true,
     networking::{
-        ClusterCidrs, ClusterNetwork, Configuration, ConfigurationSpec, InternalNode,
-        NatConfiguration,
+        ClusterCidrs, ClusterNetwork, Configuration, ConfigurationSpec, GatewayServer,
+        InternalNode, NatConfiguration, RouteConfiguration,
     },
 };
 use strait_chart_tests::{Helm, NAMESPACE};
 use strait_network::{
     configuration_controller, internal_node_controller,
     ipam::{parse_cidr, Allocator},
-    ipam_controller,
+    ipam_controller, route_controller,
 };
 use strait_testkit::{eventually, Options, TestCluster};
 
@@ -122,6 +122,18 @@ async fn the_network_module_runs_on_the_chart_rbac_and_nothing_more() {
                 .await
                 .expect("controller client"),
         )),
+        tokio::spawn(route_controller::run(
+            cluster
+                .client_as(&service_account("strait-controller"), SA_GROUPS)
+                .await
+                .expect("controller client"),
+            route_controller::Settings {
+                endpoints: route_controller::EndpointSource::Fixed(vec!["198.18.0.2"
+                    .parse()
+                    .expect("address")]),
+                ..route_controller::Settings::default()
+            },
+        )),
     ];
 
     // A peer with our own pod CIDR: IPAM remaps it, the NAT is rendered.
@@ -181,6 +193,27 @@ async fn the_network_module_runs_on_the_chart_rbac_and_nothing_more() {
         .await
         .expect("get")
         .is_some());
+    // Its gateway gets an internal endpoint, the nodes their routes.
+    let gateway: GatewayServer = serde_json::from_value(json!({
+        "apiVersion": "networking.strait.dev/v1beta1", "kind": "GatewayServer",
+        "metadata": {"name": "gw-b"},
+        "spec": {"endpoint": {"port": 51820}},
+    }))
+    .expect("gateway");
+    Api::<GatewayServer>::namespaced(admin.clone(), TENANT)
+        .create(&PostParams::default(), &gateway)
+        .await
+        .expect("GatewayServer");
+    let routes: Api<RouteConfiguration> = Api::namespaced(admin.clone(), TENANT);
+    eventually("RouteConfiguration cluster-b", STEP, || async {
+        routes
+            .get_opt("cluster-b")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.spec.routes.iter().all(|r| r.gateways == ["198.18.0.2"]))
+    })
+    .await;
     let internal_nodes: Api<InternalNode> = Api::all(admin.clone());
     eventually("InternalNode for node-1", STEP, || async {
         internal_nodes

@@ -70,7 +70,13 @@ pub struct ConfigurationStatus {
     /// do not overlap a local range, else a free range of the same size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<ClusterNetwork>,
-    /// Ready once the remapping is allocated and routes and NAT are rendered.
+    /// The Geneve VNI (1-16777215) of this peering's fabric routes, allocated
+    /// once by the route controller and unique among the cluster's peerings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16777215))]
+    pub vni: Option<i64>,
+    /// Ready once the remapping is allocated and routes and NAT are rendered;
+    /// RoutesReady once the nodes' RouteConfiguration is written.
     #[serde(default)]
     #[x_kube(merge_strategy = rules::conditions_merge())]
     pub conditions: Vec<Condition>,

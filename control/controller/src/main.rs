@@ -10,7 +10,7 @@ use strait_controller::leader::{LeaderElection, Timing};
 use strait_network::{
     configuration_controller, gateway, internal_node_controller,
     ipam::{parse_cidr, Allocator},
-    ipam_controller,
+    ipam_controller, route_controller,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -48,7 +48,8 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct NetworkArgs {
     /// Run the network module: IPAM of remapped CIDRs, peering
-    /// Configurations, and InternalNodes from Nodes.
+    /// Configurations, the nodes' routes toward gateways, and InternalNodes
+    /// from Nodes.
     // Explicit ids: clap names an argument after its field, and the three
     // module groups' `enabled` fields would collide.
     #[arg(long = "network", id = "network")]
@@ -62,6 +63,46 @@ struct NetworkArgs {
     pools: Vec<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
+    #[command(flatten)]
+    routes: RouteArgs,
+}
+
+/// How the nodes' routes toward peers' gateways are written.
+#[derive(clap::Args, Debug)]
+struct RouteArgs {
+    /// The fabric agents' `nodeVni` (the VNI gateways use toward nodes):
+    /// never given to a peering.
+    #[arg(long, value_name = "VNI", default_value_t = route_controller::DEFAULT_NODE_VNI,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
+    fabric_node_vni: u32,
+    /// The lowest VNI a peering's routes get (each peering its own, kept in
+    /// its Configuration's status.vni).
+    #[arg(long, value_name = "VNI", default_value_t = route_controller::DEFAULT_FIRST_PEER_VNI,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
+    first_peer_vni: u32,
+    /// Local simulation: the address nodes send Geneve to for this cluster's
+    /// gateways (the gateway node's), published in every GatewayServer and
+    /// GatewayClient `status.internalEndpoint`. One per family, repeatable.
+    /// In a cluster the gateway pod's addresses are published instead.
+    #[arg(long, value_name = "IP")]
+    gateway_internal_address: Vec<std::net::IpAddr>,
+}
+
+impl NetworkArgs {
+    fn route_settings(&self) -> route_controller::Settings {
+        let endpoints = if self.gateway.gateway_binary.is_some() {
+            route_controller::EndpointSource::Fixed(self.routes.gateway_internal_address.clone())
+        } else {
+            route_controller::EndpointSource::GatewayPods {
+                namespace: self.gateway.release_namespace.clone(),
+            }
+        };
+        route_controller::Settings {
+            node_vni: self.routes.fabric_node_vni,
+            first_peer_vni: self.routes.first_peer_vni,
+            endpoints,
+        }
+    }
 }
 
 /// How the network module runs gateways.
@@ -260,7 +301,8 @@ async fn main() -> Result<()> {
     if let Some(allocator) = allocator {
         tracing::info!(reserved = ?cli.network.reserved, pools = ?cli.network.pools, "network module starting");
         let gateways = cli.network.gateway.settings(cli.cluster_id.clone());
-        modules.push(network_module(client.clone(), allocator, gateways));
+        let routes = cli.network.route_settings();
+        modules.push(network_module(client.clone(), allocator, gateways, routes));
     }
     if cli.authentication.enabled {
         let settings = authentication_settings(&cli, &config)?;
@@ -311,12 +353,14 @@ fn network_module(
     client: kube::Client,
     allocator: Allocator,
     gateways: gateway::Settings,
+    routes: route_controller::Settings,
 ) -> BoxFuture<'static, Result<()>> {
     Box::pin(async move {
         tokio::select! {
             result = ipam_controller::run(client.clone(), allocator) => result.context("IPAM controller")?,
             () = configuration_controller::run(client.clone()) => {}
             () = internal_node_controller::run(client.clone()) => {}
+            () = route_controller::run(client.clone(), routes) => {}
             () = gateway::run(client, gateways) => {}
         }
         Ok(())

@@ -9,3 +9,4 @@ pub mod internal_node_controller;
 pub mod ipam;
 pub mod ipam_controller;
 pub mod render;
+pub mod route_controller;

@@ -131,6 +131,7 @@ mod tests {
         config.status = remapped.map(|remote| ConfigurationStatus {
             remote: Some(remote),
             conditions: Vec::new(),
+            vni: None,
         });
         config
     }

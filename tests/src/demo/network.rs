@@ -9,22 +9,20 @@
 //! remap of the peer's pods (a Configuration, applied with kubectl), the
 //! gateways (GatewayServer/GatewayClient: the controller runs
 //! `strait-gateway`, see [`gateways`](super::gateways)), the fabric
-//! (`strait-fabric run --from-cluster` follows RouteConfigurations and the
-//! InternalNodes derived from the Nodes), the gateways' NAT (`strait-fabric
-//! nat run --from-cluster` follows the NatConfiguration the network module
-//! renders from the Configuration). One piece is not driven by the
-//! controllers yet and says so as it runs: the RouteConfiguration (no
-//! controller writes one; the demo applies what the network module's
-//! `render::node_routes` makes of the Configuration).
+//! (`strait-fabric run --from-cluster` follows the RouteConfiguration the
+//! network module writes from the Configuration and the gateway's internal
+//! endpoint, and the InternalNodes derived from the Nodes), and the
+//! gateways' NAT (`strait-fabric nat run --from-cluster` follows the
+//! NatConfiguration the network module renders from the Configuration).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use kube::Api;
-use serde_json::{json, Value};
+use serde_json::Value;
 use strait_api::{
     names::{self, label::REMOTE_CLUSTER_ID},
-    networking::{ApplyState, Configuration, InternalNode, NatConfiguration},
+    networking::{ApplyState, Configuration, InternalNode, NatConfiguration, RouteConfiguration},
 };
 use strait_common::fabric::FabricCounter;
 use strait_dataplane::{
@@ -32,7 +30,6 @@ use strait_dataplane::{
     drops::DropCounts,
     fabric::{pinned_routes_v4, FabricStats},
 };
-use strait_network::render::node_routes;
 use tokio::runtime::Runtime;
 
 use super::{
@@ -63,8 +60,9 @@ const GATEWAY_NODE_LAN: [&str; 2] = ["198.18.1.1", "fd00:1::1"];
 const GATEWAY_POD_LAN: [&str; 2] = ["198.18.1.2", "fd00:1::2"];
 /// The gateway pod's interface toward its cluster.
 const GATEWAY_POD_LAN_IFACE: &str = "lan0";
-/// The Geneve VNI of the peering, toward the gateway and toward the nodes.
-const VNI: u32 = 7001;
+/// The fabric's VNI from the gateway node back to the nodes; each peering's
+/// routes toward the gateway get their own VNI from the network module.
+const NODE_VNI: u32 = 7001;
 /// The gateway pod's routing table for traffic from its cluster to the peer.
 const TUNNEL_TABLE: &str = "100";
 /// Pod MTU: the underlay's 1500 minus Geneve over IPv6 and WireGuard over IPv6.
@@ -212,6 +210,13 @@ impl Sites {
             self.sites[index].gateway_pod.path().display().to_string(),
             "--gateway-advertise-address".into(),
             gateways::advertise_address(index),
+            // Nodes reach the gateway pod through the gateway node.
+            "--gateway-internal-address".into(),
+            GATEWAY_NODE[0].into(),
+            "--gateway-internal-address".into(),
+            GATEWAY_NODE[1].into(),
+            "--fabric-node-vni".into(),
+            NODE_VNI.to_string(),
         ])
     }
 
@@ -457,47 +462,30 @@ pub fn act(
         dataplane._relays.push(relay);
         dataplane.nat_pins.push(pins);
 
-        // The nodes' routes toward the gateway, as the network module renders them.
-        let configurations: Api<Configuration> =
+        // The nodes' routes toward the gateway: the network module writes
+        // them once the peer is remapped and the gateway has an internal
+        // endpoint.
+        let routes: Api<RouteConfiguration> =
             Api::namespaced(cluster.client(), &names::tenant_namespace(peer.id));
-        let configuration = runtime.block_on(configurations.get(peer.id))?;
-        let gateway_ips = GATEWAY_NODE.map(String::from);
-        let routes = node_routes(&configuration, &gateway_ips, VNI)?;
-        let object = json!({
-            "apiVersion": "networking.strait.dev/v1beta1",
-            "kind": "RouteConfiguration",
-            "metadata": {
-                "name": format!("{}-nodes", peer.id),
-                "namespace": names::tenant_namespace(peer.id),
-                "labels": {REMOTE_CLUSTER_ID: peer.id},
-            },
-            "spec": routes,
-        });
-        let file = format!("{}-routes.json", cluster.id);
-        std::fs::write(stage.path(&file), serde_json::to_string_pretty(&object)?)?;
-        report.say(format!(
-            "{} $ kubectl apply --server-side -f {file}   # no controller writes RouteConfigurations yet: this is the network module's render::node_routes of the Configuration",
-            cluster.id
-        ));
-        report.say(kubectl(
-            &cluster.kubeconfig,
-            &[
-                "apply",
-                "--server-side",
-                "-f",
-                &stage.path(&file).display().to_string(),
-            ],
-        )?);
+        let written = runtime.block_on(wait_for(STEP, || get_json(&routes, peer.id)));
+        report.check(
+            &format!(
+                "{}: the network module wrote RouteConfiguration {} (the peer's remapped pods -> the gateway's internal endpoint)",
+                cluster.id, peer.id
+            ),
+            written.and_then(|object| describe_routes(&object, &views[own])),
+        );
 
-        // The fabric agents follow the cluster: routes on the node,
-        // InternalNodes on the gateway node.
+        // The fabric agents follow the cluster: routes on the node;
+        // InternalNodes on the gateway node, and the routes toward it, whose
+        // VNIs it terminates.
         for (host, role, follow, config, expect) in [
             (
                 &site.node,
                 "node",
                 "routes",
                 format!(
-                    "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\n",
+                    "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
                     NODE_UNDERLAY[0], NODE_UNDERLAY[1]
                 ),
                 views[own][0].clone(),
@@ -505,9 +493,9 @@ pub fn act(
             (
                 &site.gateway_node,
                 "gateway node",
-                "internal-nodes",
+                "all",
                 format!(
-                    "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {VNI}\n",
+                    "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
                     GATEWAY_NODE[0], GATEWAY_NODE[1]
                 ),
                 NODE_POD_CIDRS[0].to_owned(),
@@ -688,6 +676,45 @@ fn start_agent(
         .env("RUST_LOG", "info");
     let agent = process::spawn(command, stage.path(&format!("fabric-{label}.log")))?;
     Ok((agent, relay, pins))
+}
+
+/// What the controller's RouteConfiguration says, if it routes the peer's
+/// pods as `seen` here to the gateway node on a VNI of the peering's own.
+fn describe_routes(object: &Value, seen: &[String]) -> Result<String, String> {
+    let routes = object
+        .pointer("/spec/routes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("no spec.routes in {object}"))?;
+    let mut destinations = Vec::new();
+    let mut vnis = Vec::new();
+    for route in routes {
+        let gateways = route["gateways"].as_array().cloned().unwrap_or_default();
+        if gateways.first().and_then(Value::as_str) != Some(GATEWAY_NODE[0]) {
+            return Err(format!("a route not via the gateway node: {route}"));
+        }
+        destinations.extend(
+            route["destinations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(String::from),
+        );
+        vnis.extend(route["vni"].as_u64());
+    }
+    vnis.dedup();
+    match vnis.as_slice() {
+        [vni] if u64::from(NODE_VNI) != *vni && seen.iter().all(|s| destinations.contains(s)) => {
+            Ok(format!(
+                "{} via {} on VNI {vni}",
+                destinations.join(", "),
+                GATEWAY_NODE.join(" / ")
+            ))
+        }
+        _ => Err(format!(
+            "destinations {destinations:?} (wanted {seen:?}), VNIs {vnis:?} (node VNI {NODE_VNI})"
+        )),
+    }
 }
 
 /// Waits until the pinned IPv4 routes of `pins` include `destination`.
