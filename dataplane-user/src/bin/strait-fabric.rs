@@ -9,6 +9,7 @@ use strait_dataplane::{
     cluster::{ClusterFabric, Follow},
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
+    forward::{ForwardCounts, ForwardOutcome, NatForward},
     nat::{parse_config, NatPlan, NatTables},
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
@@ -107,7 +108,16 @@ enum NatCommand {
         ifaces: Vec<String>,
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         attach_mode: AttachMode,
+        /// How translated packets from the peer go on: `fast` routes the
+        /// plainly forwardable ones in eBPF (route lookup, TTL, redirect to
+        /// the egress device), leaving the rest (TTL expiring, too big, local
+        /// delivery, unresolved neighbours) to the kernel; `stack` hands all
+        /// of them to the kernel, so netfilter's forward hooks see them.
+        #[arg(long, value_enum, default_value_t = ForwardMode::Fast)]
+        forward: ForwardMode,
     },
+    /// Print what the forwarding fast path did, per outcome.
+    Stats,
     /// Detach the NAT programs from interfaces.
     Detach {
         #[arg(long = "iface", required = true)]
@@ -115,6 +125,21 @@ enum NatCommand {
     },
     /// Print the active NAT table.
     Show,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ForwardMode {
+    Fast,
+    Stack,
+}
+
+impl From<ForwardMode> for NatForward {
+    fn from(mode: ForwardMode) -> Self {
+        match mode {
+            ForwardMode::Fast => NatForward::Fast,
+            ForwardMode::Stack => NatForward::Stack,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -240,12 +265,13 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         NatCommand::Attach {
             ifaces,
             attach_mode,
+            forward,
         } => {
             for iface in &ifaces {
                 tc::check_iface(iface)?;
             }
-            let mut dp =
-                Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
+            let mut dp = Dataplane::load_with_nat_forward(PinDir::create(pin_dir)?, forward.into())
+                .context("loading the dataplane")?;
             for iface in &ifaces {
                 // Ethernet or L3-only programs, by the interface's link type.
                 for program in tc::nat_programs(iface)? {
@@ -278,6 +304,12 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
                         mode.as_str()
                     );
                 }
+            }
+        }
+        NatCommand::Stats => {
+            let counts = ForwardCounts::read_pinned(&PinDir::open(pin_dir)?)?;
+            for outcome in ForwardOutcome::ALL {
+                println!("{} {}", outcome.as_str(), counts.get(outcome));
             }
         }
         NatCommand::Show => {

@@ -14,6 +14,7 @@
 //! IP-in-IP), where the IP header comes first.
 
 mod checksum;
+mod forward;
 mod ipv4;
 mod ipv6;
 mod table;
@@ -57,6 +58,9 @@ pub fn translate<const IP_OFF: usize>(ctx: &TcContext, side: NatSide) -> i32 {
     };
     match result {
         // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
+        Ok(()) if IP_OFF == ETHERNET && side as u8 == NatSide::Destination as u8 => {
+            forward::after_translation(ctx, ethertype)
+        }
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => drop_packet(reason),
     }
