@@ -11,14 +11,27 @@
 //! Strait's eBPF programs; nftables (prefix dnat rule, with the 9,999 as a
 //! map or as rules); iptables NETMAP (9,999 rules, then the flow's). No NAT
 //! at all is the baseline. Every variant runs on a fresh topology, so no
-//! conntrack or hooks leak between them. Throughput is single-stream iperf3
-//! TCP, best of `ROUNDS` rounds that each run every variant; apply time is writing the 10,000-mapping table
-//! (Strait: NatTables::apply, in-process; nftables: `nft -f` of the map).
-//! The last line is machine-readable.
+//! conntrack or hooks leak between them. Strait runs with its forwarding
+//! fast path (`--forward=fast`, the default): translated packets are routed
+//! in eBPF instead of walking the kernel's forwarding path.
+//!
+//! Measured per variant, best of `ROUNDS` rounds that each run every
+//! variant: single-stream iperf3 TCP throughput; 64-byte UDP packets per
+//! second received (iperf3 -u -l 64, unlimited rate: per-packet cost); and
+//! TCP connections per second (connect, then reset, for `CONNECT_TIME`:
+//! netfilter NAT pays a conntrack entry per connection). Apply time is
+//! writing the 10,000-mapping table (Strait: NatTables::apply, in-process;
+//! nftables: `nft -f` of the map). The last line is machine-readable and
+//! about throughput and apply time only; the others are printed above it.
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     process::{Child, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -26,6 +39,7 @@ use anyhow::{bail, Context as _, Result};
 use strait_api::networking::{AddressMapping, NatConfigurationSpec, NatDirection, PrefixMapping};
 use strait_common::NatSide;
 use strait_dataplane::{
+    forward::NatForward,
     nat::{NatPlan, NatTables},
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
@@ -35,6 +49,10 @@ use strait_testbed::{bpffs::TestPinDir, netns::run, NetNs, Veth};
 const SERVER: &str = "198.18.10.2";
 const REMAPPED_SERVER: &str = "198.19.10.2";
 const IPERF_SECONDS: &str = "3";
+/// How long each connection-rate run opens connections, and at most how many.
+const CONNECT_TIME: Duration = Duration::from_secs(2);
+const CONNECT_MAX: u32 = 200_000;
+const CONNECT_PORT: u16 = 5301;
 const ROUNDS: usize = 3;
 /// Pause before each run, for the previous topology's teardown.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -153,7 +171,7 @@ fn start_strait(t: &Topology, pins: &TestPinDir, extras: u32) -> Result<Duration
     let plan = NatPlan::from_spec(&strait_spec(extras))?;
     let pin_dir = pins.pin_dir()?;
     t.gw.enter(move || -> Result<Duration> {
-        let mut dp = Dataplane::load(pin_dir)?;
+        let mut dp = Dataplane::load_with_nat_forward(pin_dir, NatForward::Fast)?;
         let applied = NatTables::open_pinned(dp.pin_dir())?.apply(&plan)?;
         for side in NatSide::ALL {
             tc::attach(&mut dp, TcProgram::Nat(side), "client", AttachMode::Auto)?;
@@ -247,8 +265,8 @@ impl Drop for Reaped {
     }
 }
 
-/// Single-stream TCP throughput from client to `target`, in Gbit/s.
-fn iperf(t: &Topology, target: &str) -> Result<f64> {
+/// Runs iperf3 from the client to `target` with `args`; its JSON report.
+fn iperf(t: &Topology, target: &str, args: &[&str]) -> Result<serde_json::Value> {
     let _server = Reaped(
         t.server
             .command("iperf3")
@@ -266,6 +284,7 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
             .client
             .command("timeout")
             .args(["20", "iperf3", "-c", target, "-t", IPERF_SECONDS, "-J"])
+            .args(args)
             .output()
             .context("running iperf3 -c")?;
         let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
@@ -275,11 +294,8 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
                 continue;
             }
         };
-        if let Some(bps) = json
-            .pointer("/end/sum_received/bits_per_second")
-            .and_then(serde_json::Value::as_f64)
-        {
-            return Ok(bps / 1e9);
+        if json.get("error").is_none() {
+            return Ok(json);
         }
         last_error = json
             .get("error")
@@ -293,8 +309,93 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
     bail!("iperf3 to {target}: {last_error}")
 }
 
+/// Single-stream TCP throughput from client to `target`, in Gbit/s.
+fn tcp_gbits(t: &Topology, target: &str) -> Result<f64> {
+    let json = iperf(t, target, &[])?;
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .map(|bps| bps / 1e9)
+        .context("iperf3 reported no TCP throughput")
+}
+
+/// 64-byte UDP datagrams per second the server received, unlimited rate.
+fn udp64_pps(t: &Topology, target: &str) -> Result<f64> {
+    let json = iperf(t, target, &["-u", "-l", "64", "-b", "0"])?;
+    let field = |name: &str| {
+        json.pointer(&format!("/end/sum/{name}"))
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("iperf3 reported no UDP {name}"))
+    };
+    let received = field("packets")? - field("lost_packets")?;
+    Ok(received / field("seconds")?)
+}
+
+/// Sets SO_LINGER to 0: close() resets the connection, so the client keeps
+/// no TIME_WAIT sockets and never runs out of ports.
+fn reset_on_close(stream: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads the linger struct we own for the length we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// TCP connections per second from client to `target`: each one connects
+/// (a new flow through the gateway), then is reset. Bounded by
+/// `CONNECT_TIME` and `CONNECT_MAX`.
+fn connections_per_second(t: &Topology, target: &str) -> Result<f64> {
+    let server: Ipv4Addr = SERVER.parse()?;
+    let listener = t
+        .server
+        .enter(|| TcpListener::bind((server, CONNECT_PORT)))??;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        })
+    };
+    let target = SocketAddr::from((target.parse::<Ipv4Addr>()?, CONNECT_PORT));
+    let counted = t.client.enter(move || -> Result<(u32, Duration)> {
+        let started = Instant::now();
+        let mut count = 0;
+        while started.elapsed() < CONNECT_TIME && count < CONNECT_MAX {
+            let stream = TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                .with_context(|| format!("connection {count} to {target}"))?;
+            reset_on_close(&stream)?;
+            count += 1;
+        }
+        Ok((count, started.elapsed()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = acceptor.join();
+    let (count, elapsed) = counted??;
+    Ok(f64::from(count) / elapsed.as_secs_f64())
+}
+
 struct Measured {
     gbits: f64,
+    pps64: f64,
+    conns: f64,
     apply: Option<Duration>,
 }
 
@@ -327,8 +428,15 @@ fn measure(variant: Variant) -> Result<Measured> {
             (REMAPPED_SERVER, None)
         }
     };
-    let gbits = iperf(&t, target).with_context(|| variant.name())?;
-    Ok(Measured { gbits, apply })
+    let gbits = tcp_gbits(&t, target).with_context(|| variant.name())?;
+    let pps64 = udp64_pps(&t, target).with_context(|| variant.name())?;
+    let conns = connections_per_second(&t, target).with_context(|| variant.name())?;
+    Ok(Measured {
+        gbits,
+        pps64,
+        conns,
+        apply,
+    })
 }
 
 /// Keeps the best throughput and the fastest apply over the rounds.
@@ -339,6 +447,8 @@ fn best_of(a: Measured, b: Measured) -> Measured {
     };
     Measured {
         gbits: a.gbits.max(b.gbits),
+        pps64: a.pps64.max(b.pps64),
+        conns: a.conns.max(b.conns),
         apply,
     }
 }
@@ -368,6 +478,8 @@ fn main() -> Result<()> {
                             best,
                             Measured {
                                 gbits: 0.0,
+                                pps64: 0.0,
+                                conns: 0.0,
                                 apply: None,
                             },
                         ),
@@ -379,12 +491,17 @@ fn main() -> Result<()> {
         }
     }
     results.sort_by_key(|(v, _)| Variant::ALL.iter().position(|w| w == v));
-    println!("{:<28} {:>10} {:>12}", "variant", "Gbit/s", "apply");
+    println!(
+        "{:<28} {:>10} {:>12} {:>10} {:>12}",
+        "variant", "Gbit/s", "64B kpps", "conn/s", "apply"
+    );
     for (variant, m) in &results {
         println!(
-            "{:<28} {:>10.2} {:>12}",
+            "{:<28} {:>10.2} {:>12.1} {:>10.0} {:>12}",
             variant.name(),
             m.gbits,
+            m.pps64 / 1e3,
+            m.conns,
             m.apply.map_or_else(
                 || "-".to_owned(),
                 |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)
@@ -405,6 +522,15 @@ fn main() -> Result<()> {
     let (Some(strait_apply), Some(nft_apply)) = (s10k.apply, map10k.apply) else {
         bail!("apply times missing");
     };
+    let best_nft10k_pps = map10k.pps64.max(rules10k.pps64).max(netmap10k.pps64);
+    let best_nft10k_conns = map10k.conns.max(rules10k.conns).max(netmap10k.conns);
+    println!(
+        "pps64_nat10k_vs_nat1={:.3} pps64_nat10k_vs_best_nft10k={:.3} conns_nat10k_vs_nat1={:.3} conns_nat10k_vs_best_nft10k={:.3}",
+        s10k.pps64 / s1.pps64,
+        s10k.pps64 / best_nft10k_pps,
+        s10k.conns / s1.conns,
+        s10k.conns / best_nft10k_conns,
+    );
     println!(
         "nat10k_vs_nat1={:.3} nat10k_vs_best_nft10k={:.3} apply10k_speedup_vs_nft={:.3}",
         s10k.gbits / s1.gbits,
