@@ -862,3 +862,123 @@ fn last_error(socket: &UdpSocket, ipv4: bool) -> Result<IcmpError, Box<dyn std::
     }
     Err("no RECVERR message in the error queue".into())
 }
+
+// ---------------------------------------------------------------------------
+// An L3-only peer link: packets arrive without an Ethernet header.
+//
+// this process ⇄ tun "peer" of gw ─ [pods] ─ server 198.18.10.2
+//
+// The test writes IP packets into the tun device as the peer would; the
+// gateway's strait_nat_l3_ingress translates and forwards them.
+
+/// Opens /dev/net/tun as an IFF_TUN device named `peer` in `ns`.
+fn open_tun(ns: &NetNs) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    let file = ns.enter(|| -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        // SAFETY: an all-zero ifreq is valid; the name is shorter than IFNAMSIZ.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"peer") {
+            *dst = *src as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes only `request`, on a tun fd we own.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(file)
+    })??;
+    Ok(file)
+}
+
+/// The next IPv4 ICMP message the gateway sends into the tun device, within
+/// `TIMEOUT` (other packets, such as IPv6 router solicitations, are skipped).
+fn next_icmp4(tun: &mut std::fs::File) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut packet = vec![0u8; 2048];
+    while Instant::now() < deadline {
+        let mut poll = libc::pollfd {
+            fd: tun.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd we own.
+        if unsafe { libc::poll(&mut poll, 1, 100) } <= 0 {
+            continue;
+        }
+        let len = tun.read(&mut packet)?;
+        if len >= 28 && packet[0] >> 4 == 4 && packet[9] == ICMP {
+            return Ok(packet[..len].to_vec());
+        }
+    }
+    Err("no ICMP message from the gateway".into())
+}
+
+#[test]
+fn packets_from_an_l3_device_take_the_fast_path_too() -> TestResult {
+    let gw = NetNs::new("natfwd-l3-gw")?;
+    let server = NetNs::new("natfwd-l3-server")?;
+    Veth::pair(
+        (&gw, "pods", &["198.18.10.1/24"]),
+        (&server, "eth0", &["198.18.10.2/24"]),
+    )?;
+    server.ip(&["route", "add", "default", "via", "198.18.10.1"])?;
+    gw.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+    let mut tun = open_tun(&gw)?;
+    gw.ip(&["addr", "add", "198.18.200.1/24", "dev", "peer"])?;
+    gw.ip(&["link", "set", "peer", "up"])?;
+
+    let pins = TestPinDir::new("natfwd-l3-gw")?;
+    let fabric = FabricCli::new(&gw, pins.path())?;
+    let config = std::env::temp_dir().join(format!("strait-natfwd-l3-{}.yaml", std::process::id()));
+    std::fs::write(
+        &config,
+        "prefixes:\n  - {direction: Destination, from: 198.19.10.0/24, to: 198.18.10.0/24}\n",
+    )?;
+    let applied = fabric.run(&["nat", "apply", "--config", &config.to_string_lossy()]);
+    let _ = std::fs::remove_file(&config);
+    applied?;
+    let attached = fabric.run(&["nat", "attach", "--iface", "peer"])?;
+    assert!(attached.contains("strait_nat_l3_ingress"), "{attached}");
+
+    // packets::udp sends to port 5000.
+    let listener = server.enter(|| UdpSocket::bind(("198.18.10.2", 5000)))??;
+    listener.set_read_timeout(Some(TIMEOUT))?;
+    // The first datagram waits for the server's neighbour entry (the stack
+    // resolves it); the rest go the fast way.
+    for i in 0..5u8 {
+        let data = [b'l', b'3', i];
+        tun.write_all(&ipv4(
+            REMOTE,
+            POD_REMAPPED,
+            UDP,
+            &udp(&REMOTE, &POD_REMAPPED, &data),
+        ))?;
+        let mut buf = [0u8; 16];
+        let (len, from) = listener.recv_from(&mut buf)?;
+        assert_eq!(&buf[..len], &data, "datagram {i}");
+        assert_eq!(from.ip(), IpAddr::from(REMOTE));
+    }
+    let counts = ForwardCounts::read_pinned(&PinDir::open(pins.path())?)?;
+    assert!(
+        counts.get(ForwardOutcome::Forwarded) >= 3,
+        "the fast path was not taken: {counts:?}"
+    );
+
+    // TTL 1: the gateway's stack answers with time exceeded, out of the tun.
+    tun.write_all(&with_ttl4(udp4(POD_REMAPPED, 1, 8), 1))?;
+    let error = next_icmp4(&mut tun)?;
+    assert_eq!(error[20], 11, "time exceeded: {}", hex(&error));
+    assert_eq!(&error[16..20], &REMOTE, "sent back to the peer");
+    let after = ForwardCounts::read_pinned(&PinDir::open(pins.path())?)?;
+    assert_eq!(
+        after.get(ForwardOutcome::TtlExpiring),
+        counts.get(ForwardOutcome::TtlExpiring) + 1
+    );
+    let drops = DropCounts::read_pinned(&PinDir::open(pins.path())?)?;
+    assert_eq!(drops.total(), 0, "unexpected drops: {drops:?}");
+    fabric.run(&["nat", "detach", "--iface", "peer"])?;
+    Ok(())
+}

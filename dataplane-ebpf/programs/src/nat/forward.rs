@@ -1,4 +1,4 @@
-//! The forwarding fast path of the NAT ingress program (Ethernet devices).
+//! The forwarding fast path of the NAT ingress programs.
 //!
 //! netfilter NAT costs little per packet because it decides once per
 //! connection; what a packet still pays after our translation is the
@@ -12,10 +12,13 @@
 //! (fragmentation or frag-needed / packet too big), local delivery, an
 //! unresolved neighbour, options, link-layer multicast. Netfilter's forward
 //! hooks do not see fast-pathed packets; `--forward=stack` keeps them.
+//! Packets from an L3-only device (WireGuard, tun) get an Ethernet header
+//! pushed in front before the redirect; towards an L3-only egress device
+//! the kernel strips it again.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, BPF_F_RECOMPUTE_CSUM, TC_ACT_UNSPEC},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_skb_load_bytes},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_skb_change_head, bpf_skb_load_bytes},
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
@@ -25,7 +28,7 @@ use strait_common::{
     DropReason,
 };
 
-use super::{ETHERNET, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP};
+use super::{ETHERNET, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP, L3_ONLY};
 use crate::{drop::drop_packet, maps::NAT_FORWARD_STATS};
 
 /// [`NatForward`] as a u32, set by the loader (`.rodata`: the verifier sees
@@ -69,11 +72,13 @@ const TCP_DATA_OFF: usize = 12;
 const UDP_HDR_LEN: u32 = 8;
 
 /// Called after destination NAT translated (or passed) the packet: the
-/// verdict to return. `ethertype` is the skb's protocol. Not inlined: its
+/// verdict to return. `ethertype` is the skb's protocol; `IP_OFF` where the
+/// IP header starts (an L3-only device's packets get an Ethernet header
+/// when forwarded). Not inlined: its
 /// frame then sits beside the translation's instead of on top of it, within
 /// the verifier's 512-byte limit for a chain of calls.
 #[inline(never)]
-pub fn after_translation(ctx: &TcContext, ethertype: u16) -> i32 {
+pub fn after_translation<const IP_OFF: usize>(ctx: &TcContext, ethertype: u16) -> i32 {
     // SAFETY: a plain read of a constant the loader may have overridden.
     if unsafe { core::ptr::read_volatile(&STRAIT_NAT_FORWARD) } != NatForward::Fast as u32 {
         return TC_ACT_UNSPEC;
@@ -85,8 +90,8 @@ pub fn after_translation(ctx: &TcContext, ethertype: u16) -> i32 {
     // preemption disabled, so nothing else uses it until we return.
     let scratch = unsafe { &mut *scratch };
     let result = match ethertype {
-        ETHERTYPE_IPV4 => route_v4(ctx, scratch),
-        ETHERTYPE_IPV6 => route_v6(ctx, scratch),
+        ETHERTYPE_IPV4 => route_v4::<IP_OFF>(ctx, scratch),
+        ETHERTYPE_IPV6 => route_v6::<IP_OFF>(ctx, scratch),
         _ => Err(ForwardOutcome::NotIp),
     };
     let hop = match result {
@@ -97,7 +102,7 @@ pub fn after_translation(ctx: &TcContext, ethertype: u16) -> i32 {
             return TC_ACT_UNSPEC;
         }
     };
-    match rewrite(ctx, &scratch.fib, hop) {
+    match rewrite::<IP_OFF>(ctx, &scratch.fib, hop) {
         Ok(()) => {
             count(ForwardOutcome::Forwarded);
             // SAFETY: plain helper call; flags 0 = the egress of `ifindex`.
@@ -121,13 +126,17 @@ struct Hop {
 
 /// Reads the first `len` bytes of the IP header into the scratch space.
 #[inline(always)]
-fn load_header(ctx: &TcContext, scratch: &mut Scratch, len: usize) -> Result<(), ForwardOutcome> {
+fn load_header<const IP_OFF: usize>(
+    ctx: &TcContext,
+    scratch: &mut Scratch,
+    len: usize,
+) -> Result<(), ForwardOutcome> {
     // SAFETY: the destination is `len` ≤ 40 bytes of our scratch slot; the
     // helper checks the packet's bounds and fails on a short packet.
     let rc = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
-            ETHERNET as u32,
+            IP_OFF as u32,
             scratch.hdr.as_mut_ptr().cast(),
             len as u32,
         )
@@ -138,8 +147,11 @@ fn load_header(ctx: &TcContext, scratch: &mut Scratch, len: usize) -> Result<(),
     Ok(())
 }
 
-fn route_v4(ctx: &TcContext, scratch: &mut Scratch) -> Result<Hop, ForwardOutcome> {
-    load_header(ctx, scratch, IPV4_HDR_LEN)?;
+fn route_v4<const IP_OFF: usize>(
+    ctx: &TcContext,
+    scratch: &mut Scratch,
+) -> Result<Hop, ForwardOutcome> {
+    load_header::<IP_OFF>(ctx, scratch, IPV4_HDR_LEN)?;
     // version/IHL, TOS, total length | id, flags | TTL, protocol, checksum
     let [version_ihl, tos, len_hi, len_lo] = scratch.hdr[0].to_ne_bytes();
     let [hops, protocol, _, _] = scratch.hdr[2].to_ne_bytes();
@@ -154,7 +166,7 @@ fn route_v4(ctx: &TcContext, scratch: &mut Scratch) -> Result<Hop, ForwardOutcom
         return Err(ForwardOutcome::TtlExpiring);
     }
     let total_len = u32::from(u16::from_be_bytes([len_hi, len_lo]));
-    let tot_len = segment_len(ctx, IPV4_HDR_LEN, protocol, total_len)?;
+    let tot_len = segment_len::<IP_OFF>(ctx, IPV4_HDR_LEN, protocol, total_len)?;
     fib_params(ctx, &mut scratch.fib, AF_INET, protocol, tot_len);
     scratch.fib.__bindgen_anon_2.tos = tos;
     scratch.fib.__bindgen_anon_3.ipv4_src = scratch.hdr[3];
@@ -167,8 +179,11 @@ fn route_v4(ctx: &TcContext, scratch: &mut Scratch) -> Result<Hop, ForwardOutcom
     })
 }
 
-fn route_v6(ctx: &TcContext, scratch: &mut Scratch) -> Result<Hop, ForwardOutcome> {
-    load_header(ctx, scratch, IPV6_HDR_LEN)?;
+fn route_v6<const IP_OFF: usize>(
+    ctx: &TcContext,
+    scratch: &mut Scratch,
+) -> Result<Hop, ForwardOutcome> {
+    load_header::<IP_OFF>(ctx, scratch, IPV6_HDR_LEN)?;
     // version/class/flow label | payload length, next header, hop limit
     let first = scratch.hdr[0];
     let [len_hi, len_lo, next_header, hops] = scratch.hdr[1].to_ne_bytes();
@@ -191,7 +206,7 @@ fn route_v6(ctx: &TcContext, scratch: &mut Scratch) -> Result<Hop, ForwardOutcom
         return Err(ForwardOutcome::TtlExpiring);
     }
     let total_len = IPV6_HDR_LEN as u32 + u32::from(u16::from_be_bytes([len_hi, len_lo]));
-    let tot_len = segment_len(ctx, IPV6_HDR_LEN, next_header, total_len)?;
+    let tot_len = segment_len::<IP_OFF>(ctx, IPV6_HDR_LEN, next_header, total_len)?;
     fib_params(ctx, &mut scratch.fib, AF_INET6, next_header, tot_len);
     // The flow label and traffic class, without the version.
     scratch.fib.__bindgen_anon_2.flowinfo = first & u32::from_ne_bytes([0x0f, 0xff, 0xff, 0xff]);
@@ -233,7 +248,7 @@ fn fib_params(ctx: &TcContext, fib: &mut FibParams, family: u8, protocol: u8, to
 /// The length the MTU check must use: the packet's, or for an offload
 /// aggregate (GRO / TSO) the length of each segment it will be cut into.
 #[inline(always)]
-fn segment_len(
+fn segment_len<const IP_OFF: usize>(
     ctx: &TcContext,
     ip_hdr_len: usize,
     protocol: u8,
@@ -247,7 +262,7 @@ fn segment_len(
     let l4_hdr_len = match protocol {
         IPPROTO_TCP => {
             let data_off: u8 = ctx
-                .load(ETHERNET + ip_hdr_len + TCP_DATA_OFF)
+                .load(IP_OFF + ip_hdr_len + TCP_DATA_OFF)
                 .map_err(|_| ForwardOutcome::NotIp)?;
             u32::from(data_off >> 4) * 4
         }
@@ -293,8 +308,25 @@ fn lookup(ctx: &TcContext, fib: &mut FibParams) -> Result<(), ForwardOutcome> {
 /// The next hop's MACs and one hop less; the IPv4 header checksum follows
 /// the TTL.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, fib: &FibParams, hop: Hop) -> Result<(), DropReason> {
+fn rewrite<const IP_OFF: usize>(
+    ctx: &TcContext,
+    fib: &FibParams,
+    hop: Hop,
+) -> Result<(), DropReason> {
     let failed = |_| DropReason::NatRewriteFailed;
+    if IP_OFF == L3_ONLY {
+        // SAFETY: plain helper call on the context the kernel passed; it
+        // makes room for an Ethernet header in front of the IP header.
+        if unsafe { bpf_skb_change_head(ctx.skb.skb, ETHERNET as u32, 0) } != 0 {
+            return Err(DropReason::NatRewriteFailed);
+        }
+        let ethertype = if hop.ipv4 {
+            ETHERTYPE_IPV4
+        } else {
+            ETHERTYPE_IPV6
+        };
+        ctx.store(12, &ethertype.to_be_bytes(), 0).map_err(failed)?;
+    }
     ctx.store(0, &fib.dmac, 0).map_err(failed)?;
     ctx.store(6, &fib.smac, 0).map_err(failed)?;
     let hops = hop.hops - 1;

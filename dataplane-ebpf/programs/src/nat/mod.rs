@@ -58,8 +58,8 @@ pub fn translate<const IP_OFF: usize>(ctx: &TcContext, side: NatSide) -> i32 {
     };
     match result {
         // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
-        Ok(()) if IP_OFF == ETHERNET && side as u8 == NatSide::Destination as u8 => {
-            forward::after_translation(ctx, ethertype)
+        Ok(()) if side as u8 == NatSide::Destination as u8 => {
+            forward::after_translation::<IP_OFF>(ctx, ethertype)
         }
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => drop_packet(reason),
