@@ -9,6 +9,7 @@ pub mod counter;
 pub mod drops;
 mod error;
 pub mod fabric;
+pub mod forward;
 pub mod metrics;
 pub mod nat;
 pub mod programs;

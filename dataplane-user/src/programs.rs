@@ -1,7 +1,10 @@
 //! The embedded eBPF object and the programs in it.
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use strait_common::Direction;
+use strait_common::{
+    forward::{NatForward, NAT_FORWARD_GLOBAL},
+    Direction,
+};
 
 use crate::{bpffs::PinDir, Error};
 
@@ -72,13 +75,23 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the object, reusing maps already pinned in `pin_dir` so counters
-    /// and tables survive an agent restart.
+    /// and tables survive an agent restart. The NAT programs use the
+    /// forwarding fast path (see [`Dataplane::load_with_nat_forward`]).
     pub fn load(pin_dir: PinDir) -> Result<Self, Error> {
+        Self::load_with_nat_forward(pin_dir, NatForward::Fast)
+    }
+
+    /// As [`Dataplane::load`], choosing how the NAT ingress programs hand
+    /// packets on: fast-path forwarding or the kernel stack. Fixed for the
+    /// programs of this load (a read-only global the verifier sees).
+    pub fn load_with_nat_forward(pin_dir: PinDir, forward: NatForward) -> Result<Self, Error> {
         if OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
+        let forward = forward as u32;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir.root())
+            .override_global(NAT_FORWARD_GLOBAL, &forward, true)
             .load(OBJECT)?;
         Ok(Dataplane { ebpf, pin_dir })
     }

@@ -8,6 +8,7 @@
 pub mod counter;
 pub mod drop;
 pub mod fabric;
+pub mod forward;
 pub mod nat;
 
 pub use counter::{Counter, CounterKey, Direction, TrafficClass};

@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
+use strait_common::forward::{ForwardOutcome, NAT_FORWARD_MAP};
 use strait_common::{
     counter::{COUNTERS_MAP, COUNTERS_MAX_ENTRIES, COUNTER_OVERFLOW_MAP},
     drop::DROPS_MAP,
@@ -30,6 +31,7 @@ const _: () = assert!(matches!(NAT_V4_MAP.as_bytes(), b"STRAIT_NAT_R4"));
 const _: () = assert!(matches!(NAT_V6_MAP.as_bytes(), b"STRAIT_NAT_R6"));
 const _: () = assert!(matches!(NAT_ACTIVE_MAP.as_bytes(), b"STRAIT_NAT_ACTIVE"));
 const _: () = assert!(matches!(NAT_LEN_MAP.as_bytes(), b"STRAIT_NAT_LEN"));
+const _: () = assert!(matches!(NAT_FORWARD_MAP.as_bytes(), b"STRAIT_NAT_FWD"));
 const _: () = assert!(matches!(
     COUNTER_OVERFLOW_MAP.as_bytes(),
     b"STRAIT_CNT_OVERFLOW"
@@ -93,3 +95,7 @@ pub static NAT_LEN: Array<u32> = Array::pinned(NAT_LEN_MAX_ENTRIES, 0);
 /// Slot 0: the NAT generation the programs use.
 #[map(name = "STRAIT_NAT_ACTIVE")]
 pub static NAT_ACTIVE: Array<u32> = Array::pinned(1, 0);
+
+/// What the NAT forwarding fast path did, per CPU, indexed by `ForwardOutcome`.
+#[map(name = "STRAIT_NAT_FWD")]
+pub static NAT_FORWARD_STATS: PerCpuArray<u64> = PerCpuArray::pinned(ForwardOutcome::SLOTS, 0);

@@ -10,6 +10,7 @@ use strait_dataplane::{
     cluster::{ClusterFabric, Follow},
     counter::{ip_proto_name, CounterSnapshot},
     fabric::{self, FabricConfig, FabricStats},
+    forward::{ForwardCounts, ForwardOutcome, NatForward},
     nat::{
         follow::{self, Follower},
         parse_config, NatPlan, NatTables,
@@ -111,7 +112,16 @@ enum NatCommand {
         ifaces: Vec<String>,
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         attach_mode: AttachMode,
+        /// How translated packets from the peer go on: `fast` routes the
+        /// plainly forwardable ones in eBPF (route lookup, TTL, redirect to
+        /// the egress device), leaving the rest (TTL expiring, too big, local
+        /// delivery, unresolved neighbours) to the kernel; `stack` hands all
+        /// of them to the kernel, so netfilter's forward hooks see them.
+        #[arg(long, value_enum, default_value_t = ForwardMode::Fast)]
+        forward: ForwardMode,
     },
+    /// Print what the forwarding fast path did, per outcome.
+    Stats,
     /// Detach the NAT programs from interfaces.
     Detach {
         #[arg(long = "iface", required = true)]
@@ -152,6 +162,21 @@ enum NatCommand {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         poll_interval: std::time::Duration,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ForwardMode {
+    Fast,
+    Stack,
+}
+
+impl From<ForwardMode> for NatForward {
+    fn from(mode: ForwardMode) -> Self {
+        match mode {
+            ForwardMode::Fast => NatForward::Fast,
+            ForwardMode::Stack => NatForward::Stack,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -277,12 +302,13 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
         NatCommand::Attach {
             ifaces,
             attach_mode,
+            forward,
         } => {
             for iface in &ifaces {
                 tc::check_iface(iface)?;
             }
-            let mut dp =
-                Dataplane::load(PinDir::create(pin_dir)?).context("loading the dataplane")?;
+            let mut dp = Dataplane::load_with_nat_forward(PinDir::create(pin_dir)?, forward.into())
+                .context("loading the dataplane")?;
             for iface in &ifaces {
                 // Ethernet or L3-only programs, by the interface's link type.
                 for program in tc::nat_programs(iface)? {
@@ -337,6 +363,12 @@ fn run_nat(pin_dir: &std::path::Path, command: NatCommand) -> Result<()> {
                 poll_interval,
             },
         )?,
+        NatCommand::Stats => {
+            let counts = ForwardCounts::read_pinned(&PinDir::open(pin_dir)?)?;
+            for outcome in ForwardOutcome::ALL {
+                println!("{} {}", outcome.as_str(), counts.get(outcome));
+            }
+        }
         NatCommand::Show => {
             let tables = NatTables::open_pinned(&PinDir::open(pin_dir)?)?;
             let generation = tables.active_generation()?;

@@ -11,13 +11,21 @@
 //! Strait's eBPF programs; nftables (prefix dnat rule, with the 9,999 as a
 //! map or as rules); iptables NETMAP (9,999 rules, then the flow's). No NAT
 //! at all is the baseline. Every variant runs on a fresh topology, so no
-//! conntrack or hooks leak between them. Throughput is single-stream iperf3
-//! TCP, best of `ROUNDS` rounds that each run every variant; apply time is writing the 10,000-mapping table
-//! (Strait: NatTables::apply, in-process; nftables: `nft -f` of the map).
-//! The last line is machine-readable.
+//! conntrack or hooks leak between them. Strait runs with its forwarding
+//! fast path (`--forward=fast`, the default): translated packets are routed
+//! in eBPF instead of walking the kernel's forwarding path.
+//!
+//! Measured per variant, best of `ROUNDS` rounds that each run every
+//! variant: single-stream iperf3 TCP throughput; 64-byte UDP packets per
+//! second received (iperf3 -u -l 64, unlimited rate: per-packet cost); and
+//! new UDP flows per second (one datagram per fresh socket for `FLOW_TIME`:
+//! netfilter NAT pays a conntrack entry per flow). Apply time is
+//! writing the 10,000-mapping table (Strait: NatTables::apply, in-process;
+//! nftables: `nft -f` of the map). The last line is machine-readable and
+//! about throughput and apply time only; the others are printed above it.
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -26,6 +34,7 @@ use anyhow::{bail, Context as _, Result};
 use strait_api::networking::{AddressMapping, NatConfigurationSpec, NatDirection, PrefixMapping};
 use strait_common::Direction;
 use strait_dataplane::{
+    forward::NatForward,
     nat::{NatPlan, NatTables},
     programs::{Dataplane, TcProgram},
     tc::{self, AttachMode},
@@ -35,6 +44,10 @@ use strait_testbed::{bpffs::TestPinDir, netns::run, NetNs, Veth};
 const SERVER: &str = "198.18.10.2";
 const REMAPPED_SERVER: &str = "198.19.10.2";
 const IPERF_SECONDS: &str = "3";
+/// How long each flow-rate run opens new flows, and at most how many.
+const FLOW_TIME: Duration = Duration::from_secs(2);
+const FLOW_MAX: u32 = 50_000;
+const FLOW_PORT: u16 = 5301;
 const ROUNDS: usize = 3;
 /// Pause before each run, for the previous topology's teardown.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -149,7 +162,7 @@ fn start_strait(t: &Topology, pins: &TestPinDir, extras: u32) -> Result<Duration
     let plan = NatPlan::from_spec(&strait_spec(extras))?;
     let pin_dir = pins.pin_dir()?;
     t.gw.enter(move || -> Result<Duration> {
-        let mut dp = Dataplane::load(pin_dir)?;
+        let mut dp = Dataplane::load_with_nat_forward(pin_dir, NatForward::Fast)?;
         let applied = NatTables::open_pinned(dp.pin_dir())?.apply(&plan)?;
         for direction in Direction::ALL {
             tc::attach(
@@ -248,8 +261,8 @@ impl Drop for Reaped {
     }
 }
 
-/// Single-stream TCP throughput from client to `target`, in Gbit/s.
-fn iperf(t: &Topology, target: &str) -> Result<f64> {
+/// Runs iperf3 from the client to `target` with `args`; its JSON report.
+fn iperf(t: &Topology, target: &str, args: &[&str]) -> Result<serde_json::Value> {
     let _server = Reaped(
         t.server
             .command("iperf3")
@@ -267,6 +280,7 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
             .client
             .command("timeout")
             .args(["20", "iperf3", "-c", target, "-t", IPERF_SECONDS, "-J"])
+            .args(args)
             .output()
             .context("running iperf3 -c")?;
         let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
@@ -276,11 +290,8 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
                 continue;
             }
         };
-        if let Some(bps) = json
-            .pointer("/end/sum_received/bits_per_second")
-            .and_then(serde_json::Value::as_f64)
-        {
-            return Ok(bps / 1e9);
+        if json.get("error").is_none() {
+            return Ok(json);
         }
         last_error = json
             .get("error")
@@ -294,8 +305,68 @@ fn iperf(t: &Topology, target: &str) -> Result<f64> {
     bail!("iperf3 to {target}: {last_error}")
 }
 
+/// Single-stream TCP throughput from client to `target`, in Gbit/s.
+fn tcp_gbits(t: &Topology, target: &str) -> Result<f64> {
+    let json = iperf(t, target, &[])?;
+    json.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .map(|bps| bps / 1e9)
+        .context("iperf3 reported no TCP throughput")
+}
+
+/// 64-byte UDP datagrams per second the server received, unlimited rate.
+fn udp64_pps(t: &Topology, target: &str) -> Result<f64> {
+    let json = iperf(t, target, &["-u", "-l", "64", "-b", "0"])?;
+    let field = |name: &str| {
+        json.pointer(&format!("/end/sum/{name}"))
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("iperf3 reported no UDP {name}"))
+    };
+    let received = field("packets")? - field("lost_packets")?;
+    Ok(received / field("seconds")?)
+}
+
+/// New UDP flows per second the server received from the client: each
+/// datagram comes from a fresh socket (a new source port, so a new flow and,
+/// for netfilter NAT, a new conntrack entry). Bounded by `FLOW_TIME` and
+/// `FLOW_MAX`. (A TCP connect-and-reset loop was tried first: without
+/// conntrack on the gateway it stalled on SYNs retransmitted after one
+/// second, measuring TCP teardown rather than NAT.)
+fn new_flows_per_second(t: &Topology, target: &str) -> Result<f64> {
+    let server: Ipv4Addr = SERVER.parse()?;
+    let receiver = t.server.enter(|| UdpSocket::bind((server, FLOW_PORT)))??;
+    receiver.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let target = SocketAddr::from((target.parse::<Ipv4Addr>()?, FLOW_PORT));
+    let counting = std::thread::spawn(move || {
+        let mut received = 0u32;
+        let mut buf = [0u8; 16];
+        // Ends a second after the last datagram (or after none came at all).
+        while receiver.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        received
+    });
+    let sent = t.client.enter(move || -> Result<Duration> {
+        let started = Instant::now();
+        let mut count = 0;
+        while started.elapsed() < FLOW_TIME && count < FLOW_MAX {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.send_to(b"flow", target)?;
+            count += 1;
+        }
+        Ok(started.elapsed())
+    });
+    let received = counting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flow counter panicked"))?;
+    let elapsed = sent??;
+    Ok(f64::from(received) / elapsed.as_secs_f64())
+}
+
 struct Measured {
     gbits: f64,
+    pps64: f64,
+    flows: f64,
     apply: Option<Duration>,
 }
 
@@ -328,8 +399,15 @@ fn measure(variant: Variant) -> Result<Measured> {
             (REMAPPED_SERVER, None)
         }
     };
-    let gbits = iperf(&t, target).with_context(|| variant.name())?;
-    Ok(Measured { gbits, apply })
+    let gbits = tcp_gbits(&t, target).with_context(|| variant.name())?;
+    let pps64 = udp64_pps(&t, target).with_context(|| variant.name())?;
+    let flows = new_flows_per_second(&t, target).with_context(|| variant.name())?;
+    Ok(Measured {
+        gbits,
+        pps64,
+        flows,
+        apply,
+    })
 }
 
 /// Keeps the best throughput and the fastest apply over the rounds.
@@ -340,6 +418,8 @@ fn best_of(a: Measured, b: Measured) -> Measured {
     };
     Measured {
         gbits: a.gbits.max(b.gbits),
+        pps64: a.pps64.max(b.pps64),
+        flows: a.flows.max(b.flows),
         apply,
     }
 }
@@ -369,6 +449,8 @@ fn main() -> Result<()> {
                             best,
                             Measured {
                                 gbits: 0.0,
+                                pps64: 0.0,
+                                flows: 0.0,
                                 apply: None,
                             },
                         ),
@@ -380,12 +462,17 @@ fn main() -> Result<()> {
         }
     }
     results.sort_by_key(|(v, _)| Variant::ALL.iter().position(|w| w == v));
-    println!("{:<28} {:>10} {:>12}", "variant", "Gbit/s", "apply");
+    println!(
+        "{:<28} {:>10} {:>12} {:>10} {:>12}",
+        "variant", "Gbit/s", "64B kpps", "flows/s", "apply"
+    );
     for (variant, m) in &results {
         println!(
-            "{:<28} {:>10.2} {:>12}",
+            "{:<28} {:>10.2} {:>12.1} {:>10.0} {:>12}",
             variant.name(),
             m.gbits,
+            m.pps64 / 1e3,
+            m.flows,
             m.apply.map_or_else(
                 || "-".to_owned(),
                 |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)
@@ -406,6 +493,15 @@ fn main() -> Result<()> {
     let (Some(strait_apply), Some(nft_apply)) = (s10k.apply, map10k.apply) else {
         bail!("apply times missing");
     };
+    let best_nft10k_pps = map10k.pps64.max(rules10k.pps64).max(netmap10k.pps64);
+    let best_nft10k_flows = map10k.flows.max(rules10k.flows).max(netmap10k.flows);
+    println!(
+        "pps64_nat10k_vs_nat1={:.3} pps64_nat10k_vs_best_nft10k={:.3} flows_nat10k_vs_nat1={:.3} flows_nat10k_vs_best_nft10k={:.3}",
+        s10k.pps64 / s1.pps64,
+        s10k.pps64 / best_nft10k_pps,
+        s10k.flows / s1.flows,
+        s10k.flows / best_nft10k_flows,
+    );
     println!(
         "nat10k_vs_nat1={:.3} nat10k_vs_best_nft10k={:.3} apply10k_speedup_vs_nft={:.3}",
         s10k.gbits / s1.gbits,

@@ -15,6 +15,7 @@
 //! IP-in-IP), where the IP header comes first.
 
 mod checksum;
+mod forward;
 mod ipv4;
 mod ipv6;
 mod table;
@@ -50,6 +51,12 @@ const ICMP_HDR_LEN: usize = 8;
 #[inline(always)]
 pub fn translate<const IP_OFF: usize>(ctx: &TcContext, direction: Direction) -> i32 {
     match try_translate::<IP_OFF>(ctx, direction) {
+        // What arrives from the peer is forwarded by the fast path where it
+        // plainly can be, else passed to the stack.
+        Ok(()) if direction as u8 == Direction::Ingress as u8 => {
+            let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+            forward::after_translation::<IP_OFF>(ctx, ethertype)
+        }
         // UNSPEC = "no opinion": tcx runs the next program, cls_bpf passes.
         Ok(()) => TC_ACT_UNSPEC,
         Err(reason) => drop_packet(reason),
