@@ -64,6 +64,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         role = plan.role.name(),
         "starting the gateway"
     );
+    // Before anything is created: a route over the cluster's own ranges
+    // would cut the gateway off from them.
+    crate::routes::refuse_local_overlaps(&plan.interface, &plan.routes)?;
     let (mut key, key_from_secret) = match &plan.private_key_file {
         Some(path) => (PrivateKey::from_file(path)?, true),
         None => (PrivateKey::generate(), false),
