@@ -261,7 +261,8 @@ async fn write_status(
 }
 
 /// RBAC of a consumer's control-plane identity: ResourceSlices in its tenant
-/// namespace (reading their status), nothing else anywhere.
+/// namespace (reading their status), the gateway keys of the peering there,
+/// nothing else anywhere.
 async fn bind_consumer(ctx: &Context, namespace: &str, user: &str) -> Result<(), Error> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let role = json!({
@@ -272,6 +273,15 @@ async fn bind_consumer(ctx: &Context, namespace: &str, user: &str) -> Result<(),
             {"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices"],
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
             {"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices/status"], "verbs": ["get"]},
+            // Network module: gateway key exchange through this Identity
+            // (control/network/src/gateway/key_exchange.rs): the consumer
+            // finds the provider's gateway for the peering, reads its key and
+            // writes its own as remote-<gateway>.
+            {"apiGroups": ["networking.strait.dev"], "resources": ["gatewayservers", "gatewayclients"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.strait.dev"], "resources": ["publickeys"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+            // End of the network module's rules.
         ],
     });
     Api::<Role>::namespaced(ctx.client.clone(), namespace)

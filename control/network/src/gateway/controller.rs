@@ -220,7 +220,8 @@ pub async fn run(client: Client, settings: Settings) {
     let context = Arc::new(Context { client, settings });
     tokio::join!(
         run_kind::<GatewayServer>(context.clone()),
-        run_kind::<GatewayClient>(context)
+        run_kind::<GatewayClient>(context.clone()),
+        super::key_exchange::run(context.client.clone())
     );
 }
 
