@@ -651,6 +651,24 @@ fn hostile_datagrams_are_dropped_and_counted_without_growing_memory() {
     assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 3, "0.2"), 3);
 }
 
+/// `GET /status` from a gateway's metrics address 127.0.0.1:`port` in `ns`.
+fn status_over_http(ns: &NetNs, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    ns.enter(|| {
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(conn, "GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+    })
+    .unwrap()
+}
+
 /// The device `ns` sends to `to` through.
 fn route_dev(ns: &NetNs, to: &str) -> String {
     let out = ns.ip(&["route", "get", to]).unwrap();
@@ -682,10 +700,20 @@ fn overlapping_pod_cidrs_keep_each_gateways_local_route() {
         .unwrap();
     }
     let tunnel = "  allowedIps: [198.18.64.0/24, \"fd00:64::/64\"]\n  routes: [198.19.64.0/24, \"fd00:65::/64\"]\n";
-    let mut server = sites.start_server(&[], tunnel);
+    let mut server = sites.start_server(&["--metrics-address", "127.0.0.1:9466"], tunnel);
     let mut client = sites.start_client_with(&underlay_v4(1), &[], tunnel);
     let status = connected(&mut server);
     connected(&mut client);
+    // What a controller reads from a gateway pod: the status file's JSON.
+    let response = status_over_http(&sites.server, 9466);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("application/json"),
+        "{response}"
+    );
+    let served: strait_gateway::GatewayStatus = serde_json::from_str(body).unwrap();
+    assert_eq!(served.interface, status.interface);
+    assert_eq!(served.connection.value, ConnectionState::Connected);
     for (ns, interface) in [
         (&sites.server, status.interface.clone()),
         (&sites.client, connected(&mut client).interface),
