@@ -16,7 +16,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::{
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     Api, Client,
 };
 use strait_api::{
@@ -202,7 +202,37 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
         .expect("GatewayServer");
     let dir: PathBuf = state.path().join("gateways").join(format!("{NS}.to-b"));
 
-    // The config file carries the CR's spec and the peering's CIDRs.
+    // Until the network module decided how this cluster sees the peer's
+    // CIDRs, nothing runs (the real ones might be this cluster's own).
+    eventually("Ready WaitingForRemap", STEP, || async {
+        servers
+            .get("to-b")
+            .await
+            .ok()
+            .and_then(|g| g.status)
+            .is_some_and(|s| {
+                find_condition(&s.conditions, "Ready")
+                    .is_some_and(|c| c.reason == "WaitingForRemap")
+            })
+    })
+    .await;
+    assert!(
+        !dir.join("config.yaml").exists(),
+        "started before the remap"
+    );
+    // The pod CIDR remapped, the external one as it is.
+    Api::<Configuration>::namespaced(client.clone(), NS)
+        .patch_status(
+            "cluster-b",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"remote": {"cidr": {
+                "pod": ["10.71.0.0/16"], "external": ["10.70.0.0/16"]}}}})),
+        )
+        .await
+        .expect("Configuration status");
+
+    // The config file carries the CR's spec and the peering's CIDRs:
+    // accepted by their real ranges, routed by how this cluster sees them.
     eventually("config written", STEP, || async {
         dir.join("config.yaml").exists()
     })
@@ -211,6 +241,10 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
     assert_eq!(config.server.as_ref().map(|s| s.endpoint.port), Some(51840));
     assert_eq!(config.client, None);
     assert_eq!(config.tunnel.allowed_ips, ["10.244.0.0/16", "10.70.0.0/16"]);
+    assert_eq!(
+        config.tunnel.routes.as_deref(),
+        Some(&["10.70.0.0/16".to_owned(), "10.71.0.0/16".to_owned()][..])
+    );
     assert_eq!(config.peer_public_key_file, Some(dir.join("peer.key")));
     assert_eq!(config.public_key_file, Some(dir.join("public.key")));
     config.plan().expect("the gateway accepts it");
