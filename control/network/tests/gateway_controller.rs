@@ -488,6 +488,52 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
             .is_some_and(|k| k.spec.public_key == public)
     })
     .await;
+    // The gateway pod's status endpoint (a stand-in serving what
+    // `strait-gateway --metrics-address` serves at /status).
+    let status_server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("status server");
+    let status_port = status_server.local_addr().expect("port").port();
+    let serving = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let body = serde_json::json!({
+            "role": "server", "backend": "embedded", "interface": "stgw0",
+            "publicKey": "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=", "mtu": 1420,
+            "txBytes": 4242, "rxBytes": 2424, "probesSent": 3, "probesAnswered": 3,
+            "connection": {"value": "Connected", "message": "handshake 1s ago"},
+        })
+        .to_string();
+        while let Ok((mut stream, _)) = status_server.accept().await {
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gw-to-b-0", "labels": {"strait.dev/gateway": "to-b"}},
+        "spec": {"containers": [{"name": "gateway", "image": "strait-gateway",
+            "ports": [{"name": "metrics", "containerPort": status_port}]}]},
+    }))
+    .expect("pod");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "strait");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("gateway pod");
+    pods.patch_status(
+        "gw-to-b-0",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
+    )
+    .await
+    .expect("pod status");
     // The peer's key reaches the pod through the same ConfigMap.
     keys.create(
         &PostParams::default(),
@@ -509,6 +555,31 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
             .and_then(|c| c.data)
             .and_then(|d| d.get("peer.key").cloned())
             .is_some_and(|k| k.trim() == "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=")
+    })
+    .await;
+
+    // The Connection comes from the pod's status endpoint.
+    eventually("Connection from the pod's /status", STEP, || async {
+        connection(&client, "to-b").await.is_some_and(|c| {
+            c.value == ConnectionState::Connected && c.message.contains("sent 4242 B")
+        })
+    })
+    .await;
+    // A pod that stops answering is an Error, not a stale Connected (the
+    // peer key's rotation makes the controller look again).
+    serving.abort();
+    let _ = serving.await;
+    keys.patch(
+        "remote-to-b",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"publicKey": PEER_KEY}})),
+    )
+    .await
+    .expect("rotate the peer key");
+    eventually("Connection Error once /status is gone", STEP, || async {
+        connection(&client, "to-b")
+            .await
+            .is_some_and(|c| c.value == ConnectionState::Error && c.message.contains("GET /status"))
     })
     .await;
 

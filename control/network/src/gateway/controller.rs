@@ -1035,7 +1035,7 @@ async fn deploy<K: GatewayKind>(
     let peer_key = Api::<PublicKey>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&remote_key_name(name))
         .await?;
-    let view = GatewayView {
+    let mut view = GatewayView {
         gateway: describe(gateway),
         not_ready: None,
         peer_key_present: Some(peer_key.is_some()),
@@ -1100,6 +1100,17 @@ async fn deploy<K: GatewayKind>(
             .await?;
         applied.push(format!("{} {}", object.gvk.kind, object.name));
     }
+    // The gateway pod cannot write the Connection (it has no API client):
+    // its status endpoint says what its status file would.
+    let connection = in_cluster::pod_connection(
+        &ctx.client,
+        release_namespace,
+        name,
+        view.peer_key_present == Some(true),
+    )
+    .await?;
+    write_connection(gateway, ctx, namespace, name, &connection).await?;
+    view.connection = Some(connection);
     let ready = ConditionUpdate {
         type_: READY,
         status: ConditionStatus::True,
