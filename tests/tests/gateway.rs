@@ -15,7 +15,7 @@ use strait_testbed::{
     },
     netns::run,
     traffic::{tcp_transfer, udp_burst},
-    NetNs,
+    NetNs, Veth,
 };
 
 const PORT: u16 = 51820;
@@ -649,4 +649,114 @@ fn hostile_datagrams_are_dropped_and_counted_without_growing_memory() {
     assert!(server.process.alive());
     // And the real tunnel still works.
     assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 3, "0.2"), 3);
+}
+
+/// `GET /status` from a gateway's metrics address 127.0.0.1:`port` in `ns`.
+fn status_over_http(ns: &NetNs, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    ns.enter(|| {
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(conn, "GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+    })
+    .unwrap()
+}
+
+/// The device `ns` sends to `to` through.
+fn route_dev(ns: &NetNs, to: &str) -> String {
+    let out = ns.ip(&["route", "get", to]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Both "clusters" use 198.18.64.0/24 and fd00:64::/64 for their pods: each
+/// gateway accepts the peer's real ranges but routes only the remapped ones
+/// (198.19.64.0/24, fd00:65::/64) into the tunnel, and its own pods stay
+/// reachable. A gateway told to route a range its namespace already reaches
+/// elsewhere refuses to start and leaves the route alone.
+#[test]
+fn overlapping_pod_cidrs_keep_each_gateways_local_route() {
+    let sites = Sites::new("overlap");
+    let pods = [
+        NetNs::new("pods-srv").unwrap(),
+        NetNs::new("pods-cli").unwrap(),
+    ];
+    for (gateway, pods) in [&sites.server, &sites.client].into_iter().zip(&pods) {
+        Veth::pair(
+            (gateway, "pods0", &["198.18.64.1/24", "fd00:64::1/64"]),
+            (pods, "eth0", &["198.18.64.10/24", "fd00:64::10/64"]),
+        )
+        .unwrap();
+    }
+    let tunnel = "  allowedIps: [198.18.64.0/24, \"fd00:64::/64\"]\n  routes: [198.19.64.0/24, \"fd00:65::/64\"]\n";
+    let mut server = sites.start_server(&["--metrics-address", "127.0.0.1:9466"], tunnel);
+    let mut client = sites.start_client_with(&underlay_v4(1), &[], tunnel);
+    let status = connected(&mut server);
+    connected(&mut client);
+    // What a controller reads from a gateway pod: the status file's JSON.
+    let response = status_over_http(&sites.server, 9466);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("application/json"),
+        "{response}"
+    );
+    let served: strait_gateway::GatewayStatus = serde_json::from_str(body).unwrap();
+    assert_eq!(served.interface, status.interface);
+    assert_eq!(served.connection.value, ConnectionState::Connected);
+    for (ns, interface) in [
+        (&sites.server, status.interface.clone()),
+        (&sites.client, connected(&mut client).interface),
+    ] {
+        for local in ["198.18.64.10", "fd00:64::10"] {
+            assert_eq!(route_dev(ns, local), "pods0", "{local}");
+            assert_eq!(ping(ns, local, 2, "0.2"), 2, "own pod {local}");
+        }
+        for remapped in ["198.19.64.10", "fd00:65::10"] {
+            assert_eq!(route_dev(ns, remapped), interface, "{remapped}");
+        }
+    }
+    assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 2, "0.2"), 2);
+
+    // The peer's real ranges as routes (explicitly, or by default from
+    // allowedIps): refused before any interface or route is made.
+    for extra in [
+        "  allowedIps: [198.18.64.0/24]\n  routes: [198.18.64.0/24]\n",
+        "  allowedIps: [198.18.64.0/23]\n",
+    ] {
+        let config = server_config(
+            &unique_ifname("gx"),
+            PORT + 1,
+            &sites.client_key_file(),
+            &sites.scratch.path("refused.pub"),
+            &Tunnel,
+            extra,
+        );
+        let mut refused =
+            Gateway::start(&sites.server, &sites.scratch, "refused", &config, &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused.process.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!refused.process.alive(), "started with {extra}");
+        let log = refused.process.log_text();
+        assert!(
+            log.contains("overlaps 198.18.64.0/24 (dev pods0)"),
+            "{extra}: {log}"
+        );
+        assert_eq!(route_dev(&sites.server, "198.18.64.10"), "pods0");
+        assert_eq!(ping(&sites.server, "198.18.64.10", 2, "0.2"), 2);
+    }
+    // The running tunnel did not notice.
+    assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 2, "0.2"), 2);
 }

@@ -1,7 +1,9 @@
 //! Two clusters connected by network CRs alone (no authentication, no
 //! offloading): each cluster's gateway controller runs a real
 //! `strait-gateway` in that cluster's gateway namespace; the test plays the
-//! peering by copying each side's published PublicKey to the other. The
+//! peering by copying each side's published PublicKey to the other. Both
+//! use the same pod CIDR: each gateway routes the peer's as remapped, and
+//! keeps its route to its own pods. The
 //! tunnel comes up, carries traffic between the tunnel addresses, and the
 //! time from applying the gateways to the first echo through the tunnel
 //! (asserted under 3 s), and the gap after a gateway process is killed and
@@ -14,7 +16,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     Api, Client,
 };
 use strait_api::{
@@ -22,8 +24,9 @@ use strait_api::{
     core::{ForeignCluster, ForeignClusterSpec, ModuleSelection},
     names::label::REMOTE_CLUSTER_ID,
     networking::{
-        Connection, ConnectionState, GatewayClient, GatewayClientSpec, GatewayServer,
-        GatewayServerSpec, PublicEndpoint, PublicKey, PublicKeySpec, ServerEndpoint, ServiceType,
+        ClusterCidrs, ClusterNetwork, Configuration, ConfigurationSpec, Connection,
+        ConnectionState, GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec,
+        PublicEndpoint, PublicKey, PublicKeySpec, ServerEndpoint, ServiceType,
     },
 };
 use strait_network::gateway::{self, controller::local_settings, Settings};
@@ -163,6 +166,47 @@ fn gateway_pid(config: &std::path::Path) -> Option<i32> {
         })
 }
 
+/// The peering's Configuration in `client`: both pod CIDRs 198.18.64.0/24,
+/// the remote's remapped to 198.19.64.0/24.
+async fn configuration(client: &Client, remote: &str) {
+    let pods = |cidr: &str| ClusterNetwork {
+        cidr: ClusterCidrs {
+            pod: vec![cidr.to_owned()],
+            external: Vec::new(),
+        },
+    };
+    let mut configuration = Configuration::new(
+        remote,
+        ConfigurationSpec {
+            local: Some(pods("198.18.64.0/24")),
+            remote: pods("198.18.64.0/24"),
+        },
+    );
+    configuration.metadata.labels = labels(remote);
+    let api = Api::<Configuration>::namespaced(client.clone(), NS);
+    api.create(&PostParams::default(), &configuration)
+        .await
+        .expect("Configuration");
+    api.patch_status(
+        remote,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"remote": pods("198.19.64.0/24")}})),
+    )
+    .await
+    .expect("Configuration status");
+}
+
+/// The device `ns` sends to `to` through.
+fn route_dev(ns: &NetNs, to: &str) -> String {
+    let out = ns.ip(&["route", "get", to]).expect("ip route get");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// SIGKILL to a gateway this test's controller started.
 fn kill(pid: i32) -> i32 {
     // SAFETY: kill(2) on a pid found by its own config path under this
@@ -231,6 +275,22 @@ async fn two_clusters_peered_by_network_crs_only() {
             namespace: None,
         })
     };
+    // Both clusters' pods are 198.18.64.0/24 (each gateway namespace
+    // routes it to its own pods); each sees the other's as 198.19.64.0/24,
+    // as its IPAM decided (written here by hand: no Configuration
+    // controller runs).
+    for (client, ns, remote) in [(&ca, &gw_a, "cluster-b"), (&cb, &gw_b, "cluster-a")] {
+        configuration(client, remote).await;
+        ns.ip(&[
+            "link", "add", "pods0", "type", "veth", "peer", "name", "pods1",
+        ])
+        .expect("pods link");
+        for link in ["pods0", "pods1"] {
+            ns.ip(&["link", "set", link, "up"]).expect("pods link up");
+        }
+        ns.ip(&["addr", "add", "198.18.64.1/24", "dev", "pods0"])
+            .expect("pods route");
+    }
     let applied = Instant::now();
     let mut server = GatewayServer::new(
         "to-b",
@@ -295,6 +355,28 @@ async fn two_clusters_peered_by_network_crs_only() {
     })
     .await;
     assert_eq!(ping(&gw_b, "fd00:5354::", 5, "0.1"), 5, "echoes both ways");
+    // The tunnel accepts the peer's real pods and routes them as seen
+    // here; each gateway's own pods keep their route.
+    for (ns, side, name) in [(&gw_a, "a", "to-b"), (&gw_b, "b", "to-a")] {
+        let config = strait_gateway::GatewayConfig::from_file(
+            &state
+                .join(side)
+                .join(format!("{NS}.{name}"))
+                .join("config.yaml"),
+        )
+        .expect("gateway config");
+        assert_eq!(config.tunnel.allowed_ips, ["198.18.64.0/24"]);
+        assert_eq!(
+            config.tunnel.routes.as_deref(),
+            Some(&["198.19.64.0/24".to_owned()][..])
+        );
+        assert_eq!(route_dev(ns, "198.18.64.10"), "pods0", "{side}: own pods");
+        assert_eq!(
+            route_dev(ns, "198.19.64.10"),
+            config.interface,
+            "{side}: the peer's"
+        );
+    }
     println!(
         "apply_to_first_packet_ms={} apply_to_connected_ms={}",
         apply_to_first_packet.as_millis(),

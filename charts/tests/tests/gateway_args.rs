@@ -164,8 +164,13 @@ fn check<K: GatewayKind>(objects: &[Value], template_name: &str, gateway: &K) {
     assert!(run_volume.get("emptyDir").is_some(), "{run_volume}");
     assert_eq!(volume_for(&pod, container, &paths.public_key), run_volume);
     // And the binary accepts the --config the controller renders for it.
-    let mut config = gateway_config(gateway, &paths.peer_key, &paths.public_key, Vec::new())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut config = gateway_config(
+        gateway,
+        &paths.peer_key,
+        &paths.public_key,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     config.private_key_file = Some(paths.private_key.clone());
     let yaml = serde_norway::to_string(&config).unwrap_or_else(|e| panic!("{e}"));
     let parsed: strait_gateway::GatewayConfig =

@@ -39,6 +39,26 @@ pub const OFFLOADING_IN_TENANT_NAMESPACE: &[Rule] = &[Rule {
     resource_names: &[],
 }];
 
+/// What the network module does through a consumer's control-plane Identity
+/// in the consumer's tenant namespace on the provider (gateway key exchange,
+/// control/network/src/gateway/key_exchange.rs): find the provider's
+/// gateway for the peering, read its key, write its own as
+/// `remote-<gateway>`.
+pub const NETWORK_IN_TENANT_NAMESPACE: &[Rule] = &[
+    Rule {
+        api_group: group::NETWORKING,
+        resources: &["gatewayservers", "gatewayclients"],
+        verbs: &["get", "list", "watch"],
+        resource_names: &[],
+    },
+    Rule {
+        api_group: group::NETWORKING,
+        resources: &["publickeys"],
+        verbs: &["get", "list", "watch", "create", "update", "patch"],
+        resource_names: &[],
+    },
+];
+
 /// `rules` as a Role's `rules`.
 pub fn policy_rules(rules: &[Rule]) -> Vec<Value> {
     rules.iter().map(Rule::to_policy_rule).collect()

@@ -262,8 +262,9 @@ async fn write_status(
 }
 
 /// RBAC of a consumer's control-plane identity: ResourceSlices in its tenant
-/// namespace (reading their status) and what the offloading module asks
-/// there (its NamespaceMap), nothing else anywhere.
+/// namespace (reading their status) and what the other modules ask there
+/// (offloading's NamespaceMap, the network module's gateway keys), nothing
+/// else anywhere.
 async fn bind_consumer(ctx: &Context, namespace: &str, user: &str) -> Result<(), Error> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let mut rules = vec![
@@ -272,6 +273,7 @@ async fn bind_consumer(ctx: &Context, namespace: &str, user: &str) -> Result<(),
         json!({"apiGroups": ["authentication.strait.dev"], "resources": ["resourceslices/status"], "verbs": ["get"]}),
     ];
     rules.extend(rbac::policy_rules(rbac::OFFLOADING_IN_TENANT_NAMESPACE));
+    rules.extend(rbac::policy_rules(rbac::NETWORK_IN_TENANT_NAMESPACE));
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",

@@ -16,7 +16,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::{
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     Api, Client,
 };
 use strait_api::{
@@ -202,7 +202,37 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
         .expect("GatewayServer");
     let dir: PathBuf = state.path().join("gateways").join(format!("{NS}.to-b"));
 
-    // The config file carries the CR's spec and the peering's CIDRs.
+    // Until the network module decided how this cluster sees the peer's
+    // CIDRs, nothing runs (the real ones might be this cluster's own).
+    eventually("Ready WaitingForRemap", STEP, || async {
+        servers
+            .get("to-b")
+            .await
+            .ok()
+            .and_then(|g| g.status)
+            .is_some_and(|s| {
+                find_condition(&s.conditions, "Ready")
+                    .is_some_and(|c| c.reason == "WaitingForRemap")
+            })
+    })
+    .await;
+    assert!(
+        !dir.join("config.yaml").exists(),
+        "started before the remap"
+    );
+    // The pod CIDR remapped, the external one as it is.
+    Api::<Configuration>::namespaced(client.clone(), NS)
+        .patch_status(
+            "cluster-b",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"remote": {"cidr": {
+                "pod": ["10.71.0.0/16"], "external": ["10.70.0.0/16"]}}}})),
+        )
+        .await
+        .expect("Configuration status");
+
+    // The config file carries the CR's spec and the peering's CIDRs:
+    // accepted by their real ranges, routed by how this cluster sees them.
     eventually("config written", STEP, || async {
         dir.join("config.yaml").exists()
     })
@@ -211,6 +241,10 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
     assert_eq!(config.server.as_ref().map(|s| s.endpoint.port), Some(51840));
     assert_eq!(config.client, None);
     assert_eq!(config.tunnel.allowed_ips, ["10.244.0.0/16", "10.70.0.0/16"]);
+    assert_eq!(
+        config.tunnel.routes.as_deref(),
+        Some(&["10.70.0.0/16".to_owned(), "10.71.0.0/16".to_owned()][..])
+    );
     assert_eq!(config.peer_public_key_file, Some(dir.join("peer.key")));
     assert_eq!(config.public_key_file, Some(dir.join("public.key")));
     config.plan().expect("the gateway accepts it");
@@ -454,6 +488,52 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
             .is_some_and(|k| k.spec.public_key == public)
     })
     .await;
+    // The gateway pod's status endpoint (a stand-in serving what
+    // `strait-gateway --metrics-address` serves at /status).
+    let status_server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("status server");
+    let status_port = status_server.local_addr().expect("port").port();
+    let serving = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let body = serde_json::json!({
+            "role": "server", "backend": "embedded", "interface": "stgw0",
+            "publicKey": "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=", "mtu": 1420,
+            "txBytes": 4242, "rxBytes": 2424, "probesSent": 3, "probesAnswered": 3,
+            "connection": {"value": "Connected", "message": "handshake 1s ago"},
+        })
+        .to_string();
+        while let Ok((mut stream, _)) = status_server.accept().await {
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gw-to-b-0", "labels": {"strait.dev/gateway": "to-b"}},
+        "spec": {"containers": [{"name": "gateway", "image": "strait-gateway",
+            "ports": [{"name": "metrics", "containerPort": status_port}]}]},
+    }))
+    .expect("pod");
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "strait");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("gateway pod");
+    pods.patch_status(
+        "gw-to-b-0",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
+    )
+    .await
+    .expect("pod status");
     // The peer's key reaches the pod through the same ConfigMap.
     keys.create(
         &PostParams::default(),
@@ -475,6 +555,31 @@ async fn in_a_cluster_the_template_is_rendered_and_removed_with_the_gateway() {
             .and_then(|c| c.data)
             .and_then(|d| d.get("peer.key").cloned())
             .is_some_and(|k| k.trim() == "KCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/QEFCQ0RFRkc=")
+    })
+    .await;
+
+    // The Connection comes from the pod's status endpoint.
+    eventually("Connection from the pod's /status", STEP, || async {
+        connection(&client, "to-b").await.is_some_and(|c| {
+            c.value == ConnectionState::Connected && c.message.contains("sent 4242 B")
+        })
+    })
+    .await;
+    // A pod that stops answering is an Error, not a stale Connected (the
+    // peer key's rotation makes the controller look again).
+    serving.abort();
+    let _ = serving.await;
+    keys.patch(
+        "remote-to-b",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"publicKey": PEER_KEY}})),
+    )
+    .await
+    .expect("rotate the peer key");
+    eventually("Connection Error once /status is gone", STEP, || async {
+        connection(&client, "to-b")
+            .await
+            .is_some_and(|c| c.value == ConnectionState::Error && c.message.contains("GET /status"))
     })
     .await;
 

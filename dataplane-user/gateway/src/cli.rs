@@ -35,7 +35,8 @@ pub struct Cli {
     /// Where to write the Connection-shaped status (JSON), refreshed 4 times a second.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
-    /// Address for GET /metrics (Prometheus) and /healthz.
+    /// Address for GET /metrics (Prometheus), /status (the status file's
+    /// JSON) and /healthz.
     #[arg(long)]
     pub metrics_address: Option<SocketAddr>,
     /// Interval of the ICMP probes to the peer's tunnel address, in milliseconds.

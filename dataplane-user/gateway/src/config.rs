@@ -57,10 +57,18 @@ pub struct TunnelConfig {
     /// latency.
     #[serde(default)]
     pub peer_addresses: Vec<IpAddr>,
-    /// Further CIDRs reached through the peer (its pod and external CIDRs):
-    /// routed into the tunnel and accepted from it.
+    /// Further CIDRs accepted from the peer: its pod and external CIDRs as
+    /// the peer addresses them (its real ones; the tunnel carries real
+    /// addresses both ways).
     #[serde(default)]
     pub allowed_ips: Vec<String>,
+    /// CIDRs routed into the tunnel: the peer's ranges as this cluster
+    /// addresses them, i.e. the remapped ones where they overlap a local
+    /// range (the gateway's NAT translates them back to the real ones).
+    /// Omitted: the `allowedIps` (nothing remapped). A route overlapping one
+    /// the gateway's namespace has on another interface is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
     /// Keepalive interval in seconds; the client defaults to 10 so NAT
     /// bindings stay open and a restarted server hears from it quickly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +122,11 @@ impl Cidr {
             addr,
             len: self.len,
         }
+    }
+
+    /// Whether the two prefixes share an address (one contains the other).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
     }
 
     pub fn host(addr: IpAddr) -> Cidr {
@@ -300,13 +313,11 @@ impl GatewayConfig {
                 ));
             }
         }
-        let routes = parse_cidrs("tunnel.allowedIps", &self.tunnel.allowed_ips)?;
-        if let Some(c) = routes.iter().find(|c| c.network() != **c) {
-            return Err(bad(format!(
-                "tunnel.allowedIps: {c} has host bits set (did you mean {}?)",
-                c.network()
-            )));
-        }
+        let peer_cidrs = parse_networks("tunnel.allowedIps", &self.tunnel.allowed_ips)?;
+        let routes = match &self.tunnel.routes {
+            Some(routes) => parse_networks("tunnel.routes", routes)?,
+            None => peer_cidrs.clone(),
+        };
         let mut allowed_ips: Vec<Cidr> = self
             .tunnel
             .peer_addresses
@@ -314,7 +325,7 @@ impl GatewayConfig {
             .copied()
             .map(Cidr::host)
             .collect();
-        allowed_ips.extend(routes.iter().copied());
+        allowed_ips.extend(peer_cidrs);
         let persistent_keepalive = match role {
             Role::Client { .. } => Some(self.tunnel.persistent_keepalive.unwrap_or(10)),
             Role::Server { .. } => self.tunnel.persistent_keepalive,
@@ -344,6 +355,18 @@ fn parse_cidrs(field: &str, items: &[String]) -> Result<Vec<Cidr>, Error> {
                 .map_err(|e| Error::Config(format!("{field}: {e}")))
         })
         .collect()
+}
+
+/// Parses network prefixes (host bits zero).
+fn parse_networks(field: &str, items: &[String]) -> Result<Vec<Cidr>, Error> {
+    let cidrs = parse_cidrs(field, items)?;
+    if let Some(c) = cidrs.iter().find(|c| c.network() != **c) {
+        return Err(Error::Config(format!(
+            "{field}: {c} has host bits set (did you mean {}?)",
+            c.network()
+        )));
+    }
+    Ok(cidrs)
 }
 
 fn resolve_endpoints(addresses: &[String], port: i32) -> Result<Vec<SocketAddr>, Error> {
@@ -485,6 +508,53 @@ tunnel:
             };
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
         }
+    }
+
+    #[test]
+    fn routes_default_to_the_allowed_ips_and_are_separate_when_given() {
+        let plan = parse(SERVER).unwrap();
+        assert_eq!(
+            plan.routes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["198.18.64.0/24"]
+        );
+        // Both clusters use 198.18.64.0/24: the peer's is seen here as
+        // 198.19.64.0/24. The tunnel accepts the real range, routes the
+        // remapped one.
+        let remapped = SERVER.replace(
+            "allowedIps: [198.18.64.0/24]",
+            "allowedIps: [198.18.64.0/24]\n  routes: [198.19.64.0/24, \"fd00:64::/64\"]",
+        );
+        let plan = parse(&remapped).unwrap();
+        assert_eq!(
+            plan.routes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["198.19.64.0/24", "fd00:64::/64"]
+        );
+        assert!(plan
+            .allowed_ips
+            .contains(&"198.18.64.0/24".parse().unwrap()));
+        assert!(!plan
+            .allowed_ips
+            .contains(&"198.19.64.0/24".parse().unwrap()));
+        let nothing_routed = SERVER.replace(
+            "allowedIps: [198.18.64.0/24]",
+            "allowedIps: [198.18.64.0/24]\n  routes: []",
+        );
+        assert!(parse(&nothing_routed).unwrap().routes.is_empty());
+        let bad = SERVER.replace(
+            "allowedIps: [198.18.64.0/24]",
+            "allowedIps: [198.18.64.0/24]\n  routes: [198.19.64.7/24]",
+        );
+        let message = parse(&bad).unwrap_err().to_string();
+        assert!(
+            message.contains("tunnel.routes: 198.19.64.7/24 has host bits set"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mtu;
 pub mod probe;
+pub mod routes;
 pub mod run;
 pub mod status;
 

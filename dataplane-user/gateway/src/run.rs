@@ -64,6 +64,9 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         role = plan.role.name(),
         "starting the gateway"
     );
+    // Before anything is created: a route over the cluster's own ranges
+    // would cut the gateway off from them.
+    crate::routes::refuse_local_overlaps(&plan.interface, &plan.routes)?;
     let (mut key, key_from_secret) = match &plan.private_key_file {
         Some(path) => (PrivateKey::from_file(path)?, true),
         None => (PrivateKey::generate(), false),
@@ -110,7 +113,7 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     if let Some(address) = options.metrics_address {
         let listener = std::net::TcpListener::bind(address)
             .map_err(Error::io(format!("binding the metrics address {address}")))?;
-        tracing::info!(%address, "serving /metrics and /healthz");
+        tracing::info!(%address, "serving /metrics, /status and /healthz");
         let (status, stop) = (shared_status.clone(), controls.stop.clone());
         helpers.push(std::thread::spawn(move || {
             serve_metrics(&listener, &status, &stop)
@@ -352,20 +355,32 @@ fn serve_metrics(
         if reader.read_line(&mut line).is_err() {
             continue;
         }
-        let (code, body) = if line.starts_with("GET /metrics ") {
-            match status.lock().ok().and_then(|s| s.clone()) {
-                Some(s) => ("200 OK", metrics::render(&s)),
-                None => ("503 Service Unavailable", "starting\n".to_owned()),
+        const TEXT: &str = "text/plain; version=0.0.4";
+        let current = || status.lock().ok().and_then(|s| s.clone());
+        let starting = ("503 Service Unavailable", TEXT, "starting\n".to_owned());
+        let (code, content_type, body) = if line.starts_with("GET /metrics ") {
+            current().map_or(starting, |s| ("200 OK", TEXT, metrics::render(&s)))
+        } else if line.starts_with("GET /status ") {
+            // The status file's JSON, for a controller that cannot read the
+            // pod's files (a gateway in a cluster).
+            match current().map(|s| serde_json::to_string(&s)) {
+                Some(Ok(json)) => ("200 OK", "application/json", json),
+                Some(Err(e)) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
+                None => starting,
             }
         } else if line.starts_with("GET /healthz ") {
-            ("200 OK", "ok\n".to_owned())
+            ("200 OK", TEXT, "ok\n".to_owned())
         } else {
-            ("404 Not Found", "try /metrics or /healthz\n".to_owned())
+            (
+                "404 Not Found",
+                TEXT,
+                "try /metrics, /status or /healthz\n".to_owned(),
+            )
         };
         let mut stream = &stream;
         let _ = write!(
             stream,
-            "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
     }

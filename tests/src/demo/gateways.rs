@@ -1,7 +1,6 @@
 //! The tunnel of act 4, as a user sets it up with kubectl: a GatewayServer
 //! on cluster-b, a GatewayClient on cluster-a dialling the endpoint the
-//! server publishes, and each side's published PublicKey copied to the
-//! other. Each cluster's network module runs its `strait-gateway` (a child
+//! server publishes; the peering of act 3 exchanges the gateways' keys. Each cluster's network module runs its `strait-gateway` (a child
 //! of its strait-controller, in the cluster's gateway pod namespace) and
 //! reports the tunnel in a Connection and the ForeignCluster's NetworkReady.
 
@@ -19,7 +18,7 @@ use strait_api::{
     networking::{Connection, GatewayServer, PublicKey},
 };
 use strait_gateway::status::GatewayStatus;
-use strait_network::gateway::{local_key_name, remote_key_name};
+use strait_network::gateway::{key_exchange, local_key_name, remote_key_name};
 use tokio::runtime::Runtime;
 
 use super::{
@@ -198,8 +197,10 @@ pub fn act(
     apply(stage, a, "gateway-client.yaml", &client, report)?;
 
     report.say(
-        "the key exchange (not done by the authentication module yet): each side's published \
-         PublicKey local-<gateway> is applied on the other side as remote-<its gateway>",
+        "the key exchange is the peering's: cluster-a's network module, through the \
+         control-plane Identity cluster-b issued it, writes its gateway's key as PublicKey \
+         remote-<server> in its tenant namespace on cluster-b and copies cluster-b's \
+         local-<server> back as remote-<client>; nobody copies a key by hand",
     );
     let sides = [(a, gw_a, b, gw_b), (b, gw_b, a, gw_a)];
     for (from, from_gw, to, to_gw) in sides {
@@ -220,20 +221,28 @@ pub fn act(
             bail!("{}'s gateway published no key", from.id);
         }
         let key = key.map_err(anyhow::Error::msg)?;
-        let yaml = format!(
-            "apiVersion: networking.strait.dev/v1beta1\nkind: PublicKey\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    {REMOTE_CLUSTER_ID}: {peer}\nspec:\n  publicKey: \"{key}\"\n",
-            name = remote_key_name(&to_gw.name),
-            ns = to_gw.namespace,
-            peer = from.id,
+        let peer_keys: Api<PublicKey> = Api::namespaced(to.client(), &to_gw.namespace);
+        let remote = remote_key_name(&to_gw.name);
+        let arrived = runtime.block_on(wait_for(STEP, || async {
+            let found = get_json(&peer_keys, &remote).await?;
+            match found.pointer("/spec/publicKey").and_then(Value::as_str) {
+                Some(k) if k == key => Ok(format!("{}/{remote} = {k}", to_gw.namespace)),
+                other => Err(format!("{remote} holds {other:?}, not {key}")),
+            }
+        }));
+        report.check(
+            &format!(
+                "{}: {}'s key arrived as PublicKey {remote} through the peering",
+                to.id, from.id
+            ),
+            arrived,
         );
-        apply(
-            stage,
-            to,
-            &format!("{}-peer-key.yaml", to.id),
-            &yaml,
-            report,
-        )?;
     }
+    let foreign: Api<ForeignCluster> = Api::all(a.client());
+    report.check(
+        &format!("{}: ForeignCluster {} GatewayKeysExchanged", a.id, b.id),
+        runtime.block_on(wait_condition(&foreign, b.id, key_exchange::CONDITION)),
+    );
 
     for (cluster, gateway, peer) in [(a, gw_a, b.id), (b, gw_b, a.id)] {
         let connections: Api<Connection> = Api::namespaced(cluster.client(), &gateway.namespace);

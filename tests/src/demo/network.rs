@@ -58,13 +58,9 @@ const GATEWAY_NODE: [&str; 2] = ["198.18.0.2", "fd00:f::2"];
 /// The veth between the gateway node and the gateway pod.
 const GATEWAY_NODE_LAN: [&str; 2] = ["198.18.1.1", "fd00:1::1"];
 const GATEWAY_POD_LAN: [&str; 2] = ["198.18.1.2", "fd00:1::2"];
-/// The gateway pod's interface toward its cluster.
-const GATEWAY_POD_LAN_IFACE: &str = "lan0";
 /// The fabric's VNI from the gateway node back to the nodes; each peering's
 /// routes toward the gateway get their own VNI from the network module.
 const NODE_VNI: u32 = 7001;
-/// The gateway pod's routing table for traffic from its cluster to the peer.
-const TUNNEL_TABLE: &str = "100";
 /// Pod MTU: the underlay's 1500 minus Geneve over IPv6 and WireGuard over IPv6.
 const POD_MTU: &str = "1360";
 
@@ -172,8 +168,8 @@ impl Site {
         )?;
         internet.attach(&site.gateway_pod, internet_host)?;
         // The gateway pod sends this cluster's pods back to the gateway
-        // node, by the node's pod CIDRs: the gateway routes the peer's pod
-        // CIDRs (the same ranges, less specific) into the tunnel.
+        // node, by the node's pod CIDRs (the gateway itself refuses to route
+        // anything overlapping them into the tunnel).
         for (pods, via) in NODE_POD_CIDRS.iter().zip(GATEWAY_NODE_LAN) {
             site.gateway_pod.ip(&["route", "add", pods, "via", via])?;
         }
@@ -367,35 +363,8 @@ pub fn act(
         let cluster = [&clusters.a, &clusters.b][own];
         let peer = [&clusters.b, &clusters.a][own];
         let pod = &site.gateway_pod;
-        // The gateway routes the peer's real pod CIDRs into the tunnel. What
-        // comes from this cluster (the peer's pods as seen here, translated
-        // to their real addresses on the way in) takes the tunnel whatever
-        // its destination.
-        for family in ["-4", "-6"] {
-            pod.ip(&[
-                family,
-                "rule",
-                "add",
-                "iif",
-                GATEWAY_POD_LAN_IFACE,
-                "lookup",
-                TUNNEL_TABLE,
-            ])?;
-            pod.ip(&[
-                family,
-                "route",
-                "add",
-                "default",
-                "dev",
-                &interfaces[own],
-                "table",
-                TUNNEL_TABLE,
-            ])?;
-        }
-        report.say(format!(
-            "gateway pod {id} $ ip rule add iif {GATEWAY_POD_LAN_IFACE} lookup {TUNNEL_TABLE}; ip route add default dev {} table {TUNNEL_TABLE}   # (and -6) from the cluster, into the tunnel",
-            interfaces[own]
-        ));
+        // The gateway routes the peer's pods as seen here (the remapped
+        // ranges) into the tunnel itself; the gateway node sends them to it.
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
             site.gateway_node.ip(&["route", "add", seen, "via", via])?;
         }

@@ -23,7 +23,7 @@ use kube::{
         controller::{Action, Controller},
         finalizer::{finalizer, Event},
         reflector::ObjectRef,
-        watcher,
+        watcher, WatchStreamExt as _,
     },
     Api, Client, Resource, ResourceExt as _,
 };
@@ -33,9 +33,9 @@ use strait_api::{
     condition::{set_condition, ConditionStatus, ConditionUpdate},
     names::{finalizer::GATEWAY, label::REMOTE_CLUSTER_ID, SYSTEM_NAMESPACE},
     networking::{
-        Configuration, Connection, ConnectionState, ConnectionStatus, ConnectionType,
-        GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec, PublicEndpoint,
-        PublicKey,
+        ClusterNetwork, Configuration, Connection, ConnectionState, ConnectionStatus,
+        ConnectionType, GatewayClient, GatewayClientSpec, GatewayServer, GatewayServerSpec,
+        PublicEndpoint, PublicKey,
     },
     Condition, ObjectReference, SecretReference,
 };
@@ -220,7 +220,8 @@ pub async fn run(client: Client, settings: Settings) {
     let context = Arc::new(Context { client, settings });
     tokio::join!(
         run_kind::<GatewayServer>(context.clone()),
-        run_kind::<GatewayClient>(context)
+        run_kind::<GatewayClient>(context.clone()),
+        super::key_exchange::run(context.client.clone())
     );
 }
 
@@ -228,11 +229,20 @@ async fn run_kind<K: GatewayKind>(context: Arc<Context>) {
     let client = context.client.clone();
     // The peer's key arriving is the moment to (re)configure the gateway.
     let peer_keys = Api::<PublicKey>::all(client.clone());
+    // A Configuration's status.remote decides what the tunnel routes; any
+    // change to one looks at every gateway again (they are few).
+    let configurations = watcher(
+        Api::<Configuration>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|_| ());
     Controller::new(Api::<K>::all(client), watcher::Config::default())
         .watches(peer_keys, watcher::Config::default(), |key| {
             let gateway = key.name_any().strip_prefix("remote-")?.to_owned();
             Some(ObjectRef::<K>::new(&gateway).within(&key.namespace()?))
         })
+        .reconcile_all_on(configurations)
         .run(reconcile::<K>, error_policy::<K>, context)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -333,15 +343,14 @@ fn same_endpoint(current: &serde_json::Value, wanted: &serde_json::Value) -> boo
     current.get("endpoint") == wanted.get("endpoint").filter(|v| !v.is_null())
 }
 
-/// The peer's CIDRs the tunnel carries: every Configuration of the
+/// The peer's CIDRs the tunnel carries, from every Configuration of the
 /// gateway's namespace (of the same remote cluster, when the gateway is
-/// labelled with one), by their real addresses, since the gateway's NAT has
-/// translated remapped destinations before the tunnel.
+/// labelled with one); `Err` is a reason and message for the Ready condition.
 async fn tunnel_cidrs<K: GatewayKind>(
     gateway: &K,
     ctx: &Context,
     namespace: &str,
-) -> Result<Vec<String>, Error> {
+) -> Result<Result<TunnelCidrs, (&'static str, String)>, Error> {
     let mut params = ListParams::default();
     if let Some(remote) = gateway.labels().get(REMOTE_CLUSTER_ID) {
         params = params.labels(&format!("{REMOTE_CLUSTER_ID}={remote}"));
@@ -349,23 +358,92 @@ async fn tunnel_cidrs<K: GatewayKind>(
     let configurations = Api::<Configuration>::namespaced(ctx.client.clone(), namespace)
         .list(&params)
         .await?;
-    let mut cidrs: Vec<String> = configurations
-        .items
-        .iter()
-        .flat_map(|c| {
-            c.spec
-                .remote
+    Ok(TunnelCidrs::from_configurations(&configurations.items))
+}
+
+/// What the tunnel carries for the peer. Inside the tunnel packets carry
+/// both clusters' real addresses (each gateway's NAT translates the peer's
+/// remapped ranges on the tunnel interface), so the two lists differ when
+/// the peer's CIDRs overlap this cluster's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelCidrs {
+    /// Accepted from the peer: its real pod and external CIDRs.
+    pub allowed: Vec<String>,
+    /// Routed into the tunnel: the peer's CIDRs as this cluster addresses
+    /// them (the Configuration's `status.remote`).
+    pub routes: Vec<String>,
+}
+
+impl TunnelCidrs {
+    /// Reads the Configurations; refuses to route anything while one has
+    /// no `status.remote` yet (the peer's real ranges might be this
+    /// cluster's own) or when a route would overlap a local range.
+    pub fn from_configurations(
+        configurations: &[Configuration],
+    ) -> Result<TunnelCidrs, (&'static str, String)> {
+        let ranges = |network: &ClusterNetwork| -> Vec<IpNet> {
+            network
                 .cidr
                 .pod
                 .iter()
-                .chain(&c.spec.remote.cidr.external)
-        })
-        .filter_map(|c| parse_cidr(c).ok())
-        .map(|c| c.trunc().to_string())
-        .collect();
-    cidrs.sort();
-    cidrs.dedup();
-    Ok(cidrs)
+                .chain(&network.cidr.external)
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect()
+        };
+        let mut cidrs = TunnelCidrs::default();
+        for configuration in configurations {
+            let name = configuration.name_any();
+            let Some(seen) = configuration
+                .status
+                .as_ref()
+                .and_then(|s| s.remote.as_ref())
+            else {
+                return Err((
+                    "WaitingForRemap",
+                    format!(
+                        "Configuration {name} has no status.remote yet: the network module has \
+                         not decided how this cluster addresses the peer's CIDRs (remapped when \
+                         they overlap local ones); see that Configuration's conditions"
+                    ),
+                ));
+            };
+            let routes = ranges(seen);
+            let local = configuration
+                .spec
+                .local
+                .as_ref()
+                .map(ranges)
+                .unwrap_or_default();
+            let overlap = routes.iter().find_map(|r| {
+                local
+                    .iter()
+                    .find(|l| l.contains(&r.network()) || r.contains(&l.network()))
+                    .map(|l| (r, l))
+            });
+            if let Some((route, local)) = overlap {
+                return Err((
+                    "RouteOverlapsLocal",
+                    format!(
+                        "Configuration {name}: the peer's range {route}, as this cluster \
+                         addresses it, overlaps this cluster's own {local}; routing it into the \
+                         tunnel would cut the gateway off from local pods, so the gateway is not \
+                         started. Remap it (status.remote) or fix spec.local"
+                    ),
+                ));
+            }
+            cidrs.routes.extend(routes.iter().map(ToString::to_string));
+            cidrs.allowed.extend(
+                ranges(&configuration.spec.remote)
+                    .iter()
+                    .map(ToString::to_string),
+            );
+        }
+        for list in [&mut cidrs.allowed, &mut cidrs.routes] {
+            list.sort();
+            list.dedup();
+        }
+        Ok(cidrs)
+    }
 }
 
 /// This end's and the peer's tunnel addresses, from the tunnel CIDR.
@@ -414,7 +492,7 @@ pub fn gateway_config<K: GatewayKind>(
     gateway: &K,
     peer_key_file: &std::path::Path,
     public_key_file: &std::path::Path,
-    allowed_ips: Vec<String>,
+    cidrs: TunnelCidrs,
 ) -> Result<GatewayConfig, String> {
     let namespace = gateway.namespace().unwrap_or_default();
     let cidr = gateway
@@ -434,7 +512,8 @@ pub fn gateway_config<K: GatewayKind>(
         tunnel: TunnelConfig {
             addresses: vec![address],
             peer_addresses: vec![peer],
-            allowed_ips,
+            allowed_ips: cidrs.allowed,
+            routes: Some(cidrs.routes),
             persistent_keepalive: None,
         },
     };
@@ -465,8 +544,18 @@ async fn run_locally<K: GatewayKind>(
         mtu: None,
     };
     let files = gateways.files(namespace, name);
-    let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
-    let config = match gateway_config(gateway, &files.peer_key, &files.public_key, allowed) {
+    let cidrs = match tunnel_cidrs(gateway, ctx, namespace).await? {
+        Ok(cidrs) => cidrs,
+        Err((reason, message)) => {
+            view.not_ready = Some(message.clone());
+            return Ok((
+                not_ready(reason, message),
+                view,
+                Action::requeue(LOCAL_POLL),
+            ));
+        }
+    };
+    let config = match gateway_config(gateway, &files.peer_key, &files.public_key, cidrs) {
         Ok(config) => config,
         Err(message) => {
             view.not_ready = Some(message.clone());
@@ -946,7 +1035,7 @@ async fn deploy<K: GatewayKind>(
     let peer_key = Api::<PublicKey>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&remote_key_name(name))
         .await?;
-    let view = GatewayView {
+    let mut view = GatewayView {
         gateway: describe(gateway),
         not_ready: None,
         peer_key_present: Some(peer_key.is_some()),
@@ -975,8 +1064,11 @@ async fn deploy<K: GatewayKind>(
     publish_key(gateway, ctx, namespace, name, &key.public_key().to_string()).await?;
     // The gateway's --config, as its pod sees its files.
     let paths = in_cluster::pod_paths();
-    let allowed = tunnel_cidrs(gateway, ctx, namespace).await?;
-    let mut config = match gateway_config(gateway, &paths.peer_key, &paths.public_key, allowed) {
+    let cidrs = match tunnel_cidrs(gateway, ctx, namespace).await? {
+        Ok(cidrs) => cidrs,
+        Err((reason, message)) => return fail(view, reason, message),
+    };
+    let mut config = match gateway_config(gateway, &paths.peer_key, &paths.public_key, cidrs) {
         Ok(config) => config,
         Err(message) => return fail(view, "InvalidSpec", message),
     };
@@ -1008,6 +1100,17 @@ async fn deploy<K: GatewayKind>(
             .await?;
         applied.push(format!("{} {}", object.gvk.kind, object.name));
     }
+    // The gateway pod cannot write the Connection (it has no API client):
+    // its status endpoint says what its status file would.
+    let connection = in_cluster::pod_connection(
+        &ctx.client,
+        release_namespace,
+        name,
+        view.peer_key_present == Some(true),
+    )
+    .await?;
+    write_connection(gateway, ctx, namespace, name, &connection).await?;
+    view.connection = Some(connection);
     let ready = ConditionUpdate {
         type_: READY,
         status: ConditionStatus::True,
@@ -1140,5 +1243,79 @@ mod tests {
         assert!(a.len() <= 15, "{a}");
         assert_eq!(a, interface_name("strait-tenant-b", "to-b"));
         assert_ne!(a, interface_name("strait-tenant-c", "to-b"));
+    }
+
+    fn configuration(
+        local: Option<&[&str]>,
+        remote: &[&str],
+        seen: Option<&[&str]>,
+    ) -> Configuration {
+        let network = |pod: &[&str]| ClusterNetwork {
+            cidr: strait_api::networking::ClusterCidrs {
+                pod: pod.iter().map(ToString::to_string).collect(),
+                external: Vec::new(),
+            },
+        };
+        let mut c = Configuration::new(
+            "b",
+            strait_api::networking::ConfigurationSpec {
+                local: local.map(network),
+                remote: network(remote),
+            },
+        );
+        c.status = seen.map(|seen| strait_api::networking::ConfigurationStatus {
+            remote: Some(network(seen)),
+            conditions: Vec::new(),
+        });
+        c
+    }
+
+    #[test]
+    fn the_tunnel_accepts_the_real_ranges_and_routes_the_remapped_ones() {
+        let same = ["10.244.0.0/16", "fd00:244::/64"];
+        let remapped = configuration(Some(&same), &same, Some(&["10.70.0.0/16", "fd00:70::/64"]));
+        let cidrs = TunnelCidrs::from_configurations(&[remapped]).unwrap();
+        assert_eq!(cidrs.allowed, ["10.244.0.0/16", "fd00:244::/64"]);
+        assert_eq!(cidrs.routes, ["10.70.0.0/16", "fd00:70::/64"]);
+        // Not overlapping: seen as they are, routed as they are.
+        let plain = configuration(None, &["10.9.0.0/16"], Some(&["10.9.0.0/16"]));
+        let cidrs = TunnelCidrs::from_configurations(&[plain]).unwrap();
+        assert_eq!(
+            (cidrs.allowed, cidrs.routes),
+            (
+                vec!["10.9.0.0/16".to_owned()],
+                vec!["10.9.0.0/16".to_owned()]
+            )
+        );
+        assert_eq!(
+            TunnelCidrs::from_configurations(&[]).unwrap(),
+            TunnelCidrs::default()
+        );
+    }
+
+    #[test]
+    fn nothing_is_routed_before_the_remap_or_over_a_local_range() {
+        let same = ["10.244.0.0/16"];
+        let (reason, message) =
+            TunnelCidrs::from_configurations(&[configuration(Some(&same), &same, None)])
+                .unwrap_err();
+        assert_eq!(reason, "WaitingForRemap");
+        assert!(
+            message.contains("Configuration b has no status.remote"),
+            "{message}"
+        );
+        // A status that leaves the peer on top of a local range (a wrong
+        // remap, or none) is refused, even when only part of it overlaps.
+        let (reason, message) = TunnelCidrs::from_configurations(&[configuration(
+            Some(&same),
+            &["10.0.0.0/8"],
+            Some(&["10.0.0.0/8"]),
+        )])
+        .unwrap_err();
+        assert_eq!(reason, "RouteOverlapsLocal");
+        assert!(
+            message.contains("10.0.0.0/8") && message.contains("10.244.0.0/16"),
+            "{message}"
+        );
     }
 }

@@ -5,9 +5,13 @@
 //! `strait-gateway --config=<CONFIG_DIR>/config.yaml`. The controller
 //! renders both files from the CRs, as it does for a local gateway.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::{api::ListParams, Api, Client, ResourceExt as _};
 use serde_json::json;
+use strait_api::networking::{ConnectionState, ConnectionStatus};
+use strait_gateway::GatewayStatus;
 
 /// Mount point of the gateway's ConfigMap.
 pub const CONFIG_DIR: &str = "/etc/strait-gateway/config";
@@ -76,6 +80,120 @@ pub fn config_map(
         },
         "data": data,
     })
+}
+
+/// Label the gateway template puts on a gateway's pods (value: its name).
+pub const POD_LABEL: &str = "strait.dev/gateway";
+/// Name of the gateway container's port serving `/status` (and `/metrics`).
+pub const METRICS_PORT_NAME: &str = "metrics";
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Connection of gateway `name`, from its running pod's `GET /status`
+/// (the same JSON as a local gateway's status file).
+pub async fn pod_connection(
+    client: &Client,
+    release_namespace: &str,
+    name: &str,
+    peer_key_present: bool,
+) -> Result<ConnectionStatus, kube::Error> {
+    let pods = Api::<Pod>::namespaced(client.clone(), release_namespace)
+        .list(&ListParams::default().labels(&format!("{POD_LABEL}={name}")))
+        .await?;
+    let running = pods.items.iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        (status.phase.as_deref() == Some("Running")).then_some(())?;
+        let ip = status.pod_ip.clone()?;
+        let port = pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(METRICS_PORT_NAME))?
+            .container_port;
+        Some((pod.name_any(), ip, port))
+    });
+    let Some((pod, ip, port)) = running else {
+        return Ok(connecting(format!(
+            "no running gateway pod labelled {POD_LABEL}={name} with a `{METRICS_PORT_NAME}` \
+             port in {release_namespace} yet"
+        )));
+    };
+    let address = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    match tokio::time::timeout(STATUS_TIMEOUT, fetch_status(&address)).await {
+        Ok(Ok(status)) => Ok(connection_of(status)),
+        Ok(Err(e)) => Ok(down(format!(
+            "gateway pod {pod} at {address}: GET /status: {e}"
+        ))),
+        Err(_) => Ok(down(format!(
+            "gateway pod {pod} at {address}: GET /status got no answer in {}s",
+            STATUS_TIMEOUT.as_secs()
+        ))),
+    }
+    .map(|c| {
+        if c.value == ConnectionState::Connecting && !peer_key_present {
+            connecting("waiting for the peer's PublicKey".to_owned())
+        } else {
+            c
+        }
+    })
+}
+
+fn connecting(message: String) -> ConnectionStatus {
+    ConnectionStatus {
+        value: ConnectionState::Connecting,
+        latency: None,
+        last_handshake_time: None,
+        message,
+    }
+}
+
+fn down(message: String) -> ConnectionStatus {
+    ConnectionStatus {
+        value: ConnectionState::Error,
+        ..connecting(message)
+    }
+}
+
+/// The gateway's own Connection, with its traffic in the message.
+fn connection_of(status: GatewayStatus) -> ConnectionStatus {
+    let mut connection = status.connection;
+    let traffic = format!("sent {} B, received {} B", status.tx_bytes, status.rx_bytes);
+    connection.message = [connection.message.as_str(), traffic.as_str()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    connection
+}
+
+/// `GET /status` over plain HTTP/1.1 (the gateway answers and closes).
+async fn fetch_status(address: &str) -> Result<GatewayStatus, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(1 << 20)
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let code = head.split_whitespace().nth(1).unwrap_or_default();
+    if code != "200" {
+        return Err(format!("HTTP {code}: {}", body.trim()));
+    }
+    serde_json::from_str(body).map_err(|e| format!("not a gateway status: {e}"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod controller;
 pub mod in_cluster;
+pub mod key_exchange;
 pub mod local;
 pub mod readiness;
 pub mod template;

@@ -29,7 +29,7 @@ use std::{
 use defguard_boringtun::noise::{errors::WireGuardError, TunnResult};
 use tun_rs::{DeviceBuilder, GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::{config::Cidr, Error, PeerStats, Plan, PrivateKey, PublicKey};
+use crate::{Error, PeerStats, Plan, PrivateKey, PublicKey};
 use peer::{drop_reason, PeerState, Target};
 use udp::{poll, RecvBatch, UdpIo};
 
@@ -105,7 +105,7 @@ impl FastDevice {
             udp_gso = tun.udp_gso(),
             "TUN created"
         );
-        add_routes(&plan.interface, &plan.routes)?;
+        crate::routes::add_routes(&plan.interface, &plan.routes)?;
         let udp = UdpIo::bind(plan.listen_port()).map_err(Error::io(format!(
             "binding UDP port {}",
             plan.listen_port()
@@ -487,35 +487,10 @@ fn timers(shared: &Shared) {
     }
 }
 
-/// Routes the peer's extra CIDRs into the tunnel (its own subnets are
-/// routed by the interface addresses).
-fn add_routes(interface: &str, routes: &[Cidr]) -> Result<(), Error> {
-    for route in routes {
-        let family = if route.addr.is_ipv4() { "-4" } else { "-6" };
-        let status = std::process::Command::new("ip")
-            .args([
-                family,
-                "route",
-                "replace",
-                &route.to_string(),
-                "dev",
-                interface,
-            ])
-            .status()
-            .map_err(Error::io("running ip route"))?;
-        if !status.success() {
-            return Err(Error::Wireguard {
-                interface: interface.to_owned(),
-                detail: format!("`ip route replace {route} dev {interface}` failed: {status}"),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Cidr;
 
     const A_ADDR: &str = "198.18.10.1:51820";
     const B_ADDR: &str = "198.18.10.2:40000";
