@@ -1266,6 +1266,7 @@ mod tests {
         c.status = seen.map(|seen| strait_api::networking::ConfigurationStatus {
             remote: Some(network(seen)),
             conditions: Vec::new(),
+            vni: None,
         });
         c
     }
