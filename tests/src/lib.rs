@@ -12,8 +12,10 @@ pub mod demo;
 pub mod fabric;
 pub mod fabric_topology;
 pub mod gateway;
+pub mod icmp_errors;
 pub mod netns;
 pub mod packets;
+pub mod relay;
 pub mod topology;
 pub mod traffic;
 

@@ -4,13 +4,7 @@
 //! through a loopback relay into that namespace. Needs root.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
     process::{Child, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -22,79 +16,10 @@ use strait_api::networking::{
     FabricRoute, InternalNode, InternalNodeSpec, RouteConfiguration, RouteConfigurationSpec,
 };
 use strait_dataplane::{bpffs::PinDir, fabric::pinned_routes_v4};
-use strait_testbed::{bins, bpffs::TestPinDir, NetNs};
+use strait_testbed::{bins, bpffs::TestPinDir, relay::ApiRelay, NetNs};
 use strait_testkit::TestCluster;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Forwards connections made to 127.0.0.1 inside `ns` to `target` on the
-/// host's loopback, until dropped.
-struct Relay {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(ns: &NetNs, target: std::net::SocketAddr) -> Self {
-        let listener = ns
-            .enter(|| TcpListener::bind("127.0.0.1:0"))
-            .expect("enter")
-            .expect("bind in the namespace");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((inner, _)) => {
-                        let _ = inner.set_nonblocking(false);
-                        if let Ok(outer) = TcpStream::connect(target) {
-                            pipe(&inner, &outer, stopped.clone());
-                            pipe(&outer, &inner, stopped.clone());
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Relay { port, stop }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Copies `from` to `to` on a thread, until either closes or the relay stops.
-fn pipe(from: &TcpStream, to: &TcpStream, stop: Arc<AtomicBool>) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
-        return;
-    };
-    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        while !stop.load(Ordering::Relaxed) {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break,
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Both);
-    });
-}
 
 struct Agent(Child);
 
@@ -163,15 +88,16 @@ fn the_fabric_follows_route_and_node_crs_and_forgets_deleted_ones() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .expect("test cluster address");
-    let relay = Relay::start(&ns, target);
+    let relay = ApiRelay::start(&ns, target).expect("relay into the namespace");
     let dir = std::env::temp_dir().join(format!("strait-fabric-crs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    let yaml = cluster
-        .kubeconfig_yaml()
-        .expect("kubeconfig")
-        .replace(&target.to_string(), &format!("127.0.0.1:{}", relay.port));
-    std::fs::write(&kubeconfig, yaml).expect("write kubeconfig");
+    let kubeconfig = relay
+        .kubeconfig(
+            &cluster.kubeconfig_yaml().expect("kubeconfig"),
+            target,
+            &dir.join("kubeconfig"),
+        )
+        .expect("write kubeconfig");
     let config = dir.join("fabric.yaml");
     std::fs::write(
         &config,

@@ -27,7 +27,11 @@ use std::{
 
 use strait_common::DropReason;
 use strait_dataplane::{bpffs::PinDir, drops::DropCounts};
-use strait_testbed::{bpffs::TestPinDir, FabricCli, NetNs, Veth};
+use strait_testbed::{
+    bpffs::TestPinDir,
+    icmp_errors::{last_icmp_error, set_int_option},
+    FabricCli, NetNs, Veth,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -531,104 +535,12 @@ fn time_exceeded_comes_back(
         Some(libc::EHOSTUNREACH),
         "expected the translated time exceeded (EHOSTUNREACH), got {err}"
     );
-    let origin = offender_of_last_error(&socket, pod.is_ipv4())?;
-    assert_eq!(origin, router, "the error names the router that raised it");
+    let error = last_icmp_error(&socket, pod.is_ipv4())?;
+    let time_exceeded = if pod.is_ipv4() { (11, 0) } else { (3, 0) };
+    assert_eq!(error.kind, time_exceeded, "time exceeded in transit");
+    assert_eq!(
+        error.from, router,
+        "the error names the router that raised it"
+    );
     Ok(())
-}
-
-fn set_int_option(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
-    // SAFETY: setsockopt reads an int we own for the length we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads the ICMP error queued on `socket` (IP_RECVERR / IPV6_RECVERR) and
-/// returns the address of the host that sent it, checking it is a time
-/// exceeded.
-fn offender_of_last_error(
-    socket: &UdpSocket,
-    ipv4: bool,
-) -> Result<IpAddr, Box<dyn std::error::Error>> {
-    let (level, kind, origin, time_exceeded) = if ipv4 {
-        (
-            libc::IPPROTO_IP,
-            libc::IP_RECVERR,
-            libc::SO_EE_ORIGIN_ICMP,
-            11,
-        )
-    } else {
-        (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_RECVERR,
-            libc::SO_EE_ORIGIN_ICMP6,
-            3,
-        )
-    };
-    let mut data = [0u8; 128];
-    let mut control = [0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below are to
-    // buffers that outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len();
-    // SAFETY: recvmsg writes only into the buffers described by `msg`.
-    let rc = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE) };
-    if rc < 0 {
-        return Err(format!(
-            "reading the error queue: {}",
-            std::io::Error::last_os_error()
-        )
-        .into());
-    }
-    // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel filled,
-    // bounded by msg_controllen; each header is checked before its data is read.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == level && (*cmsg).cmsg_type == kind {
-                let ee = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
-                let ee = std::ptr::read_unaligned(ee);
-                assert_eq!(ee.ee_origin, origin, "an ICMP error");
-                assert_eq!(
-                    (ee.ee_type, ee.ee_code),
-                    (time_exceeded, 0),
-                    "time exceeded in transit"
-                );
-                // The offender's address follows the extended error.
-                let offender =
-                    libc::CMSG_DATA(cmsg).add(std::mem::size_of::<libc::sock_extended_err>());
-                return Ok(if ipv4 {
-                    let sin = std::ptr::read_unaligned(offender as *const libc::sockaddr_in);
-                    IpAddr::from(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-                } else {
-                    let sin6 = std::ptr::read_unaligned(offender as *const libc::sockaddr_in6);
-                    IpAddr::from(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
-                });
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Err("no RECVERR message in the error queue".into())
 }

@@ -3,7 +3,9 @@
 //! identity and, for an expected consumer, publishes a nonce and reports the
 //! peering as pending on the ForeignCluster.
 
-use std::{process::Stdio, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
@@ -14,14 +16,7 @@ use strait_api::{
 };
 use strait_testkit::{eventually, Options, TestCluster};
 
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Controller;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authentication_module_runs_alone_and_expects_a_consumer() {
@@ -32,19 +27,11 @@ async fn the_authentication_module_runs_alone_and_expects_a_consumer() {
     let cluster = TestCluster::start_with("controller-auth", options)
         .await
         .expect("test cluster");
-    let dir = std::env::temp_dir().join(format!("strait-controller-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = dir.join("kubeconfig");
-    cluster.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let _controller = Running(
-        std::process::Command::new(env!("CARGO_BIN_EXE_strait-controller"))
-            .args(["--authentication", "--cluster-id", "cluster-b"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("strait-controller starts"),
+    let _controller = Controller::start(
+        &cluster,
+        "auth",
+        &["--authentication", "--cluster-id", "cluster-b"],
+        &[],
     );
     let client = cluster.client();
     let limit = Duration::from_secs(30);
@@ -100,5 +87,4 @@ async fn the_authentication_module_runs_alone_and_expects_a_consumer() {
         },
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,58 +2,34 @@
 //! network module, no cluster identity: --cluster-id given), against the
 //! test control plane through a kubeconfig.
 
-use std::{process::Stdio, time::Duration};
+mod common;
 
-use k8s_openapi::api::core::v1::Namespace;
+use std::time::Duration;
+
+use common::{create_namespace, Controller};
 use kube::{api::PostParams, Api};
 use strait_api::offloading::{NamespaceOffloading, OffloadingPhase};
 use strait_testkit::{eventually, TestCluster};
-
-/// Kills the controller process when the test ends, whatever its outcome.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_offloading_module_runs_alone_and_reports_an_unselected_namespace() {
     let cluster = TestCluster::start("controller-offloading")
         .await
         .expect("test cluster");
-    let dir = std::env::temp_dir().join(format!(
-        "strait-controller-offloading-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = dir.join("kubeconfig");
-    cluster.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let _controller = Running(
-        std::process::Command::new(env!("CARGO_BIN_EXE_strait-controller"))
-            .args([
-                "--offloading",
-                "--cluster-id",
-                "cluster-a",
-                "--virtual-kubelet-binary",
-                "/nonexistent",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("strait-controller starts"),
+    let _controller = Controller::start(
+        &cluster,
+        "offloading",
+        &[
+            "--offloading",
+            "--cluster-id",
+            "cluster-a",
+            "--virtual-kubelet-binary",
+            "/nonexistent",
+        ],
+        &[],
     );
     let client = cluster.client();
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("apps".into());
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    create_namespace(&client, "apps").await;
     let offloading: NamespaceOffloading = serde_json::from_value(serde_json::json!({
         "apiVersion": "offloading.strait.dev/v1beta1", "kind": "NamespaceOffloading",
         "metadata": {"name": "offloading", "namespace": "apps"},
@@ -77,5 +53,4 @@ async fn the_offloading_module_runs_alone_and_reports_an_unselected_namespace() 
         },
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,6 @@ mod gateways;
 mod k8s;
 mod network;
 mod process;
-mod relay;
 mod report;
 mod service;
 mod sweep;

@@ -36,9 +36,7 @@ use super::{
     control_plane::{Cluster, Clusters, NODE_POD_CIDRS, NODE_UNDERLAY, POD_CIDRS, REMAP_POOLS},
     gateways,
     k8s::{get_json, kubectl, wait_condition, wait_for, STEP},
-    process,
-    relay::ApiRelay,
-    service, Report, Stage,
+    process, service, Report, Stage,
 };
 use crate::{
     bins,
@@ -46,6 +44,7 @@ use crate::{
     capture::Capture,
     gateway::{self, Internet, Process},
     netns::run,
+    relay::ApiRelay,
     traffic::tcp_transfer_translated,
     NetNs, Veth,
 };
