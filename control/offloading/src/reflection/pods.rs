@@ -300,7 +300,9 @@ async fn reflect_pod(
     let local_pods = Api::<Pod>::namespaced(reflection.local.clone(), &key.0);
     let Some(pod) = local.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
         admitted.forget(&key);
-        if shadow.is_some() || deliveries.has(&key) {
+        // Tokens delivered before a restart of this kubelet go with the
+        // ShadowPod that owns their Secret.
+        if deliveries.has(&key) {
             tokens::withdraw(reflection, deliveries, &key, &remote_namespace).await?;
         }
         if shadow.is_some() {
@@ -371,6 +373,7 @@ async fn reflect_pod(
         }
         return Ok(());
     };
+    let mut token_delivery = Ok(());
     if shadow.metadata.deletion_timestamp.is_none() && !finished {
         // Known to run there (also after a restart of this kubelet).
         admitted.remember(
@@ -379,7 +382,8 @@ async fn reflect_pod(
         );
         let uid = pod.uid().unwrap_or_default();
         if !token_needs.is_empty() && deliveries.due(&key, &uid) {
-            tokens::deliver(
+            // A token that cannot be delivered does not hold the status back.
+            token_delivery = tokens::deliver(
                 reflection,
                 deliveries,
                 pod,
@@ -387,7 +391,7 @@ async fn reflect_pod(
                 &remote_namespace,
                 shadow,
             )
-            .await?;
+            .await;
         }
     }
     let wanted = local_status(reflection, shadow, pod);
@@ -406,7 +410,7 @@ async fn reflect_pod(
             .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&body))
             .await?;
     }
-    Ok(())
+    token_delivery
 }
 
 /// The ShadowPod of a local pod: the same spec without what ties it to
