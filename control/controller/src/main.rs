@@ -206,9 +206,10 @@ struct OffloadingArgs {
     /// offloading.strait.dev/quota-enforcement annotation: None, Soft or Hard.
     #[arg(long, default_value = "Hard")]
     quota_enforcement: strait_offloading::shadow_pod_controller::Enforcement,
-    /// A provider's pod CIDR and the range this cluster sees it as (the
-    /// network module's remapping), for the virtual kubelets to translate
-    /// pod addresses with, for example `10.0.0.0/16=10.70.0.0/16`. Repeatable.
+    /// A provider's pod CIDR and the range this cluster sees it as, for the
+    /// virtual kubelets to translate pod addresses with, for example
+    /// `10.0.0.0/16=10.70.0.0/16`, used for a provider without a network
+    /// module Configuration (whose remap wins). Repeatable.
     #[arg(long = "virtual-kubelet-pod-cidr-remap", value_name = "REMOTE=LOCAL")]
     pod_cidr_remaps: Vec<strait_offloading::ipmap::CidrRemap>,
 }

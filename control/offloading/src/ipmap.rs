@@ -1,10 +1,14 @@
 //! The hook that translates pod addresses between the provider's view and
 //! the consumer's: identity without the network module, a prefix remap when
-//! the network module remaps the provider's pod CIDR locally.
+//! the network module remaps the provider's pod CIDR locally. The remap is
+//! read from the network module's `Configuration` of the provider (its
+//! status holds the ranges IPAM chose) when there is one, else from the
+//! virtual kubelet's `--pod-cidr-remap` flags.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use strait_api::{condition::find_condition, networking::Configuration};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0:?} is not REMOTE=LOCAL with two CIDRs of the same family and length, such as 10.0.0.0/16=10.70.0.0/16")]
@@ -70,6 +74,94 @@ impl IpTranslation {
         }
         address.to_owned()
     }
+}
+
+/// Why a Configuration gives no usable translation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigurationRemapError {
+    #[error("the network module has not decided the remapped CIDRs yet (status.remote is empty{})", condition_note(.0))]
+    NotDecided(Option<String>),
+    #[error("its {kind} CIDRs {declared:?} and their remaps {remapped:?} do not pair up (one remap of the same size per declared CIDR and family)")]
+    Mismatch {
+        kind: &'static str,
+        declared: Vec<String>,
+        remapped: Vec<String>,
+    },
+}
+
+fn condition_note(ready: &Option<String>) -> String {
+    ready
+        .as_ref()
+        .map(|text| format!("; Ready: {text}"))
+        .unwrap_or_default()
+}
+
+impl IpTranslation {
+    /// The translation the network module decided for one provider: each
+    /// declared pod and external CIDR (`spec.remote`) to the range it is
+    /// seen under here (`status.remote`), an identical range when it did
+    /// not overlap anything local.
+    pub fn from_configuration(
+        configuration: &Configuration,
+    ) -> Result<Self, ConfigurationRemapError> {
+        let Some(seen) = configuration
+            .status
+            .as_ref()
+            .and_then(|s| s.remote.as_ref())
+        else {
+            let ready = configuration
+                .status
+                .as_ref()
+                .and_then(|s| find_condition(&s.conditions, "Ready"))
+                .map(|c| format!("{} ({})", c.reason, c.message));
+            return Err(ConfigurationRemapError::NotDecided(ready));
+        };
+        let declared = &configuration.spec.remote.cidr;
+        let mut remaps = pair_up("pod", &declared.pod, &seen.cidr.pod)?;
+        remaps.extend(pair_up(
+            "external",
+            &declared.external,
+            &seen.cidr.external,
+        )?);
+        Ok(Self { remaps })
+    }
+}
+
+/// Declared CIDRs matched with their remaps by address family.
+fn pair_up(
+    kind: &'static str,
+    declared: &[String],
+    remapped: &[String],
+) -> Result<Vec<CidrRemap>, ConfigurationRemapError> {
+    let mismatch = || ConfigurationRemapError::Mismatch {
+        kind,
+        declared: declared.to_vec(),
+        remapped: remapped.to_vec(),
+    };
+    let parse = |list: &[String]| -> Result<Vec<IpNet>, ConfigurationRemapError> {
+        list.iter()
+            .map(|c| c.trim().parse::<IpNet>().map(|n| n.trunc()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| mismatch())
+    };
+    let (declared_nets, remapped_nets) = (parse(declared)?, parse(remapped)?);
+    if declared_nets.len() != remapped_nets.len() {
+        return Err(mismatch());
+    }
+    declared_nets
+        .iter()
+        .map(|remote| {
+            let local = remapped_nets
+                .iter()
+                .find(|l| l.addr().is_ipv4() == remote.addr().is_ipv4())
+                .filter(|l| l.prefix_len() == remote.prefix_len())
+                .ok_or_else(mismatch)?;
+            Ok(CidrRemap {
+                remote: *remote,
+                local: *local,
+            })
+        })
+        .collect()
 }
 
 fn swap_prefix(ip: IpAddr, from: IpNet, to: IpNet) -> IpAddr {

@@ -150,6 +150,12 @@ pub const VIRTUAL_KUBELET: &[Rule] = &[
         &["subjectaccessreviews"],
         &["create"],
     ),
+    // The network module's remap of its provider's pod CIDRs, when it runs.
+    rule(group::NETWORKING, &["configurations"], &["list", "watch"]),
+    // Tokens of offloaded pods' service accounts, bound to the pods, with
+    // the namespace's root CA (kube-root-ca.crt) next to them.
+    rule("", &["serviceaccounts/token"], &["create"]),
+    rule("", &["configmaps"], &["get"]),
 ];
 
 /// A consumer's rights in a namespace offloaded to this cluster (the

@@ -19,6 +19,11 @@ pub enum Route {
         namespace: String,
         name: String,
     },
+    /// `serviceaccounts/<name>/token` in a namespace: a TokenRequest (create only).
+    ServiceAccountToken {
+        namespace: String,
+        name: String,
+    },
     /// `authentication.k8s.io/v1` TokenReview (create only).
     TokenReview,
     /// `authorization.k8s.io/v1` SubjectAccessReview (create only).
@@ -63,6 +68,12 @@ pub fn parse(registry: &Registry, path: &str) -> Result<Route, ApiError> {
             namespace: (*namespace).to_owned(),
             name: (*name).to_owned(),
         }),
+        ["api", "v1", "namespaces", namespace, "serviceaccounts", name, "token"] => {
+            Ok(Route::ServiceAccountToken {
+                namespace: (*namespace).to_owned(),
+                name: (*name).to_owned(),
+            })
+        }
         ["api", "v1", rest @ ..] => object_route(registry, "", "v1", rest).ok_or_else(not_found),
         ["apis"] => Ok(Route::Groups),
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Ok(Route::TokenReview),

@@ -297,11 +297,14 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
                 }
             }
             let review = if route == Route::TokenReview {
-                tokens::token_review(&server.tokens, body)?
+                tokens::token_review(&server.tokens, &server.store.lock(), body)?
             } else {
                 tokens::subject_access_review(&server.store.lock(), body)?
             };
             return Ok(Reply::Json(201, review));
+        }
+        Route::ServiceAccountToken { namespace, name } => {
+            return service_account_token(server, parts, &namespace, &name)
         }
         Route::Object(target) => target,
     };
@@ -348,6 +351,47 @@ fn dispatch(server: &Server, parts: &Parts) -> Result<Reply, ApiError> {
         (&Method::DELETE, false) => handlers::delete::delete_collection(store, &call),
         _ => Err(ApiError::method_not_allowed(method.as_str(), path)),
     }
+}
+
+/// A TokenRequest: RBAC `create` on `serviceaccounts/token`.
+fn service_account_token(
+    server: &Server,
+    parts: &Parts,
+    namespace: &str,
+    name: &str,
+) -> Result<Reply, ApiError> {
+    if *parts.method != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            parts.method.as_str(),
+            parts.path,
+        ));
+    }
+    if let (Some(_), Some(user)) = (&server.tls, parts.user) {
+        let attributes = rbac::Attributes {
+            verb: "create",
+            group: "",
+            resource: "serviceaccounts/token",
+            namespace: Some(namespace),
+            name: Some(name),
+        };
+        if !rbac::allowed(&server.store.lock(), user, &attributes) {
+            return Err(ApiError::forbidden_by_rbac(
+                "",
+                "serviceaccounts",
+                "serviceaccounts",
+                Some(name),
+                rbac::refusal(user, &attributes),
+            ));
+        }
+    }
+    let issued = tokens::token_request(
+        &server.tokens,
+        &server.store.lock(),
+        namespace,
+        name,
+        parts.body,
+    )?;
+    Ok(Reply::Json(201, issued))
 }
 
 /// RBAC for resource requests; discovery is open to every authenticated user.

@@ -23,7 +23,7 @@ use kube::{runtime::watcher, Api, Client};
 use strait_api::offloading::VirtualNode;
 use strait_offloading::{
     ipmap::IpTranslation,
-    reflection::{self, generic, pods, Reflection},
+    reflection::{self, addresses, generic, pods, Reflection},
     remote,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -56,6 +56,8 @@ pub struct Config {
     pub node_ip: String,
     pub pod_workers: usize,
     pub reflection_workers: usize,
+    /// The provider pod CIDR remaps of the flags: used while the network
+    /// module has no Configuration for the provider.
     pub translation: IpTranslation,
     /// The kubelet endpoint's serving certificate and client CA.
     pub tls: tls::TlsSettings,
@@ -116,13 +118,21 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
     let (mapping_tx, mapping_rx) = watch::channel(Default::default());
     let follow_namespaces =
         reflection::follow_namespace_offloadings(local.clone(), cluster_id.clone(), mapping_tx);
+    let (translation_tx, translation_rx) =
+        watch::channel(addresses::Translation::Static(config.translation.clone()));
+    let follow_configurations = addresses::follow_configurations(
+        local.clone(),
+        cluster_id.clone(),
+        config.translation.clone(),
+        translation_tx,
+    );
     let reflection = Arc::new(Reflection {
         local: local.clone(),
         remote: provider.clone(),
         node_name: config.node_name.clone(),
         local_cluster_id: config.local_cluster_id.clone(),
         provider_cluster_id: cluster_id,
-        translation: config.translation.clone(),
+        translation: translation_rx,
         namespaces: mapping_rx,
         virtual_node: virtual_node_rx.clone(),
     });
@@ -170,6 +180,7 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
     tokio::join!(
         follow_virtual_node,
         follow_namespaces,
+        follow_configurations,
         node::run(
             local,
             provider,

@@ -62,8 +62,9 @@ struct Cli {
     /// Workers of each other reflector.
     #[arg(long, default_value_t = 2)]
     reflection_workers: usize,
-    /// A provider pod CIDR seen locally under another prefix, REMOTE=LOCAL
-    /// (when the network module remaps it). Repeatable.
+    /// A provider pod CIDR seen locally under another prefix, REMOTE=LOCAL.
+    /// Used only while the consumer has no network module Configuration
+    /// labelled with the provider's cluster ID (its remap wins). Repeatable.
     #[arg(long = "pod-cidr-remap", value_name = "REMOTE=LOCAL")]
     pod_cidr_remaps: Vec<CidrRemap>,
     /// Exit when the parent process exits (set by the controller when it

@@ -9,7 +9,10 @@ use base64::Engine as _;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::{api::PostParams, config::Kubeconfig, Api, Client};
 use serde_json::json;
-use strait_offloading::{ipmap::IpTranslation, reflection::Reflection};
+use strait_offloading::{
+    ipmap::IpTranslation,
+    reflection::{addresses::Translation, Reflection},
+};
 use strait_testkit::{Options, TestCluster};
 use strait_virtual_kubelet::{
     auth::Gatekeeper,
@@ -100,7 +103,7 @@ async fn client_certificates_from_the_client_ca_authenticate_and_are_authorized(
         node_name: NODE.to_owned(),
         local_cluster_id: "consumer".into(),
         provider_cluster_id: "provider".into(),
-        translation: IpTranslation::default(),
+        translation: tokio::sync::watch::channel(Translation::Static(IpTranslation::default())).1,
         namespaces,
         virtual_node,
     });

@@ -22,7 +22,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
 use strait_api::{names, offloading::ShadowEndpointSlice};
 
-use super::{skips_reflection, watch_into_queue, Reflection};
+use super::{requeue_on_change, skips_reflection, watch_into_queue, Reflection};
 use crate::{status::ignore_not_found, workqueue::WorkQueue, Error};
 
 /// Field manager of everything reflection writes on the provider.
@@ -48,10 +48,19 @@ pub trait Reflect:
         + Sync
         + 'static;
     const NAME: &'static str;
+    /// Whether the copy depends on the pod address translation (its
+    /// objects are looked at again when the translation changes).
+    const FOLLOWS_TRANSLATION: bool = false;
 
     /// The remote copy's content besides metadata (`spec`, `data`, ...);
     /// `None` for objects of this kind that are never reflected.
     fn remote_content(&self, reflection: &Reflection) -> Option<Value>;
+
+    /// Remote objects of this kind another reflector writes (never deleted
+    /// as copies of a missing local object).
+    fn written_elsewhere(_remote: &Self::Remote) -> bool {
+        false
+    }
 }
 
 /// Fields that name the local cluster's objects or state and mean nothing remotely.
@@ -84,6 +93,10 @@ impl Reflect for Secret {
             return None;
         }
         Some(json!({"type": self.type_, "data": self.data}))
+    }
+    fn written_elsewhere(remote: &Secret) -> bool {
+        // Delivered service account tokens belong to the pod reflector.
+        remote.type_.as_deref() == Some(super::tokens::SECRET_TYPE)
     }
 }
 
@@ -143,6 +156,7 @@ impl Reflect for Service {
 impl Reflect for EndpointSlice {
     type Remote = ShadowEndpointSlice;
     const NAME: &'static str = "endpointslices";
+    const FOLLOWS_TRANSLATION: bool = true;
     fn remote_content(&self, reflection: &Reflection) -> Option<Value> {
         // Slices of a Service only, and never the ones reflection made here.
         self.labels().get("kubernetes.io/service-name")?;
@@ -154,32 +168,34 @@ impl Reflect for EndpointSlice {
         {
             return None;
         }
+        let translation = reflection.translation.borrow().clone();
         let endpoints: Vec<Value> = self
             .endpoints
             .iter()
-            .map(|endpoint| {
+            .filter_map(|endpoint| {
                 // Pods on this virtual node run on the provider: there they
-                // are known by their own addresses.
+                // are known by their own addresses. Without a usable remap
+                // their local addresses cannot be turned back, so they are
+                // left out rather than published wrong.
                 let on_this_node =
                     endpoint.node_name.as_deref() == Some(reflection.node_name.as_str());
-                let addresses: Vec<String> = endpoint
-                    .addresses
-                    .iter()
-                    .map(|a| {
-                        if on_this_node {
-                            reflection.translation.to_remote(a)
-                        } else {
-                            a.clone()
-                        }
-                    })
-                    .collect();
+                let addresses: Vec<String> = if on_this_node {
+                    let translation = translation.usable().ok()?;
+                    endpoint
+                        .addresses
+                        .iter()
+                        .map(|a| translation.to_remote(a))
+                        .collect()
+                } else {
+                    endpoint.addresses.clone()
+                };
                 let reflected = k8s_openapi::api::discovery::v1::Endpoint {
                     addresses,
                     conditions: endpoint.conditions.clone(),
                     hostname: endpoint.hostname.clone(),
                     ..Default::default()
                 };
-                serde_json::to_value(reflected).unwrap_or_default()
+                serde_json::to_value(reflected).ok()
             })
             .collect();
         Some(json!({"spec": {"template": {
@@ -200,6 +216,15 @@ pub async fn run<K: Reflect>(reflection: Arc<Reflection>, workers: usize) {
         reflection.namespaces.clone(),
     );
     let orphans = queue_remote_orphans::<K>(reflection.clone(), queue.clone());
+    let retranslate = {
+        let (changes, store, queue) =
+            (reflection.translation.clone(), store.clone(), queue.clone());
+        async move {
+            if K::FOLLOWS_TRANSLATION {
+                requeue_on_change(changes, store, queue).await;
+            }
+        }
+    };
     let handle = move |key: (String, String)| {
         let reflection = reflection.clone();
         let store = store.clone();
@@ -208,7 +233,7 @@ pub async fn run<K: Reflect>(reflection: Arc<Reflection>, workers: usize) {
             reflect_one::<K>(&reflection, &key.0, &key.1, local.as_deref()).await
         }
     };
-    tokio::join!(watch, orphans, queue.run(workers, handle));
+    tokio::join!(watch, orphans, retranslate, queue.run(workers, handle));
 }
 
 /// Brings the remote copy of one object in line with the local one.
@@ -240,7 +265,7 @@ async fn reflect_one<K: Reflect>(
         }
         None => {
             if let Some(remote) = ignore_not_found(api.get(name).await)? {
-                if reflection.is_reflected(&remote) {
+                if reflection.is_reflected(&remote) && !K::written_elsewhere(&remote) {
                     ignore_not_found(api.delete(name, &DeleteParams::default()).await)?;
                 }
             }

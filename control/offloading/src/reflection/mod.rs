@@ -7,8 +7,10 @@
 //! `offloading.strait.dev/skip-reflection: "true"` is kept out (and its
 //! remote copy removed).
 
+pub mod addresses;
 pub mod generic;
 pub mod pods;
+pub mod tokens;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -25,7 +27,7 @@ use strait_api::{
 };
 use tokio::sync::watch;
 
-use crate::{ipmap::IpTranslation, workqueue::WorkQueue};
+use crate::workqueue::WorkQueue;
 
 /// Local namespace → remote namespace, for namespaces offloaded to this
 /// provider and Ready there.
@@ -38,7 +40,8 @@ pub struct Reflection {
     pub node_name: String,
     pub local_cluster_id: String,
     pub provider_cluster_id: String,
-    pub translation: IpTranslation,
+    /// How the provider's pod addresses are seen here (see [`addresses`]).
+    pub translation: watch::Receiver<addresses::Translation>,
     pub namespaces: watch::Receiver<NamespaceMapping>,
     /// The VirtualNode as last seen (capacity, offloading patch).
     pub virtual_node: watch::Receiver<Option<VirtualNode>>,
@@ -187,6 +190,22 @@ where
         tokio::join!(objects, resync);
     };
     (store, task)
+}
+
+/// Queues every object of `store` each time `changes` changes: for the
+/// reflectors whose output depends on it (the address translation).
+pub async fn requeue_on_change<K, T>(
+    mut changes: watch::Receiver<T>,
+    store: reflector::Store<K>,
+    queue: Arc<WorkQueue<(String, String)>>,
+) where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    while changes.changed().await.is_ok() {
+        for object in store.state() {
+            queue.add((object.namespace().unwrap_or_default(), object.name_any()));
+        }
+    }
 }
 
 /// How long reflectors wait for the first list before serving.

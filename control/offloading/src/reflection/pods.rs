@@ -12,7 +12,9 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{reflector, reflector::ObjectRef, watcher, WatchStreamExt as _},
@@ -26,7 +28,11 @@ use strait_api::{
     ConditionStatus,
 };
 
-use super::{generic::FIELD_MANAGER, watch_into_queue, Reflection};
+use super::{
+    generic::FIELD_MANAGER,
+    tokens::{self, Deliveries},
+    watch_into_queue, Reflection,
+};
 use crate::{
     placement::virtual_node_toleration,
     quantity::{pod_requests, Resources},
@@ -36,6 +42,10 @@ use crate::{
 };
 
 type Key = (String, String);
+
+/// Pod condition set False while the pod's addresses are withheld because
+/// the provider's remap is not known.
+pub const ADDRESSES_TRANSLATED: &str = "offloading.strait.dev/PodIPTranslated";
 
 /// Requests of the pods admitted onto the node, by (namespace, name): the
 /// node's allocatable is its capacity minus their sum.
@@ -117,7 +127,14 @@ pub async fn run(
         queue.clone(),
         reflection.namespaces.clone(),
     );
+    let retranslate = super::requeue_on_change(
+        reflection.translation.clone(),
+        local_store.clone(),
+        queue.clone(),
+    );
     let remote_stores: RemoteStores = Arc::default();
+    let deliveries = Arc::new(Deliveries::default());
+    let renewals = queue_token_renewals(deliveries.clone(), queue.clone());
     let remote_watches = follow_remote_namespaces(
         reflection.clone(),
         queue.clone(),
@@ -131,6 +148,7 @@ pub async fn run(
             let local_store = local_store.clone();
             let remote_stores = remote_stores.clone();
             let admitted = admitted.clone();
+            let deliveries = deliveries.clone();
             let capacity = capacity.borrow().clone();
             async move {
                 let local = local_store.get(&ObjectRef::new(&key.1).within(&key.0));
@@ -148,6 +166,7 @@ pub async fn run(
                 reflect_pod(
                     &reflection,
                     &admitted,
+                    &deliveries,
                     &capacity,
                     key,
                     local.as_deref(),
@@ -159,7 +178,25 @@ pub async fn run(
             }
         }
     };
-    tokio::join!(watch, remote_watches, queue.run(workers, handle));
+    tokio::join!(
+        watch,
+        remote_watches,
+        retranslate,
+        renewals,
+        queue.run(workers, handle)
+    );
+}
+
+/// Queues the pods whose service account tokens are due for renewal.
+async fn queue_token_renewals(deliveries: Arc<Deliveries>, queue: Arc<WorkQueue<Key>>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for key in deliveries.renewals_due() {
+            queue.add(key);
+        }
+    }
 }
 
 /// Starts and stops the per-namespace ShadowPod and Event watches as
@@ -241,6 +278,7 @@ fn start_remote_watches(
 async fn reflect_pod(
     reflection: &Reflection,
     admitted: &Admitted,
+    deliveries: &Deliveries,
     capacity: &Resources,
     key: Key,
     local: Option<&Pod>,
@@ -262,6 +300,11 @@ async fn reflect_pod(
     let local_pods = Api::<Pod>::namespaced(reflection.local.clone(), &key.0);
     let Some(pod) = local.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
         admitted.forget(&key);
+        // Tokens delivered before a restart of this kubelet go with the
+        // ShadowPod that owns their Secret.
+        if deliveries.has(&key) {
+            tokens::withdraw(reflection, deliveries, &key, &remote_namespace).await?;
+        }
         if shadow.is_some() {
             ignore_not_found(shadows.delete(&key.1, &DeleteParams::default()).await)?;
         } else if local.is_some() {
@@ -276,6 +319,13 @@ async fn reflect_pod(
     };
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     let finished = matches!(phase, Some("Succeeded") | Some("Failed"));
+    if finished && deliveries.has(&key) {
+        tokens::withdraw(reflection, deliveries, &key, &remote_namespace).await?;
+    }
+    let token_needs = tokens::redirect_token_volumes(
+        &mut pod.spec.clone().unwrap_or_default(),
+        &tokens::secret_name(&key.1),
+    );
     let Some(shadow) = shadow else {
         if finished {
             // Completed pods stay completed; refused ones stay refused.
@@ -303,21 +353,46 @@ async fn reflect_pod(
         }
         let virtual_node = reflection.virtual_node.borrow().clone();
         let body = shadow_pod(reflection, pod, spec, virtual_node.as_ref());
-        shadows
+        let created = shadows
             .patch(
                 &key.1,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
             .await?;
+        if !token_needs.is_empty() {
+            tokens::deliver(
+                reflection,
+                deliveries,
+                pod,
+                &token_needs,
+                &remote_namespace,
+                &created,
+            )
+            .await?;
+        }
         return Ok(());
     };
+    let mut token_delivery = Ok(());
     if shadow.metadata.deletion_timestamp.is_none() && !finished {
         // Known to run there (also after a restart of this kubelet).
         admitted.remember(
             key.clone(),
             pod_requests(pod.spec.as_ref().unwrap_or(&PodSpec::default()))?,
         );
+        let uid = pod.uid().unwrap_or_default();
+        if !token_needs.is_empty() && deliveries.due(&key, &uid) {
+            // A token that cannot be delivered does not hold the status back.
+            token_delivery = tokens::deliver(
+                reflection,
+                deliveries,
+                pod,
+                &token_needs,
+                &remote_namespace,
+                shadow,
+            )
+            .await;
+        }
     }
     let wanted = local_status(reflection, shadow, pod);
     let current = pod.status.clone().unwrap_or_default();
@@ -325,20 +400,22 @@ async fn reflect_pod(
         if matches!(status.phase.as_deref(), Some("Succeeded") | Some("Failed")) {
             admitted.forget(&key);
         }
+        let mut body = json!({"status": status});
+        if status.pod_ip.is_none() {
+            // A merge patch keeps absent fields: withdrawn addresses are nulled.
+            body["status"]["podIP"] = serde_json::Value::Null;
+            body["status"]["podIPs"] = serde_json::Value::Null;
+        }
         local_pods
-            .patch_status(
-                &key.1,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
-            )
+            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&body))
             .await?;
     }
-    Ok(())
+    token_delivery
 }
 
 /// The ShadowPod of a local pod: the same spec without what ties it to
-/// this cluster (node, service account token), with the VirtualNode's
-/// offloading patch.
+/// this cluster (node; the service account token volumes read the
+/// delivered consumer token), with the VirtualNode's offloading patch.
 fn shadow_pod(
     reflection: &Reflection,
     pod: &Pod,
@@ -346,26 +423,10 @@ fn shadow_pod(
     virtual_node: Option<&VirtualNode>,
 ) -> serde_json::Value {
     spec.node_name = None;
+    // Never the provider's own token: that identity is not the pod's.
     spec.automount_service_account_token = Some(false);
-    let token_volumes: Vec<String> = spec
-        .volumes
-        .iter()
-        .flatten()
-        .filter(|v| v.name.starts_with("kube-api-access-"))
-        .map(|v| v.name.clone())
-        .collect();
-    if let Some(volumes) = spec.volumes.as_mut() {
-        volumes.retain(|v| !token_volumes.contains(&v.name));
-    }
-    for container in spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        if let Some(mounts) = container.volume_mounts.as_mut() {
-            mounts.retain(|m| !token_volumes.contains(&m.name));
-        }
-    }
+    // Its consumer token comes from a Secret instead (see `tokens`).
+    tokens::redirect_token_volumes(&mut spec, &tokens::secret_name(&pod.name_any()));
     if let Some(tolerations) = spec.tolerations.as_mut() {
         let ours = virtual_node_toleration();
         tolerations.retain(|t| *t != ours);
@@ -406,15 +467,35 @@ fn local_status(reflection: &Reflection, shadow: &ShadowPod, pod: &Pod) -> Optio
         return Some(waiting);
     }
     let mut remote = status.pod_status.clone()?;
-    let translate = |ip: &str| reflection.translation.to_local(ip);
-    remote.pod_ip = remote.pod_ip.as_deref().map(translate);
-    remote.pod_ips = remote.pod_ips.map(|ips| {
-        ips.into_iter()
-            .map(|p| PodIP {
-                ip: translate(&p.ip),
-            })
-            .collect()
-    });
+    match reflection.translation.borrow().usable() {
+        Ok(translation) => {
+            let translate = |ip: &str| translation.to_local(ip);
+            remote.pod_ip = remote.pod_ip.as_deref().map(translate);
+            remote.pod_ips = remote.pod_ips.map(|ips| {
+                ips.into_iter()
+                    .map(|p| PodIP {
+                        ip: translate(&p.ip),
+                    })
+                    .collect()
+            });
+        }
+        Err(reason) => {
+            // Withheld rather than published untranslated: the provider's
+            // own addresses may mean another pod (or nothing) here.
+            remote.pod_ip = None;
+            remote.pod_ips = None;
+            remote
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: ADDRESSES_TRANSLATED.into(),
+                    status: "False".into(),
+                    reason: Some("RemapPending".into()),
+                    message: Some(reason),
+                    ..PodCondition::default()
+                });
+        }
+    }
     // The pod runs "on" the virtual node.
     remote.host_ip = pod
         .status
