@@ -148,7 +148,7 @@ enum NatCommand {
         #[arg(long, requires = "from_cluster")]
         namespace: Option<String>,
         /// Only CRs matching this label selector, e.g.
-        /// strait.dev/remote-cluster-id=cluster-b.
+        /// strait.dev/remote-cluster-id=cluster-b (empty: all).
         #[arg(long, short = 'l', requires = "from_cluster")]
         selector: Option<String>,
         /// Name of this gateway in the CRs' status (default: $NODE_NAME,
@@ -417,7 +417,7 @@ impl NatCrs {
             None => kube::Api::all(client.clone()),
         };
         let mut params = kube::api::ListParams::default();
-        if let Some(selector) = selector {
+        if let Some(selector) = selector.filter(|s| !s.is_empty()) {
             params = params.labels(selector);
         }
         Ok(Self {

@@ -14,7 +14,7 @@ mod gateways;
 mod k8s;
 mod network;
 mod process;
-mod relay;
+pub mod relay;
 mod report;
 mod service;
 mod sweep;

@@ -680,10 +680,7 @@ async fn local_nat<K: GatewayKind>(
     };
     let interface = interface_name(namespace, name);
     let host = nat_host(name);
-    let selector = gateway
-        .labels()
-        .get(REMOTE_CLUSTER_ID)
-        .map(|remote| format!("{REMOTE_CLUSTER_ID}={remote}"));
+    let selector = nat_selector(gateway);
     let files = gateways.files(namespace, name);
     let process = gateways.state(namespace, name).unwrap_or_default();
     // The gateway writes its status file only once its interface exists
@@ -706,6 +703,16 @@ async fn local_nat<K: GatewayKind>(
         &host,
         &files.nat_log,
     )))
+}
+
+/// The label selector of the NatConfigurations of the gateway's peering
+/// (none when the gateway has no remote cluster label: then every one of
+/// its namespace).
+fn nat_selector<K: GatewayKind>(gateway: &K) -> Option<String> {
+    gateway
+        .labels()
+        .get(REMOTE_CLUSTER_ID)
+        .map(|remote| format!("{REMOTE_CLUSTER_ID}={remote}"))
 }
 
 /// The NatReady condition of a local gateway from its NAT agent's supervisor.
@@ -990,6 +997,8 @@ pub fn placeholders<K: GatewayKind>(
         ("MTU", gateway.mtu().to_string()),
         ("CONFIG_MAP", in_cluster::config_map_name(name)),
         ("KEY_SECRET", key_secret_name(gateway, name)),
+        ("INTERFACE", interface_name(namespace, name)),
+        ("NAT_SELECTOR", nat_selector(gateway).unwrap_or_default()),
     ]);
     gateway.placeholders(&mut values);
     values
@@ -1364,6 +1373,56 @@ mod tests {
         assert_eq!(server, "198.18.9.1/30");
         assert!(tunnel_addresses("198.18.9.1/32", ConnectionType::Server).is_err());
         assert!(tunnel_addresses("nope", ConnectionType::Server).is_err());
+    }
+
+    #[test]
+    fn nat_ready_says_whether_the_local_nat_agent_runs() {
+        let agents = NatAgents {
+            binary: "/usr/bin/strait-fabric".into(),
+            pin_root: "/sys/fs/bpf/strait/gateways".into(),
+            kubeconfig: None,
+            poll_interval: Duration::from_millis(500),
+        };
+        let log = std::path::Path::new("/run/gw/nat.log");
+        let waiting = nat_condition(&agents, None, "stgw1", "gw-b", log);
+        assert_eq!(
+            (waiting.status, waiting.reason),
+            (ConditionStatus::False, "WaitingForGateway")
+        );
+        let down = ProcessState {
+            pid: None,
+            crashes: 2,
+            last_exit: Some("exited with exit status: 1".into()),
+            ..ProcessState::default()
+        };
+        let not_running = nat_condition(&agents, Some(&down), "stgw1", "gw-b", log);
+        assert_eq!(
+            (not_running.status, not_running.reason),
+            (ConditionStatus::False, "NatAgentNotRunning")
+        );
+        assert!(
+            not_running
+                .message
+                .starts_with("the NAT agent exited with exit status: 1; restarting it (its log: /run/gw/nat.log)"),
+            "{}",
+            not_running.message
+        );
+        let up = ProcessState {
+            pid: Some(42),
+            ..down
+        };
+        let running = nat_condition(&agents, Some(&up), "stgw1", "gw-b", log);
+        assert_eq!(running.status, ConditionStatus::True);
+        assert!(
+            running.message.contains("pid 42")
+                && running
+                    .message
+                    .contains("/sys/fs/bpf/strait/gateways/stgw1")
+                && running.message.contains("host gw-b")
+                && running.message.contains("restarted 2 times"),
+            "{}",
+            running.message
+        );
     }
 
     #[test]

@@ -318,6 +318,62 @@ mod tests {
         assert_eq!(with["data"][PEER_KEY_KEY], "KEY=\n");
     }
 
+    fn pod(nat: Option<serde_json::Value>) -> Pod {
+        let mut containers = vec![json!({"name": "gateway"})];
+        let mut statuses = vec![
+            json!({"name": "gateway", "ready": true, "restartCount": 0, "image": "g", "imageID": "", "state": {"running": {}}}),
+        ];
+        if let Some(state) = nat {
+            containers.push(json!({"name": NAT_CONTAINER}));
+            statuses.push(json!({"name": NAT_CONTAINER, "ready": false, "restartCount": 3, "image": "f", "imageID": "", "state": state}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "gw-to-b-1"},
+            "spec": {"containers": containers},
+            "status": {"phase": "Running", "containerStatuses": statuses},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn nat_ready_follows_the_nat_container() {
+        let running = nat_condition_of(&[pod(Some(json!({"running": {}})))], "to-b", "gw-to-b");
+        assert_eq!(
+            (running.status, running.reason),
+            (ConditionStatus::True, "Running")
+        );
+        assert!(
+            running.message.contains("host gw-to-b"),
+            "{}",
+            running.message
+        );
+        let crashing = nat_condition_of(
+            &[pod(Some(
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}),
+            ))],
+            "to-b",
+            "gw-to-b",
+        );
+        assert_eq!(
+            (crashing.status, crashing.reason),
+            (ConditionStatus::False, "NatAgentNotRunning")
+        );
+        assert!(
+            crashing.message.contains("CrashLoopBackOff back-off 40s")
+                && crashing.message.contains("restarted 3 times")
+                && crashing.message.contains("kubectl logs gw-to-b-1 -c nat"),
+            "{}",
+            crashing.message
+        );
+        let without = nat_condition_of(&[pod(None)], "to-b", "gw-to-b");
+        assert_eq!(without.reason, "NoNatContainer");
+        let none = nat_condition_of(&[], "to-b", "gw-to-b");
+        assert_eq!(
+            (none.status, none.reason),
+            (ConditionStatus::False, "WaitingForGateway")
+        );
+    }
+
     #[test]
     fn pod_paths_are_under_the_template_mounts() {
         let paths = pod_paths();
