@@ -2,8 +2,9 @@
 //! agent (`strait-fabric nat run --from-cluster`) in the gateway's network
 //! namespace: started by `ensure_nat`, its pinned tables follow the
 //! peering's NatConfiguration, it is started again when killed and when the
-//! gateway process changes, and `stop` ends it and removes its pins. Needs
-//! root (network namespace, bpffs).
+//! gateway process changes, it attaches again to an interface made anew,
+//! and `stop` ends it and removes its pins. Needs root (network namespace,
+//! bpffs).
 
 use std::{
     path::{Path, PathBuf},
@@ -226,6 +227,37 @@ fn the_supervisor_starts_restarts_and_stops_the_gateway_nat_agent() {
                 "egress destination 198.19.128.0/18 -> 198.18.64.0/18",
                 "ingress source 198.18.64.0/18 -> 198.19.128.0/18",
             ]
+        );
+
+        // The interface made again (as a restarted gateway does): the agent
+        // attaches to the new one, replacing its dead pinned links, without
+        // exiting.
+        let attaches = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("NAT programs attached")
+                .count()
+        };
+        let attached_before = attaches();
+        netns
+            .ip(&["link", "del", IFACE])
+            .expect("delete the interface");
+        Veth::pair((&netns, IFACE, &[]), (&netns, "stgwnatpeer0", &[])).expect("veth again");
+        wait(
+            "the agent attached to the new interface",
+            &log,
+            async || attaches() > attached_before,
+        )
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains("the pinned tcx link's interface is gone; attaching anew"),
+            "{text}"
+        );
+        assert_eq!(
+            gateways.nat_state(NS, GATEWAY).map(|s| s.crashes),
+            Some(1),
+            "the agent exited on the new interface:\n{text}"
         );
 
         // A new gateway process: the agent is restarted for it (on purpose,
