@@ -243,6 +243,28 @@ impl Sites {
         ])
     }
 
+    /// The way from each cluster's gateway pod to its API server that the
+    /// gateways' NAT agents (started by the controllers) take, as a pod
+    /// reaches its control plane: needed before the gateways start, kept
+    /// while they run.
+    pub fn relay_gateway_nat_agents(
+        &self,
+        stage: &Stage,
+        clusters: &Clusters,
+    ) -> Result<Vec<ApiRelay>> {
+        [&clusters.a, &clusters.b]
+            .into_iter()
+            .enumerate()
+            .map(|(index, cluster)| {
+                relay_to_api(
+                    cluster,
+                    &self.sites[index].gateway_pod,
+                    &Self::gateway_nat_kubeconfig(stage, index),
+                )
+            })
+            .collect()
+    }
+
     pub fn print_access(&self) {
         println!("\nthe dataplane's namespaces (nsenter --net=/run/netns/<name> ...):");
         for site in &self.sites {
@@ -365,21 +387,11 @@ pub fn act(
         );
     }
 
-    // The gateways' NAT agents reach their API server from the gateway
-    // pods, as a pod reaches its control plane.
     let mut dataplane = Dataplane {
         _agents: Vec::new(),
-        _relays: Vec::new(),
+        _relays: sites.relay_gateway_nat_agents(stage, clusters)?,
         fabric_pins: Vec::new(),
     };
-    for (index, cluster) in [&clusters.a, &clusters.b].into_iter().enumerate() {
-        let relay = relay_to_api(
-            cluster,
-            &sites.sites[index].gateway_pod,
-            &Sites::gateway_nat_kubeconfig(stage, index),
-        )?;
-        dataplane._relays.push(relay);
-    }
     let nat_pin_roots: Vec<std::path::PathBuf> = sites
         .gateway_nat_pins
         .iter()
