@@ -12,7 +12,7 @@ use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, TcAttachType,
+        LinkOrder, ProgramError, TcAttachType,
     },
     sys::SyscallError,
     util::KernelVersion,
@@ -184,17 +184,39 @@ pub fn attach(
     };
     let prog = dp.classifier(program)?;
     let replaced = match mode {
-        AttachMode::Tcx => match PinnedLink::from_pin(&link_path) {
-            Ok(pinned) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-                    .map_err(|e| err(boxed(e)))?;
-                prog.attach_to_link(link).map_err(|e| err(boxed(e)))?;
-                debug!(%iface, direction = direction.as_str(), "replaced program in pinned tcx link");
-                true
-            }
-            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.kind() == io::ErrorKind::NotFound =>
-            {
+        AttachMode::Tcx => {
+            let reused = match PinnedLink::from_pin(&link_path) {
+                Ok(pinned) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .map_err(|e| err(boxed(e)))?;
+                    match prog.attach_to_link(link) {
+                        Ok(_) => {
+                            debug!(%iface, direction = direction.as_str(), "replaced program in pinned tcx link");
+                            true
+                        }
+                        // The pinned link's interface is gone: the interface
+                        // was deleted and made again (a restarted gateway
+                        // makes a new tunnel device). Forget the dead link
+                        // and attach to the new interface.
+                        Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                            if io_error.raw_os_error() == Some(libc::ENOLINK) =>
+                        {
+                            info!(%iface, direction = direction.as_str(), "the pinned tcx link's interface is gone; attaching anew");
+                            std::fs::remove_file(&link_path)
+                                .map_err(|e| Error::io("unpinning", &link_path, e))?;
+                            false
+                        }
+                        Err(e) => return Err(err(boxed(e))),
+                    }
+                }
+                Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.kind() == io::ErrorKind::NotFound =>
+                {
+                    false
+                }
+                Err(e) => return Err(err(boxed(e))),
+            };
+            if !reused {
                 let id = prog
                     .attach_with_options(
                         iface,
@@ -211,10 +233,9 @@ pub fn attach(
                     path: link_path.clone(),
                     source: boxed(e),
                 })?;
-                false
             }
-            Err(e) => return Err(err(boxed(e))),
-        },
+            reused
+        }
         AttachMode::Netlink => {
             match tc::qdisc_add_clsact(iface) {
                 Ok(()) => {}

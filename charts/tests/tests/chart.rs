@@ -117,6 +117,8 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
                     ("NODE_NAME", "strait-cluster-b"),
                     ("CONFIG_MAP", "gw-cluster-b-config"),
                     ("KEY_SECRET", "gw-cluster-b-key"),
+                    ("INTERFACE", "stgw0123456789a"),
+                    ("NAT_SELECTOR", "strait.dev/remote-cluster-id=cluster-b"),
                     ("LOCAL_CLUSTER_ID", "cluster-a"),
                 ],
             );

@@ -124,6 +124,8 @@ fn every_rendered_container_passes_arguments_its_binary_accepts() {
                     ("NODE_NAME", "strait-cluster-b"),
                     ("CONFIG_MAP", "gw-cluster-b-config"),
                     ("KEY_SECRET", "gw-cluster-b-key"),
+                    ("INTERFACE", "stgw0123456789a"),
+                    ("NAT_SELECTOR", "strait.dev/remote-cluster-id=cluster-b"),
                 ],
             );
             let inner = Rendered {

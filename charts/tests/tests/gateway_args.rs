@@ -1,7 +1,10 @@
 //! The gateway Deployment the network controller renders from the chart's
 //! templates runs `strait-gateway` with arguments its real command line
 //! accepts, and with files where the controller's rendered `--config` says
-//! they are: the template, the controller and the binary agree.
+//! they are: the template, the controller and the binary agree. Its `nat`
+//! container runs the gateway's NAT agent the way the local supervisor does
+//! (same interface, NatConfigurations and host name), and only that
+//! container gets the API token, whose role grants what the agent calls.
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -11,8 +14,8 @@ use strait_api::networking::{
 };
 use strait_chart_tests::{find, Helm};
 use strait_network::gateway::{
-    controller::{gateway_config, placeholders, GatewayKind},
-    in_cluster, template,
+    controller::{gateway_config, interface_name, placeholders, GatewayKind},
+    in_cluster, nat_host, template,
 };
 
 const TENANT: &str = "strait-tenant-cluster-b";
@@ -76,16 +79,82 @@ fn rendered_pod<K: GatewayKind>(objects: &[Value], template_name: &str, gateway:
     deployment.object.data["spec"]["template"]["spec"].clone()
 }
 
-fn gateway_container(pod: &Value) -> &Value {
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
     let containers = pod["containers"].as_array();
-    let Some(container) = containers
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == "gateway")
-    else {
-        panic!("no container `gateway` in {pod}")
+    let Some(container) = containers.into_iter().flatten().find(|c| c["name"] == name) else {
+        panic!("no container `{name}` in {pod}")
     };
     container
+}
+
+fn gateway_container(pod: &Value) -> &Value {
+    container(pod, "gateway")
+}
+
+/// Where the API token is mounted in a container, if it is.
+const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The `nat` container follows the gateway's peering on its interface,
+/// reports as the host the controller reads, and alone holds the token.
+fn check_nat<K: GatewayKind>(pod: &Value, template_name: &str, gateway: &K) {
+    let name = kube::ResourceExt::name_any(gateway);
+    let nat = container(pod, in_cluster::NAT_CONTAINER);
+    assert!(
+        nat["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("/strait-fabric:")),
+        "{template_name}: the nat container runs {}",
+        nat["image"]
+    );
+    let args = args(nat);
+    let interface = interface_name(TENANT, &name);
+    let remote = kube::ResourceExt::labels(gateway)
+        .get("strait.dev/remote-cluster-id")
+        .map(|r| format!("strait.dev/remote-cluster-id={r}"))
+        .unwrap_or_default();
+    for wanted in [
+        "nat".to_owned(),
+        "run".to_owned(),
+        "--from-cluster".to_owned(),
+        format!("--namespace={TENANT}"),
+        format!("--iface={interface}"),
+        format!("--host={}", nat_host(&name)),
+        format!("--selector={remote}"),
+    ] {
+        assert!(
+            args.contains(&wanted),
+            "{template_name}: the nat container's args {args:?} lack {wanted}"
+        );
+    }
+    let pin_dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--pin-dir="))
+        .unwrap_or_else(|| panic!("{template_name}: no --pin-dir in {args:?}"));
+    assert!(
+        pin_dir.ends_with(&format!("/{interface}")),
+        "{template_name}: pins {pin_dir} are not per gateway"
+    );
+    let bpffs = volume_for(pod, nat, std::path::Path::new(pin_dir));
+    assert!(bpffs.get("hostPath").is_some(), "{template_name}: {bpffs}");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let token = volume_for(pod, nat, &std::path::Path::new(TOKEN_DIR).join("token"));
+    assert!(
+        token["projected"]["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s.get("serviceAccountToken").is_some()),
+        "{template_name}: the nat container's token volume {token}"
+    );
+    let gateway_mounts = gateway_container(pod)["volumeMounts"].clone();
+    assert!(
+        gateway_mounts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|m| m["name"] != token["name"]),
+        "{template_name}: the gateway container must not get the API token"
+    );
 }
 
 fn args(container: &Value) -> Vec<String> {
@@ -125,6 +194,7 @@ fn volume_for<'a>(pod: &'a Value, container: &Value, path: &std::path::Path) -> 
 fn check<K: GatewayKind>(objects: &[Value], template_name: &str, gateway: &K) {
     let name = kube::ResourceExt::name_any(gateway);
     let pod = rendered_pod(objects, template_name, gateway);
+    check_nat(&pod, template_name, gateway);
     let container = gateway_container(&pod);
     let args = args(container);
     // The binary's own clap definition judges the arguments.
@@ -194,6 +264,42 @@ fn the_rendered_gateways_run_strait_gateway_with_arguments_it_accepts() {
         check(&objects, template::SERVER_TEMPLATE, &server());
         check(&objects, template::CLIENT_TEMPLATE, &client());
     }
+}
+
+#[test]
+fn the_gateway_nat_agent_role_grants_exactly_what_the_agent_calls() {
+    let helm = Helm::locate().unwrap_or_else(|e| panic!("{e}"));
+    let objects = helm
+        .render(&json!({}))
+        .and_then(|r| r.objects())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some(role) = find(&objects, "ClusterRole", "strait-gateway-nat") else {
+        panic!("no ClusterRole strait-gateway-nat")
+    };
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let list = |key: &str| -> Vec<String> {
+            serde_json::from_value(rule[key].clone()).unwrap_or_default()
+        };
+        assert!(list("resourceNames").is_empty(), "{rule}");
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    granted.insert((group.clone(), resource.clone(), verb, String::new()));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        granted,
+        strait_offloading::rbac::rights(strait_dataplane::nat::follow::RBAC),
+        "ClusterRole strait-gateway-nat against strait_dataplane::nat::follow::RBAC"
+    );
+    let Some(binding) = find(&objects, "ClusterRoleBinding", "strait-gateway-nat") else {
+        panic!("no ClusterRoleBinding strait-gateway-nat")
+    };
+    assert_eq!(binding["roleRef"]["name"], "strait-gateway-nat");
+    assert_eq!(binding["subjects"][0]["name"], "strait-gateway");
 }
 
 #[test]

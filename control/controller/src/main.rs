@@ -128,6 +128,31 @@ struct GatewayArgs {
     /// `--wireguard=userspace`. Repeatable.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     gateway_arg: Vec<String>,
+    /// Local simulation: also run each gateway's NAT agent, `PATH nat run
+    /// --from-cluster` (the strait-fabric binary), in the gateway's network
+    /// namespace: attached to the gateway's tunnel interface, it follows the
+    /// NatConfigurations of the gateway's namespace (and remote cluster
+    /// label) and reports in their status.hosts as `gw-<gateway name>`. It is
+    /// restarted when it exits or the gateway restarts; the gateway's
+    /// NatReady condition says whether it runs. Without this flag local
+    /// gateways have no NAT (in a cluster the gateway pod's `nat` container
+    /// is the agent).
+    #[arg(long, value_name = "PATH", requires = "gateway_binary")]
+    gateway_nat_binary: Option<std::path::PathBuf>,
+    /// Local simulation: bpffs directory under which each gateway's NAT
+    /// agent pins its maps and links (`DIR/<gateway interface>`, removed
+    /// with the gateway).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/strait/gateways"
+    )]
+    gateway_nat_pin_dir: std::path::PathBuf,
+    /// Local simulation: the kubeconfig the NAT agents use, as seen from the
+    /// gateways' network namespace (default: this controller's own
+    /// KUBECONFIG, which must then reach the API server from there too).
+    #[arg(long, value_name = "PATH")]
+    gateway_nat_kubeconfig: Option<std::path::PathBuf>,
     /// In a cluster: the namespace of the gateway template ConfigMaps (the
     /// chart's release namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "strait")]
@@ -137,18 +162,33 @@ struct GatewayArgs {
 impl GatewayArgs {
     fn settings(&self, cluster_id: Option<String>) -> gateway::Settings {
         let mode = match &self.gateway_binary {
-            Some(binary) => gateway::controller::local_settings(
-                binary.clone(),
-                self.gateway_state_dir.clone(),
-                self.gateway_netns.clone(),
-                self.gateway_advertise_address.clone(),
-                self.gateway_arg.clone(),
-            ),
+            Some(binary) => {
+                let mode = gateway::controller::local_settings(
+                    binary.clone(),
+                    self.gateway_state_dir.clone(),
+                    self.gateway_netns.clone(),
+                    self.gateway_advertise_address.clone(),
+                    self.gateway_arg.clone(),
+                );
+                match self.nat_agents() {
+                    Some(nat) => mode.with_nat_agents(nat),
+                    None => mode,
+                }
+            }
             None => gateway::GatewayMode::Cluster {
                 release_namespace: self.release_namespace.clone(),
             },
         };
         gateway::Settings { mode, cluster_id }
+    }
+
+    fn nat_agents(&self) -> Option<gateway::local::NatAgents> {
+        Some(gateway::local::NatAgents {
+            binary: self.gateway_nat_binary.clone()?,
+            pin_root: self.gateway_nat_pin_dir.clone(),
+            kubeconfig: self.gateway_nat_kubeconfig.clone(),
+            poll_interval: std::time::Duration::from_millis(500),
+        })
     }
 }
 

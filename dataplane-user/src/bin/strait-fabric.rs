@@ -148,14 +148,16 @@ enum NatCommand {
         #[arg(long, requires = "from_cluster")]
         namespace: Option<String>,
         /// Only CRs matching this label selector, e.g.
-        /// strait.dev/remote-cluster-id=cluster-b.
+        /// strait.dev/remote-cluster-id=cluster-b (empty: all).
         #[arg(long, short = 'l', requires = "from_cluster")]
         selector: Option<String>,
         /// Name of this gateway in the CRs' status (default: $NODE_NAME,
         /// else the host name).
         #[arg(long, env = "NODE_NAME")]
         host: Option<String>,
-        /// Attach the NAT programs to these interfaces once a table is applied.
+        /// Attach the NAT programs to these interfaces once a table is
+        /// applied; an interface that does not exist yet is waited for, and
+        /// one that is made again (a restarted gateway) is attached again.
         #[arg(long = "iface")]
         ifaces: Vec<String>,
         /// How often to check the file and the CRs for changes.
@@ -415,7 +417,7 @@ impl NatCrs {
             None => kube::Api::all(client.clone()),
         };
         let mut params = kube::api::ListParams::default();
-        if let Some(selector) = selector {
+        if let Some(selector) = selector.filter(|s| !s.is_empty()) {
             params = params.labels(selector);
         }
         Ok(Self {
@@ -461,9 +463,6 @@ fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
     if agent.config.is_none() && !agent.from_cluster {
         bail!("nothing to follow: give --config FILE, --from-cluster, or both");
     }
-    for iface in &agent.ifaces {
-        tc::check_iface(iface)?;
-    }
     let host = host_name(agent.host)?;
     let crs = agent
         .from_cluster
@@ -478,7 +477,10 @@ fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
     let mut tables = NatTables::open_pinned(dp.pin_dir())?;
     let mut follower = Follower::default();
     let mut applied: Option<NatPlan> = None;
-    let mut attached = false;
+    // The interface index each interface's programs are attached to: the
+    // interface may appear after the agent starts (a gateway container
+    // starting next to it) or be made again (a restarted gateway).
+    let mut attached: BTreeMap<String, u32> = BTreeMap::new();
     // What each CR's status last said for this host.
     let mut reported: BTreeMap<(String, String), (i64, Option<String>)> = BTreeMap::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -522,14 +524,8 @@ fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
                         }
                     }
                 }
-                if !attached && applied.is_some() {
-                    for iface in &agent.ifaces {
-                        for program in tc::nat_programs(iface)? {
-                            tc::attach(&mut dp, program, iface, AttachMode::Auto)?;
-                        }
-                        tracing::info!(%iface, "NAT programs attached");
-                    }
-                    attached = true;
+                if applied.is_some() {
+                    attach_nat(&mut dp, &agent.ifaces, &mut attached)?;
                 }
                 if let Some(crs) = &crs {
                     reported.retain(|key, _| {
@@ -574,6 +570,41 @@ fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
         sleep_unless_stopped(agent.poll_interval, &stop);
     }
     tracing::info!("stopping; NAT tables and programs stay in place");
+    Ok(())
+}
+
+/// Attaches the NAT programs to each interface that exists and has not
+/// got them yet under its current index; a missing interface is waited for.
+fn attach_nat(
+    dp: &mut Dataplane,
+    ifaces: &[String],
+    attached: &mut std::collections::BTreeMap<String, u32>,
+) -> Result<()> {
+    for iface in ifaces {
+        match tc::check_iface(iface) {
+            Ok(index) if attached.get(iface) == Some(&index) => {}
+            Ok(index) => {
+                for program in tc::nat_programs(iface)? {
+                    tc::attach(dp, program, iface, AttachMode::Auto)?;
+                }
+                tracing::info!(%iface, index, "NAT programs attached");
+                attached.insert(iface.clone(), index);
+            }
+            Err(strait_dataplane::Error::NoSuchInterface(_)) => {
+                // Index 0 (never a real one) marks "waiting, said so".
+                match attached.insert(iface.clone(), 0) {
+                    Some(0) => {}
+                    Some(_) => {
+                        tracing::warn!(%iface, "the interface is gone; attaching again when it is back")
+                    }
+                    None => {
+                        tracing::info!(%iface, "waiting for the interface to attach the NAT programs")
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

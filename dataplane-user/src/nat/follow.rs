@@ -18,6 +18,24 @@ use strait_api::networking::{ApplyState, HostApplyStatus, NatConfiguration, NatC
 
 use super::{NatError, NatPlan};
 
+/// What `nat run --from-cluster` calls, as RBAC rules (the chart's
+/// ClusterRole strait-gateway-nat grants exactly these): read the
+/// NatConfigurations it follows and write its entry in their status.
+pub const RBAC: &[strait_api::rbac::Rule] = &[
+    strait_api::rbac::Rule {
+        api_group: strait_api::names::group::NETWORKING,
+        resources: &["natconfigurations"],
+        verbs: &["get", "list", "watch"],
+        resource_names: &[],
+    },
+    strait_api::rbac::Rule {
+        api_group: strait_api::names::group::NETWORKING,
+        resources: &["natconfigurations/status"],
+        verbs: &["patch"],
+        resource_names: &[],
+    },
+];
+
 /// Label of the static file's entries in errors.
 pub const FILE_LABEL: &str = "--config";
 

@@ -12,8 +12,9 @@
 //! (`strait-fabric run --from-cluster` follows the RouteConfiguration the
 //! network module writes from the Configuration and the gateway's internal
 //! endpoint, and the InternalNodes derived from the Nodes), and the
-//! gateways' NAT (`strait-fabric nat run --from-cluster` follows the
-//! NatConfiguration the network module renders from the Configuration).
+//! gateways' NAT (the controller runs `strait-fabric nat run --from-cluster`
+//! next to each gateway, following the NatConfiguration the network module
+//! renders from the Configuration).
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
@@ -22,7 +23,10 @@ use kube::Api;
 use serde_json::Value;
 use strait_api::{
     names::{self, label::REMOTE_CLUSTER_ID},
-    networking::{ApplyState, Configuration, InternalNode, NatConfiguration, RouteConfiguration},
+    networking::{
+        ApplyState, Configuration, GatewayClient, GatewayServer, InternalNode, NatConfiguration,
+        RouteConfiguration,
+    },
 };
 use strait_common::fabric::FabricCounter;
 use strait_dataplane::{
@@ -30,6 +34,7 @@ use strait_dataplane::{
     drops::DropCounts,
     fabric::{pinned_routes_v4, FabricStats},
 };
+use strait_network::gateway::{controller::NAT_READY, nat_host};
 use tokio::runtime::Runtime;
 
 use super::{
@@ -180,6 +185,8 @@ impl Site {
 /// told which namespace its gateways run in).
 pub struct Sites {
     sites: Vec<Site>,
+    /// Per cluster, where its controller's gateway NAT agents pin their maps.
+    gateway_nat_pins: Vec<TestPinDir>,
     _internet: Internet,
 }
 
@@ -189,16 +196,36 @@ impl Sites {
         let sites = vec![Site::new("a", &internet, 1)?, Site::new("b", &internet, 2)?];
         Ok(Sites {
             sites,
+            gateway_nat_pins: vec![
+                TestPinDir::new("demo-a-gwnat")?,
+                TestPinDir::new("demo-b-gwnat")?,
+            ],
             _internet: internet,
         })
+    }
+
+    /// The kubeconfig cluster `index`'s gateway NAT agents use: written in
+    /// act 4, pointing at a relay in the gateway pod's namespace.
+    fn gateway_nat_kubeconfig(stage: &Stage, index: usize) -> std::path::PathBuf {
+        stage.path(&format!("{}-gwnat.kubeconfig", ["a", "b"][index]))
     }
 
     /// The network module's gateway flags for cluster `index`'s controller.
     pub fn controller_args(&self, stage: &Stage, index: usize) -> Result<Vec<String>> {
         let binary = bins::path("strait-gateway").map_err(anyhow::Error::msg)?;
+        let fabric = bins::path("strait-fabric").map_err(anyhow::Error::msg)?;
         Ok(vec![
             "--gateway-binary".into(),
             binary.display().to_string(),
+            // Each gateway's NAT agent, run by the controller next to it.
+            "--gateway-nat-binary".into(),
+            fabric.display().to_string(),
+            "--gateway-nat-pin-dir".into(),
+            self.gateway_nat_pins[index].path().display().to_string(),
+            "--gateway-nat-kubeconfig".into(),
+            Self::gateway_nat_kubeconfig(stage, index)
+                .display()
+                .to_string(),
             "--gateway-state-dir".into(),
             gateways::state_dir(stage, index).display().to_string(),
             "--gateway-netns".into(),
@@ -213,6 +240,28 @@ impl Sites {
             "--fabric-node-vni".into(),
             NODE_VNI.to_string(),
         ])
+    }
+
+    /// The way from each cluster's gateway pod to its API server that the
+    /// gateways' NAT agents (started by the controllers) take, as a pod
+    /// reaches its control plane: needed before the gateways start, kept
+    /// while they run.
+    pub fn relay_gateway_nat_agents(
+        &self,
+        stage: &Stage,
+        clusters: &Clusters,
+    ) -> Result<Vec<ApiRelay>> {
+        [&clusters.a, &clusters.b]
+            .into_iter()
+            .enumerate()
+            .map(|(index, cluster)| {
+                relay_to_api(
+                    cluster,
+                    &self.sites[index].gateway_pod,
+                    &Self::gateway_nat_kubeconfig(stage, index),
+                )
+            })
+            .collect()
     }
 
     pub fn print_access(&self) {
@@ -235,7 +284,6 @@ pub struct Dataplane {
     _agents: Vec<Process>,
     _relays: Vec<ApiRelay>,
     fabric_pins: Vec<TestPinDir>,
-    nat_pins: Vec<TestPinDir>,
 }
 
 /// How this cluster sees the peer's pods: the Configuration's status.
@@ -338,6 +386,16 @@ pub fn act(
         );
     }
 
+    let mut dataplane = Dataplane {
+        _agents: Vec::new(),
+        _relays: sites.relay_gateway_nat_agents(stage, clusters)?,
+        fabric_pins: Vec::new(),
+    };
+    let nat_pin_roots: Vec<std::path::PathBuf> = sites
+        .gateway_nat_pins
+        .iter()
+        .map(|p| p.path().to_owned())
+        .collect();
     let sites = &sites.sites;
     report.say(format!(
         "namespaces: per cluster a pod, a node, a gateway node and a gateway pod; the gateway pods meet on an internet bridge ({} and {})",
@@ -351,17 +409,11 @@ pub fn act(
         interfaces.push(status.interface);
     }
 
-    let mut dataplane = Dataplane {
-        _agents: Vec::new(),
-        _relays: Vec::new(),
-        fabric_pins: Vec::new(),
-        nat_pins: Vec::new(),
-    };
+    let mut nat_pins = Vec::new();
     for (own, site) in sites.iter().enumerate() {
         let id = ["a", "b"][own];
         let cluster = [&clusters.a, &clusters.b][own];
         let peer = [&clusters.b, &clusters.a][own];
-        let pod = &site.gateway_pod;
         // The gateway routes the peer's pods as seen here (the remapped
         // ranges) into the tunnel itself; the gateway node sends them to it.
         for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
@@ -369,28 +421,28 @@ pub fn act(
         }
         // The tunnel carries real addresses (the gateway accepts the peer's
         // real pod CIDRs), so the NAT sits on the tunnel interface: the
-        // network module's own-view remap of the peer (its NatConfiguration)
+        // controller runs the gateway's NAT agent, which follows the network
+        // module's own-view remap of the peer (its NatConfiguration) and
         // rewrites destinations on the way out and sources on the way in.
         let namespace = names::tenant_namespace(peer.id);
-        let label = format!("{id}-gwnat");
-        let args = [
-            "nat",
-            "run",
-            "--from-cluster",
-            "--namespace",
-            &namespace,
-            "--host",
-            &label,
-            "--iface",
-            &interfaces[own],
-            "--poll-interval",
-            "200ms",
-        ];
-        let (agent, relay, pins) = start_agent(stage, cluster, pod, &label, &args)?;
-        report.say(format!(
-            "gateway pod {id} $ strait-fabric {}   # follows the NatConfiguration the network module rendered",
-            args.join(" ")
-        ));
+        let label = nat_host(&tunnel.gateways[own].name);
+        let gateway = &tunnel.gateways[own];
+        // cluster-a dials (GatewayClient), cluster-b listens (GatewayServer).
+        let nat_ready = if own == 0 {
+            let api: Api<GatewayClient> = Api::namespaced(cluster.client(), &gateway.namespace);
+            runtime.block_on(wait_condition(&api, &gateway.name, NAT_READY))
+        } else {
+            let api: Api<GatewayServer> = Api::namespaced(cluster.client(), &gateway.namespace);
+            runtime.block_on(wait_condition(&api, &gateway.name, NAT_READY))
+        };
+        report.check(
+            &format!(
+                "{}: the controller runs the gateway's NAT agent (strait-fabric nat run --from-cluster --iface {})",
+                cluster.id, interfaces[own]
+            ),
+            nat_ready,
+        );
+        let pins = nat_pin_roots[own].join(&interfaces[own]);
         let nats: Api<NatConfiguration> = Api::namespaced(cluster.client(), &namespace);
         let applied = runtime.block_on(wait_for(STEP, || async {
             let list = nats
@@ -421,14 +473,12 @@ pub fn act(
         }));
         report.check(
             &format!(
-                "{}: the gateway's NAT agent applied the network module's NatConfiguration",
+                "{}: the gateway's NAT agent (started by the controller) applied the network module's NatConfiguration",
                 cluster.id
             ),
             applied,
         );
-        dataplane._agents.push(agent);
-        dataplane._relays.push(relay);
-        dataplane.nat_pins.push(pins);
+        nat_pins.push(pins);
 
         // The nodes' routes toward the gateway: the network module writes
         // them once the peer is remapped and the gateway has an internal
@@ -550,8 +600,8 @@ pub fn act(
         encapsulated += stats.counter(FabricCounter::Encapsulated).packets;
         drops += stats.drops.total();
     }
-    for pins in &dataplane.nat_pins {
-        drops += DropCounts::read_pinned(&PinDir::open(pins.path())?)?.total();
+    for pins in &nat_pins {
+        drops += DropCounts::read_pinned(&PinDir::open(pins)?)?.total();
     }
     // The receiving gateway's counters include the TCP transfer once its
     // status file has been rewritten (4 times a second).
@@ -611,6 +661,21 @@ fn start_fabric(
     start_agent(stage, cluster, host, label, &args)
 }
 
+/// A relay from `host` to the cluster's API server, and a kubeconfig
+/// through it written to `kubeconfig`.
+fn relay_to_api(cluster: &Cluster, host: &NetNs, kubeconfig: &std::path::Path) -> Result<ApiRelay> {
+    let target: SocketAddr = cluster
+        .api
+        .url()
+        .split("://")
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the API server address in {}", cluster.api.url()))?;
+    let relay = ApiRelay::start(host, target)?;
+    relay.kubeconfig(&cluster.api.kubeconfig_yaml()?, target, kubeconfig)?;
+    Ok(relay)
+}
+
 /// `strait-fabric <args>` in `host` with its own pin directory, reaching
 /// its cluster's API server through a relay; logs to `fabric-<label>.log`.
 fn start_agent(
@@ -620,19 +685,8 @@ fn start_agent(
     label: &str,
     args: &[&str],
 ) -> Result<(Process, ApiRelay, TestPinDir)> {
-    let target: SocketAddr = cluster
-        .api
-        .url()
-        .split("://")
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("the API server address in {}", cluster.api.url()))?;
-    let relay = ApiRelay::start(host, target)?;
-    let kubeconfig = relay.kubeconfig(
-        &cluster.api.kubeconfig_yaml()?,
-        target,
-        &stage.path(&format!("fabric-{label}.kubeconfig")),
-    )?;
+    let kubeconfig = stage.path(&format!("fabric-{label}.kubeconfig"));
+    let relay = relay_to_api(cluster, host, &kubeconfig)?;
     let pins = TestPinDir::new(&format!("demo-{label}"))?;
     let binary = bins::path("strait-fabric").map_err(anyhow::Error::msg)?;
     let mut command: Command = host.command(&binary);

@@ -44,8 +44,8 @@ use tracing::{info, warn};
 
 use super::{
     in_cluster,
-    local::{LocalError, LocalGateways, ProcessState},
-    local_key_name,
+    local::{LocalError, LocalGateways, NatAgentSpec, NatAgents, ProcessState},
+    local_key_name, nat_host,
     readiness::{self, GatewayView},
     remote_key_name,
     template::{self, TemplateError},
@@ -56,6 +56,9 @@ use crate::ipam::parse_cidr;
 /// Field manager of the objects this controller writes.
 pub const FIELD_MANAGER: &str = "strait-network-gateway";
 const READY: &str = "Ready";
+/// Condition: the gateway's NAT agent runs (it remaps the peer's CIDRs on
+/// the tunnel interface, following the peering's NatConfigurations).
+pub const NAT_READY: &str = "NatReady";
 /// A status file older than this means the gateway stopped refreshing it.
 const STATUS_STALE_AFTER: Duration = Duration::from_secs(3);
 /// Local gateways are looked at this often (their status is a file).
@@ -82,7 +85,7 @@ pub enum Error {
 pub enum GatewayMode {
     /// Child processes of the controller (local simulation).
     Local {
-        gateways: LocalGateways,
+        gateways: Box<LocalGateways>,
         /// Address a GatewayServer is reachable at from the peer, published
         /// in its `status.endpoint` (the address of the gateways' netns).
         advertise_address: Option<String>,
@@ -90,6 +93,23 @@ pub enum GatewayMode {
     /// Rendered from the chart's template ConfigMaps, which live in
     /// `release_namespace` unless a `spec.templateRef` says otherwise.
     Cluster { release_namespace: String },
+}
+
+impl GatewayMode {
+    /// Local simulation: runs a NAT agent next to every gateway (in a
+    /// cluster the gateway template's `nat` container does).
+    pub fn with_nat_agents(self, nat: NatAgents) -> Self {
+        match self {
+            GatewayMode::Local {
+                gateways,
+                advertise_address,
+            } => GatewayMode::Local {
+                gateways: Box::new(gateways.with_nat_agents(nat)),
+                advertise_address,
+            },
+            cluster => cluster,
+        }
+    }
 }
 
 pub struct Settings {
@@ -289,13 +309,22 @@ async fn apply<K: GatewayKind>(gateway: &K, ctx: &Context) -> Result<Action, Err
             deploy(gateway, ctx, release_namespace, &namespace, &name).await?
         }
     };
+    let nat = match &ctx.settings.mode {
+        GatewayMode::Local { gateways, .. } => {
+            local_nat(gateway, gateways, &namespace, &name).await?
+        }
+        GatewayMode::Cluster { release_namespace } => Some(
+            in_cluster::nat_condition(&ctx.client, release_namespace, &name, &nat_host(&name))
+                .await?,
+        ),
+    };
     let advertise = match &ctx.settings.mode {
         GatewayMode::Local {
             advertise_address, ..
         } => advertise_address.as_deref(),
         GatewayMode::Cluster { .. } => None,
     };
-    write_status(gateway, ctx, &namespace, ready, advertise).await?;
+    write_status(gateway, ctx, &namespace, [Some(ready), nat], advertise).await?;
     if let Some(remote) = remote {
         readiness::publish(&ctx.client, &remote, readiness::network_ready(&view)).await?;
     }
@@ -306,12 +335,15 @@ async fn write_status<K: GatewayKind>(
     gateway: &K,
     ctx: &Context,
     namespace: &str,
-    ready: ConditionUpdate<'_>,
+    updates: [Option<ConditionUpdate<'_>>; 2],
     advertise: Option<&str>,
 ) -> Result<(), Error> {
     let mut conditions = gateway.conditions();
     let now = Time(Timestamp::now());
-    let changed = set_condition(&mut conditions, ready, gateway.meta().generation, &now);
+    let mut changed = false;
+    for update in updates.into_iter().flatten() {
+        changed |= set_condition(&mut conditions, update, gateway.meta().generation, &now);
+    }
     let mut status = gateway.status(conditions, advertise);
     let current = serde_json::to_value(gateway)?;
     if !changed
@@ -634,6 +666,106 @@ async fn run_locally<K: GatewayKind>(
     Ok((ready, view, Action::requeue(LOCAL_POLL)))
 }
 
+/// Starts (or restarts, for a new gateway process) the gateway's NAT agent
+/// once the gateway's interface is up, and says how it is doing; `None`
+/// when this controller runs no NAT agents.
+async fn local_nat<K: GatewayKind>(
+    gateway: &K,
+    gateways: &LocalGateways,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<ConditionUpdate<'static>>, Error> {
+    let Some(agents) = gateways.nat_agents() else {
+        return Ok(None);
+    };
+    let interface = interface_name(namespace, name);
+    let host = nat_host(name);
+    let selector = nat_selector(gateway);
+    let files = gateways.files(namespace, name);
+    let process = gateways.state(namespace, name).unwrap_or_default();
+    // The gateway writes its status file only once its interface exists
+    // (and each new gateway process starts without one).
+    let interface_up = GatewayStatus::read(&files.status).is_ok();
+    if let (true, Some(gateway_pid)) = (interface_up, process.pid) {
+        let spec = NatAgentSpec {
+            interface: interface.clone(),
+            namespace: namespace.to_owned(),
+            selector: selector.clone(),
+            host: host.clone(),
+            gateway_pid,
+        };
+        gateways.ensure_nat(namespace, name, &spec).await?;
+    }
+    Ok(Some(nat_condition(
+        agents,
+        gateways.nat_state(namespace, name).as_ref(),
+        &interface,
+        &host,
+        &files.nat_log,
+    )))
+}
+
+/// The label selector of the NatConfigurations of the gateway's peering
+/// (none when the gateway has no remote cluster label: then every one of
+/// its namespace).
+fn nat_selector<K: GatewayKind>(gateway: &K) -> Option<String> {
+    gateway
+        .labels()
+        .get(REMOTE_CLUSTER_ID)
+        .map(|remote| format!("{REMOTE_CLUSTER_ID}={remote}"))
+}
+
+/// The NatReady condition of a local gateway from its NAT agent's supervisor.
+fn nat_condition(
+    agents: &NatAgents,
+    state: Option<&ProcessState>,
+    interface: &str,
+    host: &str,
+    log: &std::path::Path,
+) -> ConditionUpdate<'static> {
+    let Some(state) = state else {
+        return ConditionUpdate {
+            type_: NAT_READY,
+            status: ConditionStatus::False,
+            reason: "WaitingForGateway",
+            message: format!(
+                "the NAT agent starts once the gateway process runs and its interface {interface} is up"
+            ),
+        };
+    };
+    let restarts = match (&state.last_exit, state.crashes) {
+        (Some(exit), n) if n > 0 => format!("; restarted {n} times, last time it {exit}"),
+        _ => String::new(),
+    };
+    match state.pid {
+        Some(pid) => ConditionUpdate {
+            type_: NAT_READY,
+            status: ConditionStatus::True,
+            reason: "Running",
+            message: format!(
+                "NAT agent {} nat run (pid {pid}) attached to {interface}, pins in {}; it reports \
+                 as host {host} in the NatConfigurations' status.hosts{restarts}",
+                agents.binary.display(),
+                agents.pin_root.join(interface).display(),
+            ),
+        },
+        None => ConditionUpdate {
+            type_: NAT_READY,
+            status: ConditionStatus::False,
+            reason: "NatAgentNotRunning",
+            message: format!(
+                "the NAT agent {}; restarting it (its log: {}): until it runs, the peer's remapped \
+                 addresses are not translated on {interface}",
+                state
+                    .last_exit
+                    .as_deref()
+                    .unwrap_or("is not running"),
+                log.display()
+            ),
+        },
+    }
+}
+
 /// The spec's MTU and the one the gateway reports using, from a fresh status file.
 fn reported_mtu<K: GatewayKind>(
     gateway: &K,
@@ -865,6 +997,8 @@ pub fn placeholders<K: GatewayKind>(
         ("MTU", gateway.mtu().to_string()),
         ("CONFIG_MAP", in_cluster::config_map_name(name)),
         ("KEY_SECRET", key_secret_name(gateway, name)),
+        ("INTERFACE", interface_name(namespace, name)),
+        ("NAT_SELECTOR", nat_selector(gateway).unwrap_or_default()),
     ]);
     gateway.placeholders(&mut values);
     values
@@ -1129,7 +1263,11 @@ async fn cleanup<K: GatewayKind>(gateway: &K, ctx: &Context) -> Result<Action, E
     let name = gateway.name_any();
     info!(%namespace, %name, kind = %K::kind(&()), "gateway deleted: removing it");
     match &ctx.settings.mode {
-        GatewayMode::Local { gateways, .. } => gateways.stop(&namespace, &name).await?,
+        GatewayMode::Local { gateways, .. } => {
+            gateways
+                .stop(&namespace, &name, &interface_name(&namespace, &name))
+                .await?
+        }
         GatewayMode::Cluster { release_namespace } => {
             if let Ok(objects) =
                 rendered(gateway, ctx, release_namespace, &namespace, &name).await?
@@ -1212,7 +1350,7 @@ pub fn local_settings(
     args: Vec<String>,
 ) -> GatewayMode {
     GatewayMode::Local {
-        gateways: LocalGateways::new(binary, state_dir, netns).with_args(args),
+        gateways: Box::new(LocalGateways::new(binary, state_dir, netns).with_args(args)),
         advertise_address,
     }
 }
@@ -1235,6 +1373,56 @@ mod tests {
         assert_eq!(server, "198.18.9.1/30");
         assert!(tunnel_addresses("198.18.9.1/32", ConnectionType::Server).is_err());
         assert!(tunnel_addresses("nope", ConnectionType::Server).is_err());
+    }
+
+    #[test]
+    fn nat_ready_says_whether_the_local_nat_agent_runs() {
+        let agents = NatAgents {
+            binary: "/usr/bin/strait-fabric".into(),
+            pin_root: "/sys/fs/bpf/strait/gateways".into(),
+            kubeconfig: None,
+            poll_interval: Duration::from_millis(500),
+        };
+        let log = std::path::Path::new("/run/gw/nat.log");
+        let waiting = nat_condition(&agents, None, "stgw1", "gw-b", log);
+        assert_eq!(
+            (waiting.status, waiting.reason),
+            (ConditionStatus::False, "WaitingForGateway")
+        );
+        let down = ProcessState {
+            pid: None,
+            crashes: 2,
+            last_exit: Some("exited with exit status: 1".into()),
+            ..ProcessState::default()
+        };
+        let not_running = nat_condition(&agents, Some(&down), "stgw1", "gw-b", log);
+        assert_eq!(
+            (not_running.status, not_running.reason),
+            (ConditionStatus::False, "NatAgentNotRunning")
+        );
+        assert!(
+            not_running
+                .message
+                .starts_with("the NAT agent exited with exit status: 1; restarting it (its log: /run/gw/nat.log)"),
+            "{}",
+            not_running.message
+        );
+        let up = ProcessState {
+            pid: Some(42),
+            ..down
+        };
+        let running = nat_condition(&agents, Some(&up), "stgw1", "gw-b", log);
+        assert_eq!(running.status, ConditionStatus::True);
+        assert!(
+            running.message.contains("pid 42")
+                && running
+                    .message
+                    .contains("/sys/fs/bpf/strait/gateways/stgw1")
+                && running.message.contains("host gw-b")
+                && running.message.contains("restarted 2 times"),
+            "{}",
+            running.message
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{path::PathBuf, time::Duration};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{api::ListParams, Api, Client, ResourceExt as _};
 use serde_json::json;
-use strait_api::networking::{ConnectionState, ConnectionStatus};
+use strait_api::{
+    condition::{ConditionStatus, ConditionUpdate},
+    networking::{ConnectionState, ConnectionStatus},
+};
 use strait_gateway::GatewayStatus;
 
 /// Mount point of the gateway's ConfigMap.
@@ -80,6 +83,111 @@ pub fn config_map(
         },
         "data": data,
     })
+}
+
+/// The gateway pod's container running the NAT agent (`strait-fabric nat
+/// run --from-cluster` on the tunnel interface).
+pub const NAT_CONTAINER: &str = "nat";
+
+/// The NatReady condition of gateway `name` from its pod's `nat` container.
+pub async fn nat_condition(
+    client: &Client,
+    release_namespace: &str,
+    name: &str,
+    host: &str,
+) -> Result<ConditionUpdate<'static>, kube::Error> {
+    let pods = Api::<Pod>::namespaced(client.clone(), release_namespace)
+        .list(&ListParams::default().labels(&format!("{POD_LABEL}={name}")))
+        .await?;
+    Ok(nat_condition_of(&pods.items, name, host))
+}
+
+fn nat_condition_of(pods: &[Pod], name: &str, host: &str) -> ConditionUpdate<'static> {
+    let condition = |status, reason, message| ConditionUpdate {
+        type_: super::controller::NAT_READY,
+        status,
+        reason,
+        message,
+    };
+    let Some(pod) = pods.iter().find(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Running")
+    }) else {
+        return condition(
+            ConditionStatus::False,
+            "WaitingForGateway",
+            format!("no running gateway pod labelled {POD_LABEL}={name} yet"),
+        );
+    };
+    let pod_name = pod.name_any();
+    let has_container = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == NAT_CONTAINER));
+    if !has_container {
+        return condition(
+            ConditionStatus::False,
+            "NoNatContainer",
+            format!(
+                "gateway pod {pod_name} has no `{NAT_CONTAINER}` container (its template runs no \
+                 NAT agent): the peer's remapped CIDRs are not translated; use the chart's \
+                 gateway template or add the container to spec.templateRef's"
+            ),
+        );
+    }
+    let status = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == NAT_CONTAINER));
+    let restarts = status.map_or(0, |s| s.restart_count);
+    let state = status.and_then(|s| s.state.as_ref());
+    match state {
+        Some(state) if state.running.is_some() => condition(
+            ConditionStatus::True,
+            "Running",
+            format!(
+                "container {NAT_CONTAINER} of pod {pod_name} runs (restarted {restarts} times); it \
+                 reports as host {host} in the NatConfigurations' status.hosts"
+            ),
+        ),
+        other => {
+            let why = other
+                .and_then(|s| {
+                    s.waiting
+                        .as_ref()
+                        .map(|w| {
+                            format!(
+                                "waiting: {} {}",
+                                w.reason.as_deref().unwrap_or_default(),
+                                w.message.as_deref().unwrap_or_default()
+                            )
+                        })
+                        .or_else(|| {
+                            s.terminated.as_ref().map(|t| {
+                                format!(
+                                    "terminated with exit code {}: {}",
+                                    t.exit_code,
+                                    t.reason.as_deref().unwrap_or_default()
+                                )
+                            })
+                        })
+                })
+                .unwrap_or_else(|| "not started".to_owned());
+            condition(
+                ConditionStatus::False,
+                "NatAgentNotRunning",
+                format!(
+                    "container {NAT_CONTAINER} of pod {pod_name} is {} (restarted {restarts} \
+                     times): until it runs, the peer's remapped addresses are not translated; \
+                     see `kubectl logs {pod_name} -c {NAT_CONTAINER}`",
+                    why.trim()
+                ),
+            )
+        }
+    }
 }
 
 /// Label the gateway template puts on a gateway's pods (value: its name).
@@ -208,6 +316,62 @@ mod tests {
         assert!(without["data"].get(PEER_KEY_KEY).is_none());
         let with = config_map("to-b", "strait", json!({}), "x", Some(" KEY= "));
         assert_eq!(with["data"][PEER_KEY_KEY], "KEY=\n");
+    }
+
+    fn pod(nat: Option<serde_json::Value>) -> Pod {
+        let mut containers = vec![json!({"name": "gateway"})];
+        let mut statuses = vec![
+            json!({"name": "gateway", "ready": true, "restartCount": 0, "image": "g", "imageID": "", "state": {"running": {}}}),
+        ];
+        if let Some(state) = nat {
+            containers.push(json!({"name": NAT_CONTAINER}));
+            statuses.push(json!({"name": NAT_CONTAINER, "ready": false, "restartCount": 3, "image": "f", "imageID": "", "state": state}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "gw-to-b-1"},
+            "spec": {"containers": containers},
+            "status": {"phase": "Running", "containerStatuses": statuses},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn nat_ready_follows_the_nat_container() {
+        let running = nat_condition_of(&[pod(Some(json!({"running": {}})))], "to-b", "gw-to-b");
+        assert_eq!(
+            (running.status, running.reason),
+            (ConditionStatus::True, "Running")
+        );
+        assert!(
+            running.message.contains("host gw-to-b"),
+            "{}",
+            running.message
+        );
+        let crashing = nat_condition_of(
+            &[pod(Some(
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}),
+            ))],
+            "to-b",
+            "gw-to-b",
+        );
+        assert_eq!(
+            (crashing.status, crashing.reason),
+            (ConditionStatus::False, "NatAgentNotRunning")
+        );
+        assert!(
+            crashing.message.contains("CrashLoopBackOff back-off 40s")
+                && crashing.message.contains("restarted 3 times")
+                && crashing.message.contains("kubectl logs gw-to-b-1 -c nat"),
+            "{}",
+            crashing.message
+        );
+        let without = nat_condition_of(&[pod(None)], "to-b", "gw-to-b");
+        assert_eq!(without.reason, "NoNatContainer");
+        let none = nat_condition_of(&[], "to-b", "gw-to-b");
+        assert_eq!(
+            (none.status, none.reason),
+            (ConditionStatus::False, "WaitingForGateway")
+        );
     }
 
     #[test]

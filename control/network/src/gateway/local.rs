@@ -6,6 +6,14 @@
 //! [`GatewayFiles`]: the controller writes `config.yaml` and `peer.key`, the
 //! gateway writes `public.key` and `status.json`; its output goes to
 //! `gateway.log`.
+//!
+//! With [`NatAgents`], each gateway also gets its NAT agent, `strait-fabric
+//! nat run --from-cluster`, in the same network namespace: attached to the
+//! gateway's tunnel interface, following the NatConfigurations of the
+//! gateway's peering, with its maps pinned under `<pin-root>/<interface>`
+//! (removed when the gateway goes away) and its output in `nat.log`. It is
+//! restarted when it dies and when the gateway process restarts (a new
+//! gateway process makes a new interface, which the agent attaches to).
 
 use std::{
     collections::HashMap,
@@ -38,6 +46,8 @@ pub struct GatewayFiles {
     /// `--status-file`, refreshed by the gateway 4 times a second.
     pub status: PathBuf,
     pub log: PathBuf,
+    /// The NAT agent's output.
+    pub nat_log: PathBuf,
 }
 
 impl GatewayFiles {
@@ -49,6 +59,7 @@ impl GatewayFiles {
             public_key: dir.join("public.key"),
             status: dir.join("status.json"),
             log: dir.join("gateway.log"),
+            nat_log: dir.join("nat.log"),
             dir,
         }
     }
@@ -74,6 +85,37 @@ impl ProcessState {
     }
 }
 
+/// How to run the gateways' NAT agents (local simulation).
+#[derive(Debug, Clone)]
+pub struct NatAgents {
+    /// The `strait-fabric` binary.
+    pub binary: PathBuf,
+    /// bpffs directory under which each agent pins its maps and links, in
+    /// `<pin_root>/<gateway interface>`.
+    pub pin_root: PathBuf,
+    /// `KUBECONFIG` of the agents (how the API server is reached from the
+    /// gateways' network namespace); the controller's own when `None`.
+    pub kubeconfig: Option<PathBuf>,
+    /// How often an agent looks at its NatConfigurations.
+    pub poll_interval: Duration,
+}
+
+/// What one gateway's NAT agent follows and where it attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatAgentSpec {
+    /// The gateway's tunnel interface.
+    pub interface: String,
+    /// Namespace of the peering's NatConfigurations (the gateway's).
+    pub namespace: String,
+    /// Label selector of the peering's NatConfigurations, if any.
+    pub selector: Option<String>,
+    /// Name the agent reports under in the NatConfigurations' `status.hosts`.
+    pub host: String,
+    /// The gateway process the agent was started for: a new one has a new
+    /// interface, so the agent restarts with it.
+    pub gateway_pid: u32,
+}
+
 struct Supervised {
     config: String,
     state: Arc<Mutex<ProcessState>>,
@@ -89,7 +131,9 @@ pub struct LocalGateways {
     state_dir: PathBuf,
     netns: Option<PathBuf>,
     args: Vec<String>,
+    nat: Option<NatAgents>,
     running: Mutex<HashMap<(String, String), Supervised>>,
+    nat_running: Mutex<HashMap<(String, String), Supervised>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +155,26 @@ impl LocalGateways {
             state_dir,
             netns,
             args: Vec::new(),
+            nat: None,
             running: Mutex::new(HashMap::new()),
+            nat_running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs a NAT agent next to every gateway.
+    pub fn with_nat_agents(mut self, nat: NatAgents) -> Self {
+        self.nat = Some(nat);
+        self
+    }
+
+    /// Whether gateways get a NAT agent.
+    pub fn nat_agents(&self) -> Option<&NatAgents> {
+        self.nat.as_ref()
+    }
+
+    /// Where gateway `interface`'s NAT agent pins its maps.
+    pub fn nat_pin_dir(&self, interface: &str) -> Option<PathBuf> {
+        self.nat.as_ref().map(|nat| nat.pin_root.join(interface))
     }
 
     /// Extra arguments for every gateway (for example `--wireguard=userspace`).
@@ -123,6 +185,12 @@ impl LocalGateways {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Supervised>> {
         self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_nat(&self) -> MutexGuard<'_, HashMap<(String, String), Supervised>> {
+        self.nat_running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -195,51 +263,89 @@ impl LocalGateways {
             return Ok(());
         }
         write_file(&files.dir, &files.config, config)?;
-        let state = Arc::new(Mutex::new(ProcessState::default()));
-        let (control, watch) = watch::channel((false, 0));
-        let command = self.command(&files);
-        let task = tokio::spawn(supervise(command, files, state.clone(), watch));
-        running.insert(
-            key,
-            Supervised {
-                config: config.to_owned(),
-                state,
-                control,
-                task,
-            },
-        );
+        let child = self.command(&files);
+        running.insert(key, Supervised::start(child, config.to_owned()));
         Ok(())
+    }
+
+    /// Makes sure the gateway's NAT agent runs as `spec` says: started if
+    /// it is not supervised yet, restarted if `spec` changed. Does nothing
+    /// without [`NatAgents`].
+    pub async fn ensure_nat(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &NatAgentSpec,
+    ) -> Result<(), LocalError> {
+        let Some(nat) = &self.nat else {
+            return Ok(());
+        };
+        let files = self.files(namespace, name);
+        let child = self.nat_command(nat, &files, spec);
+        // The whole command line (with the gateway's pid) is the agent's
+        // configuration: any change restarts it.
+        let config = format!("{:?} gateway pid {}", child.args, spec.gateway_pid);
+        let key = (namespace.to_owned(), name.to_owned());
+        let previous = {
+            let mut running = self.lock_nat();
+            match running.get(&key) {
+                Some(s) if s.config == config && !s.task.is_finished() => return Ok(()),
+                _ => running.remove(&key),
+            }
+        };
+        // The old agent is gone before the new one opens the same pins.
+        if let Some(previous) = previous {
+            info!(%namespace, %name, "NAT agent configuration changed: restarting it");
+            previous.stop(namespace, name, "NAT agent").await;
+        }
+        std::fs::create_dir_all(&files.dir).map_err(|source| LocalError::Write {
+            path: files.dir.clone(),
+            source,
+        })?;
+        self.lock_nat()
+            .insert(key, Supervised::start(child, config));
+        Ok(())
+    }
+
+    /// The supervisor's view of the gateway's NAT agent, if it is supervised.
+    pub fn nat_state(&self, namespace: &str, name: &str) -> Option<ProcessState> {
+        self.lock_nat()
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|s| lock(&s.state).clone())
     }
 
     /// The supervisor's view of the gateway, if it is supervised.
     pub fn state(&self, namespace: &str, name: &str) -> Option<ProcessState> {
         self.lock()
             .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|s| lock(&s.state).clone())
     }
 
-    /// Stops the gateway (SIGTERM, so it removes its interface) and removes
-    /// its files.
-    pub async fn stop(&self, namespace: &str, name: &str) -> Result<(), LocalError> {
-        let supervised = self.lock().remove(&(namespace.to_owned(), name.to_owned()));
-        if let Some(supervised) = supervised {
-            supervised.control.send_modify(|(stop, _)| *stop = true);
-            if let Err(error) = supervised.task.await {
-                warn!(%namespace, %name, %error, "gateway supervisor ended abnormally");
-            }
+    /// Stops the gateway's NAT agent and the gateway (SIGTERM, so it
+    /// removes its interface), and removes their files: the agent's pins
+    /// under `<pin-root>/<interface>` and the gateway's directory.
+    pub async fn stop(
+        &self,
+        namespace: &str,
+        name: &str,
+        interface: &str,
+    ) -> Result<(), LocalError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let nat = self.lock_nat().remove(&key);
+        if let Some(nat) = nat {
+            nat.stop(namespace, name, "NAT agent").await;
         }
-        let files = self.files(namespace, name);
-        match std::fs::remove_dir_all(&files.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LocalError::Write {
-                path: files.dir,
-                source,
-            }),
+        let gateway = self.lock().remove(&key);
+        if let Some(gateway) = gateway {
+            gateway.stop(namespace, name, "gateway").await;
         }
+        if let Some(pins) = self.nat_pin_dir(interface) {
+            remove_dir(&pins)?;
+        }
+        remove_dir(&self.files(namespace, name).dir)
     }
 
-    fn command(&self, files: &GatewayFiles) -> (PathBuf, Vec<String>) {
+    fn command(&self, files: &GatewayFiles) -> Child {
         let mut args = vec![
             "--config".to_owned(),
             files.config.display().to_string(),
@@ -247,18 +353,108 @@ impl LocalGateways {
             files.status.display().to_string(),
         ];
         args.extend(self.args.iter().cloned());
+        let (program, args) = self.in_netns(&self.binary, args);
+        Child {
+            what: "gateway",
+            program,
+            args,
+            env: Vec::new(),
+            log: files.log.clone(),
+            // A fresh process starts without the old one's status, so the
+            // gap between the two shows instead of a stale "Connected".
+            clear_on_start: Some(files.status.clone()),
+        }
+    }
+
+    fn nat_command(&self, nat: &NatAgents, files: &GatewayFiles, spec: &NatAgentSpec) -> Child {
+        let pins = nat.pin_root.join(&spec.interface);
+        let mut args = vec![
+            format!("--pin-dir={}", pins.display()),
+            "nat".to_owned(),
+            "run".to_owned(),
+            "--from-cluster".to_owned(),
+            format!("--namespace={}", spec.namespace),
+            format!("--host={}", spec.host),
+            format!("--iface={}", spec.interface),
+            format!("--poll-interval={}ms", nat.poll_interval.as_millis()),
+        ];
+        if let Some(selector) = &spec.selector {
+            args.push(format!("--selector={selector}"));
+        }
+        let (program, args) = self.in_netns(&nat.binary, args);
+        Child {
+            what: "NAT agent",
+            program,
+            args,
+            env: nat
+                .kubeconfig
+                .iter()
+                .map(|k| ("KUBECONFIG".to_owned(), k.display().to_string()))
+                .collect(),
+            log: files.nat_log.clone(),
+            clear_on_start: None,
+        }
+    }
+
+    /// `binary args`, inside the gateways' network namespace if they have one.
+    fn in_netns(&self, binary: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
         match &self.netns {
             Some(netns) => {
                 let mut wrapped = vec![
                     format!("--net={}", netns.display()),
                     "--".to_owned(),
-                    self.binary.display().to_string(),
+                    binary.display().to_string(),
                 ];
                 wrapped.extend(args);
                 (PathBuf::from("nsenter"), wrapped)
             }
-            None => (self.binary.clone(), args),
+            None => (binary.to_owned(), args),
         }
+    }
+}
+
+/// A process to supervise.
+struct Child {
+    /// For logs and messages.
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    /// A file the previous process wrote that must not outlive it.
+    clear_on_start: Option<PathBuf>,
+}
+
+impl Supervised {
+    fn start(child: Child, config: String) -> Self {
+        let state = Arc::new(Mutex::new(ProcessState::default()));
+        let (control, watch) = watch::channel((false, 0));
+        let task = tokio::spawn(supervise(child, state.clone(), watch));
+        Supervised {
+            config,
+            state,
+            control,
+            task,
+        }
+    }
+
+    /// Stops the process and waits for it to be gone.
+    async fn stop(self, namespace: &str, name: &str, what: &str) {
+        self.control.send_modify(|(stop, _)| *stop = true);
+        if let Err(error) = self.task.await {
+            warn!(%namespace, %name, %error, "{what} supervisor ended abnormally");
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), LocalError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LocalError::Write {
+            path: dir.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -279,22 +475,26 @@ fn lock(state: &Mutex<ProcessState>) -> MutexGuard<'_, ProcessState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs the gateway until asked to stop, starting it again whenever it
+/// Runs the process until asked to stop, starting it again whenever it
 /// exits on its own or its configuration changes.
 async fn supervise(
-    (program, args): (PathBuf, Vec<String>),
-    files: GatewayFiles,
+    child: Child,
     state: Arc<Mutex<ProcessState>>,
     mut control: watch::Receiver<(bool, u64)>,
 ) {
+    let Child {
+        what,
+        program,
+        args,
+        env,
+        log,
+        clear_on_start,
+    } = child;
     loop {
-        // A fresh process starts without the old one's status, so the gap
-        // between the two shows instead of a stale "Connected".
-        let _ = std::fs::remove_file(&files.status);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&files.log);
+        if let Some(file) = &clear_on_start {
+            let _ = std::fs::remove_file(file);
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&log);
         let (stdout, stderr) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((out, err)) => (Stdio::from(out), Stdio::from(err)),
             Err(_) => (Stdio::null(), Stdio::null()),
@@ -302,6 +502,7 @@ async fn supervise(
         let mut command = Command::new(&program);
         command
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -340,19 +541,19 @@ async fn supervise(
             s.pid = child.id();
             s.started = Some(SystemTime::now());
         }
-        info!(gateway = %files.dir.display(), pid = ?child.id(), "gateway process started");
+        info!(program = %program.display(), pid = ?child.id(), "{what} process started");
         tokio::select! {
             exit = child.wait() => {
-                let what = match exit {
+                let exit_text = match exit {
                     Ok(status) => format!("exited with {status}"),
                     Err(error) => format!("could not be waited for: {error}"),
                 };
-                warn!(gateway = %files.dir.display(), exit = %what, "gateway process ended; restarting");
+                warn!(program = %program.display(), exit = %exit_text, "{what} process ended; restarting");
                 {
                     let mut s = lock(&state);
                     s.pid = None;
                     s.crashes += 1;
-                    s.last_exit = Some(what);
+                    s.last_exit = Some(exit_text);
                     s.last_exit_time = Some(SystemTime::now());
                 }
                 if wait_or_stop(&mut control, RESTART_DELAY).await {

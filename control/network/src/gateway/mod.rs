@@ -29,6 +29,13 @@ pub fn remote_key_name(gateway: &str) -> String {
     format!("remote-{gateway}")
 }
 
+/// Name gateway `name`'s NAT agent reports under in its peering's
+/// NatConfigurations' `status.hosts` (the gateway Deployment's name in a
+/// cluster, so both ways read the same).
+pub fn nat_host(gateway: &str) -> String {
+    format!("gw-{gateway}")
+}
+
 /// Annotation on a GatewayServer/GatewayClient: the /31 or /127 (or any
 /// prefix with two addresses to spare) the two tunnel ends take their
 /// addresses from; both sides must carry the same value. The server takes
