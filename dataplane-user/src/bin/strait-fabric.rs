@@ -524,7 +524,11 @@ fn run_nat_agent(pin_dir: &std::path::Path, agent: NatAgent) -> Result<()> {
                 }
                 if !attached && applied.is_some() {
                     for iface in &agent.ifaces {
-                        for program in tc::nat_programs(iface)? {
+                        let programs = tc::nat_programs(iface)?;
+                        // Verified both at once: most of the time to the
+                        // first packet translated.
+                        dp.load_classifiers(&programs)?;
+                        for program in programs {
                             tc::attach(&mut dp, program, iface, AttachMode::Auto)?;
                         }
                         tracing::info!(%iface, "NAT programs attached");
