@@ -477,10 +477,100 @@ fn pods_with_the_same_cidr_reach_each_other_after_network_crs_alone() -> Result<
     for (family, took) in ["IPv4", "IPv6"].iter().zip(&took) {
         ensure!(
             *took < TARGET,
-            "{family}: apply to first packet took {} ms (target < {} ms)",
+            "{family}: apply to first packet took {} ms (target < {} ms); what happened when, from the logs:\n{}",
             took.as_millis(),
-            TARGET.as_millis()
+            TARGET.as_millis(),
+            timeline(&bed.stage.dir.dir, applied)
         );
     }
     Ok(())
+}
+
+/// The log lines (controllers, agents, gateways) that mark a step on the
+/// way to the first packet.
+const MILESTONES: &[&str] = &[
+    "allocated network",
+    "gateway process started",
+    "TUN created",
+    "peer endpoint",
+    "fabric routes reconciled written=2",
+    "NAT table applied",
+    "NAT programs attached",
+];
+
+/// The milestones of the logs under `dir`, in order, as seconds after
+/// `applied` (the logs stamp UTC times of day).
+fn timeline(dir: &std::path::Path, applied: SystemTime) -> String {
+    let seconds_of_day = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() % 86_400.0)
+            .unwrap_or_default()
+    };
+    let start = seconds_of_day(applied);
+    let mut logs = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "log") {
+                logs.push(path);
+            }
+        }
+    }
+    let mut events = Vec::new();
+    for log in logs {
+        let name = log.strip_prefix(dir).unwrap_or(&log).display().to_string();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in text.lines().map(strip_colours) {
+            if !MILESTONES.iter().any(|m| line.contains(m)) {
+                continue;
+            }
+            // 2026-11-26T02:58:11.344445Z ...
+            let Some(at) = line
+                .split_once('T')
+                .and_then(|(_, rest)| rest.split_once('Z'))
+                .and_then(|(time, _)| {
+                    let mut parts = time.split(':').map(|p| p.parse::<f64>().ok());
+                    Some(parts.next()?? * 3600.0 + parts.next()?? * 60.0 + parts.next()??)
+                })
+            else {
+                continue;
+            };
+            let message = line
+                .split_once("Z ")
+                .map_or(line.as_str(), |(_, m)| m.trim());
+            events.push((at - start, format!("{name}: {message}")));
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    events
+        .iter()
+        .map(|(at, what)| {
+            format!(
+                "  {at:+7.3} s  {}",
+                what.chars().take(160).collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `line` without its terminal colour codes (ESC [ ... m).
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
