@@ -490,6 +490,9 @@ fn pods_with_the_same_cidr_reach_each_other_after_network_crs_alone() -> Result<
 /// way to the first packet.
 const MILESTONES: &[&str] = &[
     "allocated network",
+    "reconcile failed",
+    "publishing the gateway's internal endpoint",
+    "allocated the peering's VNI",
     "gateway process started",
     "TUN created",
     "peer endpoint",
