@@ -14,6 +14,7 @@ pub mod fabric_topology;
 pub mod gateway;
 pub mod netns;
 pub mod packets;
+pub mod probe;
 pub mod topology;
 pub mod traffic;
 

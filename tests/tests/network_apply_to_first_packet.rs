@@ -11,10 +11,8 @@
 //! transfer must complete both ways of addressing (IPv4 and IPv6).
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -38,18 +36,18 @@ use strait_testbed::{
         sweep, Report, Stage,
     },
     gateway::{Process, Scratch},
+    probe::Prober,
     traffic::tcp_transfer_translated,
-    NetNs,
 };
 use tokio::runtime::Runtime;
 
 /// Issue #9: from applying the network CRs to the first packet through.
 const TARGET: Duration = Duration::from_secs(3);
-/// How long the prober waits for a first reply at most.
+/// How long the prober waits for a first reply at most: one echo request
+/// every 20 ms, 1,000 at most.
 const PROBE_LIMIT: Duration = Duration::from_secs(20);
-/// One echo request every 20 ms: at most 1,000 in [`PROBE_LIMIT`].
-const PROBE_INTERVAL: &str = "0.02";
-const PROBE_COUNT: &str = "1000";
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+const PROBE_COUNT: u32 = 1000;
 
 /// Each cluster's network-only peering file: its gateway, in the namespace
 /// it names after the peer, and that gateway's name.
@@ -109,62 +107,6 @@ impl Bed {
 
     fn sites(&self) -> &[Site] {
         self.sites.as_ref().map_or(&[], |s| &s.sites)
-    }
-}
-
-/// `ping` in a pod, one echo request every [`PROBE_INTERVAL`]; killed when
-/// dropped.
-struct Prober {
-    child: Child,
-    target: String,
-}
-
-impl Prober {
-    fn start(pod: &NetNs, target: &str) -> Result<Prober> {
-        // Timestamps (-D) say when each reply came; no deadline (-w), as
-        // with one ping stops at the first error, and the "network
-        // unreachable" answers before the routes exist are errors.
-        let child = pod
-            .command("ping")
-            .args(["-n", "-D", "-i", PROBE_INTERVAL, "-c", PROBE_COUNT, target])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting ping {target} in {}", pod.name()))?;
-        Ok(Prober {
-            child,
-            target: target.to_owned(),
-        })
-    }
-
-    /// When the first echo reply came back (its `-D` timestamp).
-    fn first_reply(&mut self) -> Result<SystemTime, String> {
-        let stdout = self.child.stdout.take().ok_or("ping has no stdout")?;
-        let mut seen = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.map_err(|e| format!("reading ping's output: {e}"))?;
-            if line.contains(" bytes from ") {
-                let stamp = line
-                    .strip_prefix('[')
-                    .and_then(|l| l.split_once(']'))
-                    .and_then(|(s, _)| s.parse::<f64>().ok())
-                    .ok_or_else(|| format!("no timestamp in {line:?}"))?;
-                return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(stamp));
-            }
-            seen.push(line);
-        }
-        let last: Vec<_> = seen.iter().rev().take(3).rev().cloned().collect();
-        Err(format!(
-            "no echo reply from {} in {PROBE_COUNT} requests ({PROBE_LIMIT:?}); ping said, last: {last:?}",
-            self.target
-        ))
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -357,8 +299,8 @@ fn pods_with_the_same_cidr_reach_each_other_after_network_crs_alone() -> Result<
     let sites = &bed.sites.as_ref().context("sites")?.sites;
     let (site_a, site_b) = (&sites[0], &sites[1]);
     let mut probers = [
-        Prober::start(&site_a.pod, &remote_v4)?,
-        Prober::start(&site_a.pod, &remote_v6)?,
+        Prober::start(&site_a.pod, &remote_v4, PROBE_INTERVAL, PROBE_COUNT)?,
+        Prober::start(&site_a.pod, &remote_v6, PROBE_INTERVAL, PROBE_COUNT)?,
     ];
     let files: Vec<String> = PEERINGS
         .iter()
