@@ -24,6 +24,8 @@ pub enum Error {
     },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
+    #[error("a thread loading eBPF programs panicked")]
+    LoadPanicked,
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}")]

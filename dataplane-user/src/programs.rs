@@ -109,6 +109,46 @@ impl Dataplane {
         self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))
     }
 
+    /// Loads `programs` into the kernel at once, one thread each: the
+    /// verifier takes most of an attach (close to a second per NAT program on
+    /// a busy machine), and a gateway's first packet waits for both of its
+    /// NAT programs. Programs already loaded are skipped.
+    pub fn load_classifiers(&mut self, programs: &[TcProgram]) -> Result<(), Error> {
+        let names: Vec<&'static str> = programs.iter().map(|p| p.name()).collect();
+        if let Some(missing) = names.iter().find(|n| self.ebpf.program(n).is_none()) {
+            return Err(Error::MissingProgram(missing));
+        }
+        let mut pending: Vec<(&'static str, &mut SchedClassifier)> = Vec::new();
+        for (name, program) in self.ebpf.programs_mut() {
+            let Some(wanted) = names.iter().find(|n| **n == name) else {
+                continue;
+            };
+            let classifier: &mut SchedClassifier =
+                program.try_into().map_err(|source| Error::Program {
+                    name: wanted,
+                    source,
+                })?;
+            if classifier.fd().is_err() {
+                pending.push((wanted, classifier));
+            }
+        }
+        std::thread::scope(|scope| {
+            let loading: Vec<_> = pending
+                .into_iter()
+                .map(|(name, classifier)| {
+                    scope.spawn(move || {
+                        classifier
+                            .load()
+                            .map_err(|source| Error::Program { name, source })
+                    })
+                })
+                .collect();
+            loading
+                .into_iter()
+                .try_for_each(|thread| thread.join().unwrap_or(Err(Error::LoadPanicked)))
+        })
+    }
+
     /// The program, loaded into the kernel (loading is idempotent).
     pub fn classifier(&mut self, program: TcProgram) -> Result<&mut SchedClassifier, Error> {
         let name = program.name();

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod icmp_errors;
 pub mod netns;
 pub mod packets;
+pub mod probe;
 pub mod relay;
 pub mod topology;
 pub mod traffic;

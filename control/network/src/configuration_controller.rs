@@ -168,12 +168,26 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Context>) -> Result<Acti
         }
     };
     let ready = condition.status == ConditionStatus::True;
-    set_condition(
+    let condition_changed = set_condition(
         &mut status.conditions,
         condition,
         config.metadata.generation,
         &Time(Timestamp::now()),
     );
+    let action = if ready {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    };
+    // The status carries the route controller's fields too (vni,
+    // RoutesReady): rewriting them unchanged from a cache older than its
+    // last write would undo it, and each controller's write would wake the
+    // other again.
+    let remote_changed =
+        config.status.as_ref().and_then(|s| s.remote.as_ref()) != status.remote.as_ref();
+    if !condition_changed && !remote_changed {
+        return Ok(action);
+    }
     let patch = serde_json::json!({
         "apiVersion": "networking.strait.dev/v1beta1",
         "kind": "Configuration",
@@ -183,9 +197,5 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Context>) -> Result<Acti
         .patch_status(&config.name_any(), &apply, &Patch::Apply(&patch))
         .await?;
     // Network changes wake us through `owns`; a slow allocation is retried too.
-    Ok(if ready {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(5))
-    })
+    Ok(action)
 }

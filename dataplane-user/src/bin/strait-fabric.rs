@@ -584,7 +584,11 @@ fn attach_nat(
         match tc::check_iface(iface) {
             Ok(index) if attached.get(iface) == Some(&index) => {}
             Ok(index) => {
-                for program in tc::nat_programs(iface)? {
+                let programs = tc::nat_programs(iface)?;
+                // Verified both at once: most of the time to the first
+                // packet translated.
+                dp.load_classifiers(&programs)?;
+                for program in programs {
                     tc::attach(dp, program, iface, AttachMode::Auto)?;
                 }
                 tracing::info!(%iface, index, "NAT programs attached");

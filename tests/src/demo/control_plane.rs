@@ -19,6 +19,7 @@ use strait_api::{
     authentication::{Identity, ResourceSlice},
     core::ForeignCluster,
     names,
+    networking::InternalNode,
     offloading::{NamespaceOffloading, ShadowPod, VirtualNode},
 };
 use strait_testkit::{Options, TestCluster};
@@ -94,14 +95,16 @@ pub fn act(
     // size of the pod CIDRs, so that is the only range the network module
     // can allocate (act 4 checks it). The offloading module does not read
     // the network module's Configuration, so its virtual kubelet is told.
-    let mut consumer = sites.controller_args(stage, 0)?;
+    let mut consumer = all_modules_args()?;
+    consumer.extend(sites.controller_args(stage, 0)?);
     for (pods, seen) in POD_CIDRS.iter().zip(REMAP_POOLS) {
         consumer.extend([
             "--virtual-kubelet-pod-cidr-remap".into(),
             format!("{pods}={seen}"),
         ]);
     }
-    let provider = sites.controller_args(stage, 1)?;
+    let mut provider = all_modules_args()?;
+    provider.extend(sites.controller_args(stage, 1)?);
     let a = runtime.block_on(start_cluster(stage, CONSUMER, consumer, report))?;
     let b = runtime.block_on(start_cluster(stage, PROVIDER, provider, report))?;
     let clusters = Clusters { a, b };
@@ -110,12 +113,41 @@ pub fn act(
     Ok(clusters)
 }
 
+/// The network module's flags as both clusters use them: the same pod CIDRs
+/// and underlay reserved, the same remap pools.
+pub fn network_module_args() -> Vec<String> {
+    let mut args = vec!["--network".to_owned()];
+    for cidr in POD_CIDRS.iter().chain(&UNDERLAY_CIDRS) {
+        args.extend(["--reserved-cidr".into(), (*cidr).into()]);
+    }
+    for pool in REMAP_POOLS {
+        args.extend(["--remap-pool".into(), pool.into()]);
+    }
+    args
+}
+
+/// The demo's controllers run all three modules.
+fn all_modules_args() -> Result<Vec<String>> {
+    let mut args = network_module_args();
+    let virtual_kubelet = bins::path("strait-virtual-kubelet").map_err(anyhow::Error::msg)?;
+    args.extend([
+        "--authentication".into(),
+        "--offloading".into(),
+        "--virtual-kubelet-binary".into(),
+        virtual_kubelet.display().to_string(),
+        "--node-status-interval-ms".into(),
+        "500".into(),
+    ]);
+    Ok(args)
+}
+
 /// The cluster's API server, its one Node (registered as its kubelet
-/// would), and its strait-controller.
-async fn start_cluster(
+/// would), and its strait-controller with `module_args` (which modules, and
+/// their flags).
+pub async fn start_cluster(
     stage: &Stage,
     id: &'static str,
-    extra_args: Vec<String>,
+    module_args: Vec<String>,
     report: &mut Report,
 ) -> Result<Cluster> {
     let options = Options {
@@ -147,23 +179,8 @@ async fn start_cluster(
             &install.display().to_string(),
         ],
     )?;
-    let mut args: Vec<String> = ["--cluster-id", id, "--network"].map(String::from).to_vec();
-    for cidr in POD_CIDRS.iter().chain(&UNDERLAY_CIDRS) {
-        args.extend(["--reserved-cidr".into(), (*cidr).into()]);
-    }
-    for pool in REMAP_POOLS {
-        args.extend(["--remap-pool".into(), pool.into()]);
-    }
-    let virtual_kubelet = bins::path("strait-virtual-kubelet").map_err(anyhow::Error::msg)?;
-    args.extend([
-        "--authentication".into(),
-        "--offloading".into(),
-        "--virtual-kubelet-binary".into(),
-        virtual_kubelet.display().to_string(),
-        "--node-status-interval-ms".into(),
-        "500".into(),
-    ]);
-    args.extend(extra_args);
+    let mut args: Vec<String> = ["--cluster-id", id].map(String::from).to_vec();
+    args.extend(module_args);
     let binary = bins::path("strait-controller").map_err(anyhow::Error::msg)?;
     let mut command = std::process::Command::new(&binary);
     command
@@ -174,11 +191,31 @@ async fn start_cluster(
         .env("RUST_LIB_BACKTRACE", "0");
     let mut controller = process::spawn(command, stage.path(&format!("{id}-controller.log")))?;
     report.say(format!("{id} $ strait-controller {}", args.join(" ")));
-    let config_maps: Api<ConfigMap> = Api::namespaced(client, names::SYSTEM_NAMESPACE);
+    // The authentication module publishes the cluster identity; the
+    // network module alone shows it runs by the InternalNode of the Node.
+    let authentication = args.iter().any(|a| a == "--authentication");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), names::SYSTEM_NAMESPACE);
+    let internal_nodes: Api<InternalNode> = Api::all(client);
+    let node = format!("{id}-node1");
     let started = std::time::Instant::now();
     // Polled by hand: a controller that exits at start is reported at once.
-    let identity = loop {
-        let seen = get_json(&config_maps, names::identity::CLUSTER_IDENTITY_CONFIGMAP).await;
+    let running = loop {
+        let seen = if authentication {
+            get_json(&config_maps, names::identity::CLUSTER_IDENTITY_CONFIGMAP)
+                .await
+                .map(|cm| {
+                    format!(
+                        "clusterID {}",
+                        cm.pointer("/data/clusterID")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                    )
+                })
+        } else {
+            get_json(&internal_nodes, &node)
+                .await
+                .map(|_| format!("InternalNode {node} written"))
+        };
         match seen {
             Ok(found) => break Ok(found),
             Err(_) if !controller.alive() => break Err("strait-controller exited".to_owned()),
@@ -187,19 +224,14 @@ async fn start_cluster(
         }
     };
     let log = controller.log_text();
-    let identity =
-        identity.map_err(|e| format!("{e}\ncontroller log (last lines):\n{}", tail(&log, 20)));
-    if !report.check(
-        &format!("{id}: strait-controller runs and publishes the cluster identity"),
-        identity.map(|cm| {
-            format!(
-                "clusterID {}",
-                cm.pointer("/data/clusterID")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-            )
-        }),
-    ) {
+    let running =
+        running.map_err(|e| format!("{e}\ncontroller log (last lines):\n{}", tail(&log, 20)));
+    let what = if authentication {
+        "runs and publishes the cluster identity"
+    } else {
+        "runs its network module"
+    };
+    if !report.check(&format!("{id}: strait-controller {what}"), running) {
         anyhow::bail!("{id}'s controller is not running");
     }
     Ok(Cluster {

@@ -7,16 +7,16 @@
 //! the acts are done, also when a check fails; what a killed earlier run
 //! left is swept first.
 
-mod control_plane;
+pub mod control_plane;
 mod counters;
 mod fabric;
 mod gateways;
-mod k8s;
-mod network;
-mod process;
+pub mod k8s;
+pub mod network;
+pub mod process;
 mod report;
 mod service;
-mod sweep;
+pub mod sweep;
 
 use std::path::PathBuf;
 

@@ -49,6 +49,7 @@ use crate::{
     capture::Capture,
     gateway::{self, Internet, Process},
     netns::run,
+    probe::Prober,
     relay::ApiRelay,
     traffic::tcp_transfer_translated,
     NetNs, Veth,
@@ -56,8 +57,8 @@ use crate::{
 
 /// The pod of each cluster's node (the same address in both clusters).
 pub const PROVIDER_POD_V4: &str = "198.18.65.10";
-const POD_V4: &str = "198.18.65.10";
-const POD_V6: &str = "fd00:6:1::10";
+pub const POD_V4: &str = "198.18.65.10";
+pub const POD_V6: &str = "fd00:6:1::10";
 const GATEWAY_NODE: [&str; 2] = ["198.18.0.2", "fd00:f::2"];
 /// The veth between the gateway node and the gateway pod.
 const GATEWAY_NODE_LAN: [&str; 2] = ["198.18.1.1", "fd00:1::1"];
@@ -77,12 +78,12 @@ const ROUTER: &[&str] = &[
 ];
 
 /// One cluster's hosts.
-struct Site {
-    underlay: NetNs,
-    node: NetNs,
-    pod: NetNs,
-    gateway_node: NetNs,
-    gateway_pod: NetNs,
+pub struct Site {
+    pub underlay: NetNs,
+    pub node: NetNs,
+    pub pod: NetNs,
+    pub gateway_node: NetNs,
+    pub gateway_pod: NetNs,
 }
 
 fn sysctl(ns: &NetNs, settings: &[&str]) -> Result<()> {
@@ -181,10 +182,57 @@ impl Site {
     }
 }
 
+impl Site {
+    /// The gateway routes the peer's pods as seen here (`seen`, the
+    /// remapped ranges) into the tunnel itself; the gateway node sends
+    /// them to it (as a cluster's own routing to its gateway pod would).
+    pub fn route_to_gateway_pod(&self, seen: &[String]) -> Result<()> {
+        for (seen, via) in seen.iter().zip(GATEWAY_POD_LAN) {
+            self.gateway_node.ip(&["route", "add", seen, "via", via])?;
+        }
+        Ok(())
+    }
+
+    /// The fabric agents of this cluster (`id`: "a" or "b"): on the node,
+    /// following the RouteConfigurations; on the gateway node, following
+    /// the InternalNodes and the routes toward itself. Each: the host, its
+    /// role, `--from-cluster=` what, its `--config` file, and a destination
+    /// its pinned routes must come to include (`seen_v4`: the peer's
+    /// remapped IPv4 pods).
+    pub fn fabric_agents(
+        &self,
+        seen_v4: &str,
+    ) -> [(&NetNs, &'static str, &'static str, String, String); 2] {
+        [
+            (
+                &self.node,
+                "node",
+                "routes",
+                format!(
+                    "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
+                    NODE_UNDERLAY[0], NODE_UNDERLAY[1]
+                ),
+                seen_v4.to_owned(),
+            ),
+            (
+                &self.gateway_node,
+                "gateway node",
+                "all",
+                format!(
+                    "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
+                    GATEWAY_NODE[0], GATEWAY_NODE[1]
+                ),
+                NODE_POD_CIDRS[0].to_owned(),
+            ),
+        ]
+    }
+}
+
 /// Both clusters' hosts, made before the controllers start (a controller is
 /// told which namespace its gateways run in).
 pub struct Sites {
-    sites: Vec<Site>,
+    /// Cluster-a's, then cluster-b's.
+    pub sites: Vec<Site>,
     /// Per cluster, where its controller's gateway NAT agents pin their maps.
     gateway_nat_pins: Vec<TestPinDir>,
     _internet: Internet,
@@ -249,9 +297,9 @@ impl Sites {
     pub fn relay_gateway_nat_agents(
         &self,
         stage: &Stage,
-        clusters: &Clusters,
+        clusters: [&Cluster; 2],
     ) -> Result<Vec<ApiRelay>> {
-        [&clusters.a, &clusters.b]
+        clusters
             .into_iter()
             .enumerate()
             .map(|(index, cluster)| {
@@ -316,6 +364,15 @@ pub fn act(
         POD_CIDRS[0], POD_CIDRS[1]
     ));
     let mut views = Vec::new();
+    // From before the first network CR, a pod of cluster-a pings cluster-b's
+    // pod where cluster-a will see it (the remap pools leave one choice).
+    let first_applied = std::time::SystemTime::now();
+    let mut prober = Prober::start(
+        &sites.sites[0].pod,
+        &remap(POD_V4, POD_CIDRS[0], REMAP_POOLS[0])?,
+        Duration::from_millis(50),
+        1200,
+    )?;
     for (cluster, peer) in pair {
         let yaml = format!(
             "apiVersion: networking.strait.dev/v1beta1\nkind: Configuration\nmetadata:\n  name: {peer}\n  namespace: {ns}\n  labels:\n    {REMOTE_CLUSTER_ID}: {peer}\nspec:\n  local:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n  remote:\n    cidr:\n      pod: [{l4}, \"{l6}\"]\n",
@@ -388,7 +445,7 @@ pub fn act(
 
     let mut dataplane = Dataplane {
         _agents: Vec::new(),
-        _relays: sites.relay_gateway_nat_agents(stage, clusters)?,
+        _relays: sites.relay_gateway_nat_agents(stage, [&clusters.a, &clusters.b])?,
         fabric_pins: Vec::new(),
     };
     let nat_pin_roots: Vec<std::path::PathBuf> = sites
@@ -416,9 +473,7 @@ pub fn act(
         let peer = [&clusters.b, &clusters.a][own];
         // The gateway routes the peer's pods as seen here (the remapped
         // ranges) into the tunnel itself; the gateway node sends them to it.
-        for (seen, via) in views[own].iter().zip(GATEWAY_POD_LAN) {
-            site.gateway_node.ip(&["route", "add", seen, "via", via])?;
-        }
+        site.route_to_gateway_pod(&views[own])?;
         // The tunnel carries real addresses (the gateway accepts the peer's
         // real pod CIDRs), so the NAT sits on the tunnel interface: the
         // controller runs the gateway's NAT agent, which follows the network
@@ -497,28 +552,7 @@ pub fn act(
         // The fabric agents follow the cluster: routes on the node;
         // InternalNodes on the gateway node, and the routes toward it, whose
         // VNIs it terminates.
-        for (host, role, follow, config, expect) in [
-            (
-                &site.node,
-                "node",
-                "routes",
-                format!(
-                    "underlay: eth0\nencapInterfaces: [pod]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
-                    NODE_UNDERLAY[0], NODE_UNDERLAY[1]
-                ),
-                views[own][0].clone(),
-            ),
-            (
-                &site.gateway_node,
-                "gateway node",
-                "all",
-                format!(
-                    "underlay: eth0\nencapInterfaces: [tun0]\nlocalEndpoints: ['{}', '{}']\nnodeVni: {NODE_VNI}\n",
-                    GATEWAY_NODE[0], GATEWAY_NODE[1]
-                ),
-                NODE_POD_CIDRS[0].to_owned(),
-            ),
-        ] {
+        for (host, role, follow, config, expect) in site.fabric_agents(&views[own][0]) {
             let label = format!("{id}-{}", role.replace(' ', ""));
             let (agent, relay, pins) = start_fabric(stage, cluster, host, &label, follow, &config)?;
             report.say(format!(
@@ -552,6 +586,15 @@ pub fn act(
     report.say(format!(
         "pod {POD_V4} of cluster-a -> pod {POD_V4} of cluster-b, which cluster-a knows as {remote_v4} / {remote_v6}"
     ));
+    if let Ok(after) = prober
+        .first_reply()
+        .map(|at| at.duration_since(first_applied).unwrap_or_default())
+    {
+        report.say(format!(
+            "pod to pod: first echo {after:.1?} after the first network CR was applied (the demo checks every step in between; tests/tests/network_apply_to_first_packet.rs measures it alone)"
+        ));
+    }
+    drop(prober);
     let sniff = Capture::start(&site_b.pod, "eth0", "icmp", 2, 10)?;
     for target in [&remote_v4, &remote_v6] {
         let replies = gateway::ping(&site_a.pod, target, 3, "0.2");
@@ -638,7 +681,7 @@ pub fn act(
 }
 
 /// `strait-fabric run --from-cluster=<follow>` in `host`: see [`start_agent`].
-fn start_fabric(
+pub fn start_fabric(
     stage: &Stage,
     cluster: &Cluster,
     host: &NetNs,
@@ -678,7 +721,7 @@ fn relay_to_api(cluster: &Cluster, host: &NetNs, kubeconfig: &std::path::Path) -
 
 /// `strait-fabric <args>` in `host` with its own pin directory, reaching
 /// its cluster's API server through a relay; logs to `fabric-<label>.log`.
-fn start_agent(
+pub fn start_agent(
     stage: &Stage,
     cluster: &Cluster,
     host: &NetNs,
@@ -740,7 +783,7 @@ fn describe_routes(object: &Value, seen: &[String]) -> Result<String, String> {
 }
 
 /// Waits until the pinned IPv4 routes of `pins` include `destination`.
-fn wait_route(pins: &TestPinDir, destination: &str) -> Result<String, String> {
+pub fn wait_route(pins: &TestPinDir, destination: &str) -> Result<String, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let routes = PinDir::open(pins.path())
