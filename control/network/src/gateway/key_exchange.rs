@@ -96,18 +96,14 @@ async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Action,
             let identity = control_plane_identity(&ctx.client, remote).await?;
             let local_id = ctx.cluster_id.as_deref();
             peering_gateways::remove(&ctx.client, &fc, identity.as_ref(), local_id).await?;
-            if !deleting {
-                let removed = ConditionUpdate {
-                    type_: peering_gateways::CONDITION,
-                    status: ConditionStatus::False,
-                    reason: "NetworkNotSelected",
-                    message: format!(
-                        "spec.modules.network is off: the GatewayClient here and the \
-                         GatewayServer on {remote} that the peering made were removed"
-                    ),
-                };
-                publish(&ctx.client, &fc, [removed]).await?;
-            }
+        }
+        // A module left out reports nothing on the peering: the conditions
+        // of gateways made from it go (checked at every change, since other
+        // writers of the status may bring a stale copy back).
+        let mut kept = conditions(&fc);
+        kept.retain(|c| c.type_ != peering_gateways::CONDITION);
+        if !deleting && kept.len() != conditions(&fc).len() {
+            write_conditions(&ctx.client, &fc, kept).await?;
         }
         return Ok(Action::await_change());
     }
@@ -447,6 +443,15 @@ async fn publish<'a>(
     if !changed {
         return Ok(());
     }
+    write_conditions(client, fc, conditions).await
+}
+
+/// Writes `conditions` as the ForeignCluster's, keeping its role.
+async fn write_conditions(
+    client: &Client,
+    fc: &ForeignCluster,
+    conditions: Vec<strait_api::Condition>,
+) -> Result<(), kube::Error> {
     let role = fc
         .status
         .as_ref()
