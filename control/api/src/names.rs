@@ -27,6 +27,9 @@ pub mod finalizer {
     pub const RESOURCE_SLICE: &str = "authentication.strait.dev/slice-cleanup";
     /// Held by gateways until their tunnel and keys are gone.
     pub const GATEWAY: &str = "networking.strait.dev/gateway-cleanup";
+    /// Held by a consumer's ForeignCluster while the gateways its peering
+    /// created (a GatewayClient here, a GatewayServer on the provider) exist.
+    pub const PEERING_GATEWAYS: &str = "networking.strait.dev/peering-gateways";
     /// Held by Network and IP until their allocation is released.
     pub const IPAM: &str = "ipam.strait.dev/release-allocation";
     /// Held by a VirtualNode until its node is drained and its kubelet removed.
@@ -55,6 +58,10 @@ pub mod label {
     pub const VIRTUAL_NODE: &str = "offloading.strait.dev/virtual-node";
     /// On reflected objects: the namespace they come from on the consumer.
     pub const ORIGIN_NAMESPACE: &str = "offloading.strait.dev/origin-namespace";
+    /// On a GatewayServer/GatewayClient the network module created from a
+    /// peering (value "true"): only these does it update and remove; a
+    /// gateway without it is the user's.
+    pub const PEERING_GATEWAY: &str = "networking.strait.dev/peering-gateway";
     /// Marks a Secret as a tenant nonce.
     pub const NONCE_SECRET: &str = "authentication.strait.dev/nonce";
 }

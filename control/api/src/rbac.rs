@@ -40,21 +40,30 @@ pub const OFFLOADING_IN_TENANT_NAMESPACE: &[Rule] = &[Rule {
 }];
 
 /// What the network module does through a consumer's control-plane Identity
-/// in the consumer's tenant namespace on the provider (gateway key exchange,
-/// control/network/src/gateway/key_exchange.rs): find the provider's
-/// gateway for the peering, read its key, write its own as
-/// `remote-<gateway>`.
+/// in the consumer's tenant namespace on the provider
+/// (control/network/src/gateway/{key_exchange,peering_gateways}.rs): create,
+/// follow and remove the provider's GatewayServer for the peering, find a
+/// hand-made gateway there, read the provider's key, write (and remove) its
+/// own as `remote-<gateway>`.
 pub const NETWORK_IN_TENANT_NAMESPACE: &[Rule] = &[
     Rule {
         api_group: group::NETWORKING,
-        resources: &["gatewayservers", "gatewayclients"],
+        resources: &["gatewayservers"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        resource_names: &[],
+    },
+    Rule {
+        api_group: group::NETWORKING,
+        resources: &["gatewayclients"],
         verbs: &["get", "list", "watch"],
         resource_names: &[],
     },
     Rule {
         api_group: group::NETWORKING,
         resources: &["publickeys"],
-        verbs: &["get", "list", "watch", "create", "update", "patch"],
+        verbs: &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
         resource_names: &[],
     },
 ];

@@ -71,23 +71,13 @@ async fn exchange_condition(client: &Client, remote: &str) -> Option<(ConditionS
 async fn peered_clusters_exchange_gateway_keys_until_the_identity_is_revoked() {
     let a = Peer::start("cluster-a").await;
     let b = Peer::start("cluster-b").await;
-    apply_yaml(
-        &b.client(),
-        &documented("provider-bootstrap-rbac.yaml", "cluster-a", "cluster-b"),
-    )
-    .await;
-    apply_yaml(
-        &b.client(),
-        &documented("provider.yaml", "cluster-a", "cluster-b"),
-    )
-    .await;
-    apply_yaml(&a.client(), &consumer_yaml(&a, &b)).await;
+    peer(&a, &b).await;
     wait_authenticated(&a, "cluster-b").await;
 
     // The network module on both sides; the peering selects it.
     let exchanges = [
-        tokio::spawn(key_exchange::run(a.client())),
-        tokio::spawn(key_exchange::run(b.client())),
+        tokio::spawn(key_exchange::run(a.client(), Some("cluster-a".into()))),
+        tokio::spawn(key_exchange::run(b.client(), Some("cluster-b".into()))),
     ];
     Api::<strait_api::core::ForeignCluster>::all(a.client())
         .patch(

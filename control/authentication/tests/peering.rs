@@ -20,36 +20,6 @@ use strait_api::core::ForeignCluster;
 use strait_api::names::tenant_namespace;
 use strait_testkit::eventually;
 
-/// Applies the documented YAML for `consumer` → `provider`.
-async fn peer(consumer: &Peer, provider: &Peer) {
-    apply_yaml(
-        &provider.client(),
-        &documented("provider-bootstrap-rbac.yaml", &consumer.id, &provider.id),
-    )
-    .await;
-    apply_yaml(
-        &provider.client(),
-        &documented("provider.yaml", &consumer.id, &provider.id),
-    )
-    .await;
-    apply_yaml(&consumer.client(), &consumer_yaml(consumer, provider)).await;
-}
-
-/// `kubectl delete -f` of the same files.
-async fn unpeer(consumer: &Peer, provider: &Peer) {
-    delete_yaml(&consumer.client(), &consumer_yaml(consumer, provider)).await;
-    delete_yaml(
-        &provider.client(),
-        &documented("provider.yaml", &consumer.id, &provider.id),
-    )
-    .await;
-    delete_yaml(
-        &provider.client(),
-        &documented("provider-bootstrap-rbac.yaml", &consumer.id, &provider.id),
-    )
-    .await;
-}
-
 /// Everything peering-related still in a cluster, by kind and name.
 async fn leftovers(client: &Client) -> BTreeSet<String> {
     let mut left = BTreeSet::new();

@@ -1,6 +1,9 @@
-//! The tunnel of act 4, as a user sets it up with kubectl: a GatewayServer
-//! on cluster-b, a GatewayClient on cluster-a dialling the endpoint the
-//! server publishes; the peering of act 3 exchanges the gateways' keys. Each cluster's network module runs its `strait-gateway` (a child
+//! The tunnel of act 4, from the peering of act 3 alone: once the
+//! ForeignClusters select the network module, cluster-a's network module
+//! makes a GatewayServer on cluster-b (through its Identity) and a
+//! GatewayClient here dialling the endpoint the server publishes, and
+//! exchanges the gateways' keys; no gateway CR is written by hand. Each
+//! cluster's network module runs its `strait-gateway` (a child
 //! of its strait-controller, in the cluster's gateway pod namespace) and
 //! reports the tunnel in a Connection and the ForeignCluster's NetworkReady.
 
@@ -14,22 +17,19 @@ use kube::Api;
 use serde_json::Value;
 use strait_api::{
     core::ForeignCluster,
-    names::{self, label::REMOTE_CLUSTER_ID},
-    networking::{Connection, GatewayServer, PublicKey},
+    names::{self, label::PEERING_GATEWAY},
+    networking::{Connection, GatewayClient, GatewayServer, PublicKey},
 };
 use strait_gateway::status::GatewayStatus;
-use strait_network::gateway::{key_exchange, local_key_name, remote_key_name};
+use strait_network::gateway::{key_exchange, local_key_name, peering_gateways, remote_key_name};
 use tokio::runtime::Runtime;
 
 use super::{
-    control_plane::{Cluster, Clusters},
+    control_plane::Clusters,
     k8s::{get_json, kubectl, wait_condition, wait_for, STEP},
     Report, Stage,
 };
 use crate::gateway::underlay_v4;
-
-/// The WireGuard port of cluster-b's gateway server.
-const WIREGUARD_PORT: u16 = 51_871;
 
 /// Where cluster `index`'s controller keeps its gateways' files.
 pub fn state_dir(stage: &Stage, index: usize) -> PathBuf {
@@ -94,21 +94,6 @@ pub struct Tunnel {
     pub gateways: [GatewayRef; 2],
 }
 
-fn apply(stage: &Stage, cluster: &Cluster, file: &str, yaml: &str, report: &Report) -> Result<()> {
-    let path = stage.path(file);
-    std::fs::write(&path, yaml)?;
-    report.say(format!(
-        "{} $ kubectl apply --server-side -f {file}",
-        cluster.id
-    ));
-    let out = kubectl(
-        &cluster.kubeconfig,
-        &["apply", "--server-side", "-f", &path.display().to_string()],
-    )?;
-    report.say(out.lines().map(|l| format!("  {l}\n")).collect::<String>());
-    Ok(())
-}
-
 pub fn act(
     runtime: &Runtime,
     stage: &Stage,
@@ -147,17 +132,23 @@ pub fn act(
         )?;
     }
 
-    let applied = Instant::now();
-    let server = format!(
-        "apiVersion: networking.strait.dev/v1beta1\nkind: GatewayServer\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    {REMOTE_CLUSTER_ID}: {peer}\nspec:\n  mtu: 1420\n  endpoint:\n    port: {WIREGUARD_PORT}\n    serviceType: ClusterIP\n",
-        name = gw_b.name,
-        ns = gw_b.namespace,
-        peer = a.id,
+    let selected = Instant::now();
+    report.say(
+        "nobody writes a gateway CR: cluster-a's network module makes the peering's gateways \
+         itself, the GatewayServer <cluster-a> in its tenant namespace on cluster-b (through \
+         the control-plane Identity cluster-b issued it) and, once that server publishes its \
+         endpoint, the GatewayClient <cluster-b> here dialling it",
     );
-    apply(stage, b, "gateway-server.yaml", &server, report)?;
     let servers: Api<GatewayServer> = Api::namespaced(b.client(), &gw_b.namespace);
     let endpoint = runtime.block_on(wait_for(STEP, || async {
         let server = get_json(&servers, &gw_b.name).await?;
+        if server.pointer(&format!(
+            "/metadata/labels/{}",
+            PEERING_GATEWAY.replace('/', "~1")
+        )) != Some(&Value::from("true"))
+        {
+            return Err(format!("GatewayServer {} is not the peering's", gw_b.name));
+        }
         let endpoint = server
             .pointer("/status/endpoint")
             .cloned()
@@ -175,8 +166,8 @@ pub fn act(
     }));
     let published = report.check(
         &format!(
-            "{}: GatewayServer {} publishes where to dial it",
-            b.id, gw_b.name
+            "{}: the peering made GatewayServer {}/{}, which publishes where to dial it",
+            b.id, gw_b.namespace, gw_b.name
         ),
         endpoint
             .clone()
@@ -188,13 +179,42 @@ pub fn act(
     if !published || address != advertise_address(1) {
         bail!("cluster-b's gateway server is at {address}, not on the internet bridge");
     }
-    let client = format!(
-        "apiVersion: networking.strait.dev/v1beta1\nkind: GatewayClient\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    {REMOTE_CLUSTER_ID}: {peer}\nspec:\n  mtu: 1420\n  endpoint:\n    addresses: [\"{address}\"]\n    port: {port}\n",
-        name = gw_a.name,
-        ns = gw_a.namespace,
-        peer = b.id,
+    let clients: Api<GatewayClient> = Api::namespaced(a.client(), &gw_a.namespace);
+    let dialled = runtime.block_on(wait_for(STEP, || async {
+        let client = get_json(&clients, &gw_a.name).await?;
+        let to = (
+            client
+                .pointer("/spec/endpoint/addresses/0")
+                .and_then(Value::as_str),
+            client
+                .pointer("/spec/endpoint/port")
+                .and_then(Value::as_i64),
+        );
+        match to {
+            (Some(a), Some(p)) if a == address && p == port => Ok(format!(
+                "spec.endpoint {a}:{p}, MTU {}",
+                client.pointer("/spec/mtu").unwrap_or(&Value::Null)
+            )),
+            other => Err(format!("GatewayClient {} dials {other:?}", gw_a.name)),
+        }
+    }));
+    report.check(
+        &format!(
+            "{}: the peering made GatewayClient {}/{} dialling that endpoint",
+            a.id, gw_a.namespace, gw_a.name
+        ),
+        dialled,
     );
-    apply(stage, a, "gateway-client.yaml", &client, report)?;
+    let foreign: Api<ForeignCluster> = Api::all(a.client());
+    report.check(
+        &format!(
+            "{}: ForeignCluster {} {}",
+            a.id,
+            b.id,
+            peering_gateways::CONDITION
+        ),
+        runtime.block_on(wait_condition(&foreign, b.id, peering_gateways::CONDITION)),
+    );
 
     report.say(
         "the key exchange is the peering's: cluster-a's network module, through the \
@@ -258,8 +278,8 @@ pub fn act(
                 .unwrap_or("");
             if state == "Connected" {
                 Ok(format!(
-                    "Connected {:.1?} after the GatewayServer was applied; {message}",
-                    applied.elapsed()
+                    "Connected {:.1?} after the network module was selected; {message}",
+                    selected.elapsed()
                 ))
             } else {
                 Err(format!("{state}: {message}"))

@@ -167,6 +167,36 @@ pub fn consumer_yaml(consumer: &Peer, provider: &Peer) -> String {
         .replace("    PROVIDER-KUBECONFIG\n", &indented)
 }
 
+/// Applies the documented YAML for `consumer` → `provider`.
+pub async fn peer(consumer: &Peer, provider: &Peer) {
+    apply_yaml(
+        &provider.client(),
+        &documented("provider-bootstrap-rbac.yaml", &consumer.id, &provider.id),
+    )
+    .await;
+    apply_yaml(
+        &provider.client(),
+        &documented("provider.yaml", &consumer.id, &provider.id),
+    )
+    .await;
+    apply_yaml(&consumer.client(), &consumer_yaml(consumer, provider)).await;
+}
+
+/// `kubectl delete -f` of the same files.
+pub async fn unpeer(consumer: &Peer, provider: &Peer) {
+    delete_yaml(&consumer.client(), &consumer_yaml(consumer, provider)).await;
+    delete_yaml(
+        &provider.client(),
+        &documented("provider.yaml", &consumer.id, &provider.id),
+    )
+    .await;
+    delete_yaml(
+        &provider.client(),
+        &documented("provider-bootstrap-rbac.yaml", &consumer.id, &provider.id),
+    )
+    .await;
+}
+
 /// What `kubectl apply -f` does with each document: server-side apply.
 pub async fn apply_yaml(client: &Client, yaml: &str) {
     for document in serde_norway::Deserializer::from_str(yaml) {

@@ -241,7 +241,7 @@ pub async fn run(client: Client, settings: Settings) {
     tokio::join!(
         run_kind::<GatewayServer>(context.clone()),
         run_kind::<GatewayClient>(context.clone()),
-        super::key_exchange::run(context.client.clone())
+        super::key_exchange::run(context.client.clone(), context.settings.cluster_id.clone())
     );
 }
 

@@ -13,6 +13,10 @@
 //! kubeconfig Secrets, never the authentication module's code. Without an
 //! Identity nothing happens here, and hand-applied PublicKeys keep working.
 //! The outcome is the ForeignCluster condition [`CONDITION`].
+//!
+//! Before the exchange, the same reconcile makes the peering's gateways
+//! themselves ([`super::peering_gateways`]), so a peering that selects the
+//! network module needs no hand-written gateway at all.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +38,7 @@ use strait_api::{
 };
 use tracing::warn;
 
-use super::{local_key_name, remote_key_name};
+use super::{local_key_name, peering_gateways, remote_key_name};
 
 pub const FIELD_MANAGER: &str = "strait-network-key-exchange";
 /// The ForeignCluster condition this controller owns.
@@ -54,12 +58,17 @@ pub enum Error {
 
 struct Context {
     client: Client,
+    /// This cluster's ID when the controller was given one.
+    cluster_id: Option<String>,
 }
 
-/// Exchanges keys for every ForeignCluster that selects the network module.
-pub async fn run(client: Client) {
+/// Makes the gateways of, and exchanges keys for, every ForeignCluster that
+/// selects the network module. `cluster_id` is this cluster's ID (read
+/// from the cluster identity ConfigMap when None).
+pub async fn run(client: Client, cluster_id: Option<String>) {
     let context = Arc::new(Context {
         client: client.clone(),
+        cluster_id,
     });
     Controller::new(
         Api::<ForeignCluster>::all(client),
@@ -80,22 +89,42 @@ fn error_policy(_: Arc<ForeignCluster>, error: &Error, _: Arc<Context>) -> Actio
 }
 
 async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if !fc.spec.modules.network {
+    let remote = &fc.spec.cluster_id;
+    let deleting = fc.metadata.deletion_timestamp.is_some();
+    if deleting || !fc.spec.modules.network {
+        if peering_gateways::holds_finalizer(&fc) {
+            let identity = control_plane_identity(&ctx.client, remote).await?;
+            let local_id = ctx.cluster_id.as_deref();
+            peering_gateways::remove(&ctx.client, &fc, identity.as_ref(), local_id).await?;
+        }
+        // A module left out reports nothing on the peering: the conditions
+        // of gateways made from it go (checked at every change, since other
+        // writers of the status may bring a stale copy back).
+        let mut kept = conditions(&fc);
+        kept.retain(|c| c.type_ != peering_gateways::CONDITION);
+        if !deleting && kept.len() != conditions(&fc).len() {
+            write_conditions(&ctx.client, &fc, kept).await?;
+        }
         return Ok(Action::await_change());
     }
-    let remote = &fc.spec.cluster_id;
     let outcome = match control_plane_identity(&ctx.client, remote).await? {
-        Some(identity) => exchange(&ctx.client, remote, &identity).await?,
+        Some(identity) => {
+            peering_gateways::hold(&ctx.client, &fc).await?;
+            let local_id = ctx.cluster_id.as_deref();
+            let gateways = peering_gateways::ensure(&ctx.client, &fc, &identity, local_id).await?;
+            let keys = exchange(&ctx.client, remote, &identity).await?;
+            vec![gateways, keys]
+        }
         // A provider, or a peering without the authentication module, has
         // no Identity and needs none; an exchange on record that lost its
         // Identity says so.
-        None if find_condition(&conditions(&fc), CONDITION).is_some() => not(
+        None if find_condition(&conditions(&fc), CONDITION).is_some() => vec![not(
             "NoIdentity",
             format!(
                 "no control-plane Identity for {remote} any more: gateway keys are no longer \
                  exchanged with it (apply the peer's PublicKey by hand, or peer again)"
             ),
-        ),
+        )],
         None => return Ok(Action::requeue(RESYNC)),
     };
     publish(&ctx.client, &fc, outcome).await?;
@@ -204,7 +233,7 @@ fn single(found: Vec<GatewayRef>, where_: &str) -> Result<GatewayRef, (&'static 
 
 /// A client acting as the Identity, from the kubeconfig Secret the
 /// authentication module (or a person) wrote for it.
-async fn identity_client(
+pub(super) async fn identity_client(
     client: &Client,
     identity: &Identity,
 ) -> Result<Result<Client, String>, kube::Error> {
@@ -256,14 +285,25 @@ async fn remote_client(yaml: &str) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("unusable kubeconfig: {e}"))
 }
 
-/// What a failed call to the provider means for the peering.
-fn provider_failure(identity: &Identity, error: &kube::Error) -> ConditionUpdate<'static> {
+/// What a failed call to the provider means for the peering, as condition
+/// `type_`.
+pub(super) fn provider_failure(
+    type_: &'static str,
+    identity: &Identity,
+    error: &kube::Error,
+) -> ConditionUpdate<'static> {
+    let not = |reason, message| ConditionUpdate {
+        type_,
+        status: ConditionStatus::False,
+        reason,
+        message,
+    };
     match error {
         kube::Error::Api(status) if status.code == 401 || status.code == 403 => not(
             "IdentityRejected",
             format!(
                 "the provider refused Identity {}/{} ({}): the peering was revoked or its \
-                 credentials expired, so gateway keys are no longer exchanged",
+                 credentials expired, so nothing more is done on the provider for the network",
                 identity.namespace().unwrap_or_default(),
                 identity.name_any(),
                 status.message
@@ -338,11 +378,11 @@ async fn exchange(
             Ok(gateway) => gateway,
             Err((reason, message)) => return Ok(not(reason, message)),
         },
-        Err(error) => return Ok(provider_failure(identity, &error)),
+        Err(error) => return Ok(provider_failure(CONDITION, identity, &error)),
     };
     let peer_keys: Api<PublicKey> = Api::namespaced(provider, tenant);
     if let Err(error) = put_key(&peer_keys, &remote_key_name(&peer.name), &own_key).await {
-        return Ok(provider_failure(identity, &error));
+        return Ok(provider_failure(CONDITION, identity, &error));
     }
     let peer_key = match key_of(&peer_keys, &local_key_name(&peer.name)).await {
         Ok(Some(key)) => key,
@@ -356,7 +396,7 @@ async fn exchange(
                 ),
             ))
         }
-        Err(error) => return Ok(provider_failure(identity, &error)),
+        Err(error) => return Ok(provider_failure(CONDITION, identity, &error)),
     };
     put_key(&own_keys, &remote_key_name(&own.name), &peer_key).await?;
     let endpoint = peer
@@ -387,17 +427,31 @@ async fn exchange(
     })
 }
 
-/// Sets [`CONDITION`] on the ForeignCluster, keeping the other conditions.
-async fn publish(
+/// Sets this controller's conditions on the ForeignCluster, keeping the
+/// other conditions.
+async fn publish<'a>(
     client: &Client,
     fc: &ForeignCluster,
-    update: ConditionUpdate<'_>,
+    updates: impl IntoIterator<Item = ConditionUpdate<'a>>,
 ) -> Result<(), kube::Error> {
     let mut conditions = conditions(fc);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    if !set_condition(&mut conditions, update, fc.metadata.generation, &now) {
+    let mut changed = false;
+    for update in updates {
+        changed |= set_condition(&mut conditions, update, fc.metadata.generation, &now);
+    }
+    if !changed {
         return Ok(());
     }
+    write_conditions(client, fc, conditions).await
+}
+
+/// Writes `conditions` as the ForeignCluster's, keeping its role.
+async fn write_conditions(
+    client: &Client,
+    fc: &ForeignCluster,
+    conditions: Vec<strait_api::Condition>,
+) -> Result<(), kube::Error> {
     let role = fc
         .status
         .as_ref()

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod in_cluster;
 pub mod key_exchange;
 pub mod local;
+pub mod peering_gateways;
 pub mod readiness;
 pub mod template;
 
