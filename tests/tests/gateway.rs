@@ -280,6 +280,47 @@ fn gateways_learn_each_others_spec_mtu_and_a_server_fits_the_ipv4_underlay() {
     }
 }
 
+/// The embedded (boringtun) datapath follows the shared first-handshake
+/// schedule: a client whose first initiations reach a server not running
+/// yet connects within about a second of the server starting, not after
+/// WireGuard's 5 s retry.
+#[test]
+fn an_embedded_client_reaches_a_late_server_without_waiting_for_rekey_timeout() {
+    let sites = Sites::new("late-server");
+    // The server's key is known before it runs, so the client can start first.
+    let server_key = strait_gateway::PrivateKey::generate();
+    let server_secret = sites.scratch.path("server.key");
+    std::fs::write(&server_secret, server_key.to_secret_text()).unwrap();
+    server_key
+        .public_key()
+        .publish(&sites.server_key_file())
+        .unwrap();
+    let args = ["--wireguard", "userspace", "--datapath", "embedded"];
+    let client_started = Instant::now();
+    let mut client = sites.start_client(&underlay_v4(1), &args);
+    // Its first initiations go to a port nobody listens on yet.
+    std::thread::sleep(Duration::from_millis(1200));
+    let server_started = Instant::now();
+    let mut server = sites.start_server(
+        &args,
+        &format!("privateKeyFile: {}\n", server_secret.display()),
+    );
+    client
+        .wait_status(CONNECT_LIMIT, |s| {
+            s.connection.last_handshake_time.is_some()
+        })
+        .unwrap();
+    let after_server = server_started.elapsed();
+    let after_client = client_started.elapsed();
+    assert!(
+        after_server < Duration::from_millis(2500),
+        "connected {after_server:?} after the server started ({after_client:?} after the \
+         client): WireGuard alone would retry 5 s after the first initiation"
+    );
+    connected(&mut server);
+    assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 3, "0.2"), 3);
+}
+
 #[test]
 fn the_peers_cidrs_are_routed_into_the_tunnel_and_accepted_from_it() {
     for datapath in ["fast", "embedded"] {

@@ -14,7 +14,7 @@ use std::{
 use crate::{
     backend::{self, Backend, KernelProbe, UserspaceDatapath, WireguardMode},
     config::PeerKeySource,
-    defguard::{interface_configuration, DefguardDevice},
+    defguard::{interface_configuration, DefguardDevice, FirstHandshakeDriver},
     fast::FastDevice,
     metrics, mtu, probe,
     status::{assess, ProbeState},
@@ -103,6 +103,12 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
                 &peer_key,
             )?)
         }
+    };
+    // The fast datapath runs the first-handshake schedule itself; the
+    // others are driven on it from here.
+    let mut first_handshake = match &datapath {
+        Datapath::Defguard(_) => Some(FirstHandshakeDriver::new(plan, &peer_key, Instant::now())),
+        Datapath::Fast(_) => None,
     };
     let probe_state = Arc::new(Mutex::new(ProbeState::default()));
     let probing = plan.peer_addresses.first().copied();
@@ -196,6 +202,10 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
                         tracing::info!(peer_key = %new, "the peer's key changed");
                         peer_key = new;
                         switch_peer_key(&datapath, plan, mtu, &key, &peer_key);
+                        if first_handshake.is_some() {
+                            first_handshake =
+                                Some(FirstHandshakeDriver::new(plan, &peer_key, Instant::now()));
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reading the peer's public key"),
@@ -203,6 +213,13 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             }
         }
         let stats = datapath.stats(&peer_key);
+        if let (Datapath::Defguard(device), Some(driver)) = (&datapath, first_handshake.as_mut()) {
+            match driver.tick(device, stats.last_handshake.is_some(), Instant::now()) {
+                Ok(true) => tracing::debug!("first handshake started over"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "starting the first handshake over"),
+            }
+        }
         // Path MTU: what the kernel learnt toward the peer (ICMP "too big"
         // answers included) lowers the tunnel MTU, so senders behind the
         // tunnel get told instead of their packets being fragmented or lost.
@@ -259,7 +276,14 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         if let Ok(mut s) = shared_status.lock() {
             *s = Some(status);
         }
-        std::thread::sleep(Duration::from_millis(250));
+        // Sooner when the first-handshake schedule is due before the next round.
+        let round = Duration::from_millis(250);
+        let pause = first_handshake
+            .as_ref()
+            .and_then(FirstHandshakeDriver::next_due)
+            .map_or(round, |due| due.saturating_duration_since(Instant::now()))
+            .clamp(Duration::from_millis(10), round);
+        std::thread::sleep(pause);
     };
     controls.stop.store(true, Ordering::Relaxed);
     match datapath {

@@ -11,8 +11,10 @@
 //!   thread, so packets of a flow are never reordered; encryption and
 //!   decryption run on different cores.
 
-pub mod first_handshake;
 pub mod peer;
+
+/// The schedule lives at the crate's root: every datapath shares it.
+pub use crate::first_handshake;
 pub mod udp;
 
 use std::{
