@@ -207,6 +207,120 @@ fn the_tunnel_mtu_follows_the_path() {
     assert!(!ok && said.contains("mtu=1280"), "{said}");
 }
 
+/// Each gateway learns the other's spec MTU from its probes through the
+/// tunnel, and a server fits its own MTU to the family its client really
+/// comes over: 1440 fits a 1500-byte IPv4 path (60 bytes of overhead) but
+/// not an IPv6 one (80), so a server that assumed IPv6 would report 1420.
+#[test]
+fn gateways_learn_each_others_spec_mtu_and_a_server_fits_the_ipv4_underlay() {
+    for datapath in ["fast", "embedded"] {
+        let sites = Sites::new("peer-mtu");
+        let args = ["--wireguard", "userspace", "--datapath", datapath];
+        let config = server_config(
+            &unique_ifname("gs"),
+            PORT,
+            &sites.client_key_file(),
+            &sites.server_key_file(),
+            &Tunnel,
+            "",
+        )
+        .replace("server: { endpoint:", "server: { mtu: 1440, endpoint:");
+        let mut server =
+            Gateway::start(&sites.server, &sites.scratch, "server", &config, &args).unwrap();
+        let config = client_config(
+            &unique_ifname("gc"),
+            &underlay_v4(1),
+            PORT,
+            &sites.server_key_file(),
+            &sites.client_key_file(),
+            &Tunnel,
+            "",
+        )
+        .replace("client: { endpoint:", "client: { mtu: 1400, endpoint:");
+        let mut client =
+            Gateway::start(&sites.client, &sites.scratch, "client", &config, &args).unwrap();
+        connected(&mut client);
+        let server_status = server
+            .wait_status(CONNECT_LIMIT, |s| {
+                s.peer_mtu.is_some() && s.underlay.is_some()
+            })
+            .unwrap();
+        assert_eq!(
+            server_status.underlay.as_deref(),
+            Some("IPv4"),
+            "{datapath}"
+        );
+        assert_eq!(
+            server_status.mtu, 1440,
+            "{datapath}: fitted to IPv4's overhead"
+        );
+        assert_eq!(
+            server_status.peer_mtu,
+            Some(1400),
+            "{datapath}: the client's spec"
+        );
+        let client_status = client
+            .wait_status(CONNECT_LIMIT, |s| s.peer_mtu.is_some())
+            .unwrap();
+        assert_eq!(
+            client_status.peer_mtu,
+            Some(1440),
+            "{datapath}: the server's spec"
+        );
+        assert_eq!(client_status.mtu, 1400, "{datapath}");
+        // The server's interface really has the fitted MTU.
+        let link = sites
+            .server
+            .command("ip")
+            .args(["-o", "link", "show", "dev", &server_status.interface])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout).to_string();
+        assert!(link.contains(" mtu 1440 "), "{datapath}: {link}");
+    }
+}
+
+/// The embedded (boringtun) datapath follows the shared first-handshake
+/// schedule: a client whose first initiations reach a server not running
+/// yet connects within about a second of the server starting, not after
+/// WireGuard's 5 s retry.
+#[test]
+fn an_embedded_client_reaches_a_late_server_without_waiting_for_rekey_timeout() {
+    let sites = Sites::new("late-server");
+    // The server's key is known before it runs, so the client can start first.
+    let server_key = strait_gateway::PrivateKey::generate();
+    let server_secret = sites.scratch.path("server.key");
+    std::fs::write(&server_secret, server_key.to_secret_text()).unwrap();
+    server_key
+        .public_key()
+        .publish(&sites.server_key_file())
+        .unwrap();
+    let args = ["--wireguard", "userspace", "--datapath", "embedded"];
+    let client_started = Instant::now();
+    let mut client = sites.start_client(&underlay_v4(1), &args);
+    // Its first initiations go to a port nobody listens on yet.
+    std::thread::sleep(Duration::from_millis(1200));
+    let server_started = Instant::now();
+    let mut server = sites.start_server(
+        &args,
+        &format!("privateKeyFile: {}\n", server_secret.display()),
+    );
+    client
+        .wait_status(CONNECT_LIMIT, |s| {
+            s.connection.last_handshake_time.is_some()
+        })
+        .unwrap();
+    let after_server = server_started.elapsed();
+    let after_client = client_started.elapsed();
+    assert!(
+        after_server < Duration::from_millis(2500),
+        "connected {after_server:?} after the server started ({after_client:?} after the \
+         client): WireGuard alone would retry 5 s after the first initiation"
+    );
+    connected(&mut server);
+    assert_eq!(ping(&sites.client, Tunnel::SERVER_V4, 3, "0.2"), 3);
+}
+
 #[test]
 fn the_peers_cidrs_are_routed_into_the_tunnel_and_accepted_from_it() {
     for datapath in ["fast", "embedded"] {

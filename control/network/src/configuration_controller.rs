@@ -15,7 +15,7 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
 };
 use strait_api::{
-    condition::{set_condition, ConditionStatus, ConditionUpdate},
+    condition::{find_condition, set_condition, Condition, ConditionStatus, ConditionUpdate},
     ipam::Network,
     names::label::REMOTE_CLUSTER_ID,
     networking::{ClusterCidrs, ClusterNetwork, Configuration, NatConfiguration},
@@ -58,6 +58,23 @@ pub async fn run(client: Client) {
         }
     })
     .await;
+}
+
+/// The conditions a controller applies when it owns only `update`'s type
+/// (`status.conditions` merges by type in server-side apply, so the others'
+/// stay): that one condition, its transition time kept from `existing`
+/// unless the status changed; and whether it differs from the one there.
+pub(crate) fn own_condition(
+    existing: &[Condition],
+    update: ConditionUpdate<'_>,
+    generation: Option<i64>,
+) -> (Vec<Condition>, bool) {
+    let mut own: Vec<Condition> = find_condition(existing, update.type_)
+        .cloned()
+        .into_iter()
+        .collect();
+    let changed = set_condition(&mut own, update, generation, &Time(Timestamp::now()));
+    (own, changed)
 }
 
 fn error_policy(_: Arc<Configuration>, _: &Error, _: Arc<Context>) -> Action {
@@ -168,30 +185,30 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Context>) -> Result<Acti
         }
     };
     let ready = condition.status == ConditionStatus::True;
-    let condition_changed = set_condition(
-        &mut status.conditions,
-        condition,
-        config.metadata.generation,
-        &Time(Timestamp::now()),
-    );
+    // Only this controller's fields: `status.conditions` merges by type, so
+    // the route controller's RoutesReady (and its `vni`) stay as they are.
+    let (conditions, condition_changed) =
+        own_condition(&status.conditions, condition, config.metadata.generation);
     let action = if ready {
         Action::await_change()
     } else {
         Action::requeue(Duration::from_secs(5))
     };
-    // The status carries the route controller's fields too (vni,
-    // RoutesReady): rewriting them unchanged from a cache older than its
-    // last write would undo it, and each controller's write would wake the
-    // other again.
+    // An unchanged write would still wake the route controller (and through
+    // it this one) again.
     let remote_changed =
         config.status.as_ref().and_then(|s| s.remote.as_ref()) != status.remote.as_ref();
     if !condition_changed && !remote_changed {
         return Ok(action);
     }
+    let mut own_status = serde_json::json!({ "conditions": conditions });
+    if let Some(remote) = &status.remote {
+        own_status["remote"] = serde_json::to_value(remote)?;
+    }
     let patch = serde_json::json!({
         "apiVersion": "networking.strait.dev/v1beta1",
         "kind": "Configuration",
-        "status": serde_json::to_value(&status)?,
+        "status": own_status,
     });
     Api::<Configuration>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(&config.name_any(), &apply, &Patch::Apply(&patch))

@@ -22,8 +22,9 @@
 
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
+use crate::configuration_controller::own_condition;
 use futures::StreamExt as _;
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
@@ -32,7 +33,7 @@ use kube::{
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use strait_api::{
-    condition::{set_condition, ConditionStatus, ConditionUpdate},
+    condition::{ConditionStatus, ConditionUpdate},
     names::label::REMOTE_CLUSTER_ID,
     networking::{
         Configuration, GatewayClient, GatewayServer, InternalEndpoint, RouteConfiguration,
@@ -431,21 +432,21 @@ async fn remove_routes(api: &Api<RouteConfiguration>, name: &str) -> Result<(), 
     }
 }
 
-/// Writes `RoutesReady` when it changed, keeping the other conditions (the
-/// Configuration controller owns `Ready`).
+/// Writes `RoutesReady` when it changed. Only that condition is applied:
+/// the list merges by type, so the Configuration controller's `Ready` stays.
 async fn write_condition(
     config: &Configuration,
     ctx: &Context,
     namespace: &str,
     condition: ConditionUpdate<'_>,
 ) -> Result<(), Error> {
-    let mut conditions = config
+    let existing = config
         .status
         .as_ref()
-        .map(|s| s.conditions.clone())
+        .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let now = Time(Timestamp::now());
-    if !set_condition(&mut conditions, condition, config.metadata.generation, &now) {
+    let (conditions, changed) = own_condition(existing, condition, config.metadata.generation);
+    if !changed {
         return Ok(());
     }
     let patch = json!({

@@ -42,8 +42,10 @@ const PEER_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 
 /// A stand-in for strait-gateway with its file contract: `--config C
 /// --status-file S`; writes `public.key` next to the config at once, and a
-/// status (Connected once `peer.key` exists; tunnel MTU from the file `mtu`
-/// if there is one) 5 times a second; records its pid so the test can kill it.
+/// status (Connected once `peer.key` exists, over an IPv4 underlay; tunnel
+/// MTU from the file `mtu` and the peer's announced spec MTU from
+/// `peer-mtu`, if there are) 5 times a second; records its pid so the test
+/// can kill it.
 const FAKE_GATEWAY: &str = r#"#!/bin/sh
 config="$2"; status="$4"; dir=$(dirname "$config")
 echo $$ > "$dir/pid"
@@ -56,7 +58,8 @@ while :; do
     connection='{"value":"Connecting","message":"no WireGuard handshake with the peer yet"}'
   fi
   mtu=$(cat "$dir/mtu" 2>/dev/null || echo 1420)
-  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":'$mtu',"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
+  peer_mtu=$(cat "$dir/peer-mtu" 2>/dev/null || echo 1420)
+  printf '{"role":"server","backend":"fake","interface":"x","publicKey":"k","mtu":'$mtu',"underlay":"IPv4","peerMtu":'$peer_mtu',"txBytes":10,"rxBytes":20,"probesSent":0,"probesAnswered":0,"connection":%s}' "$connection" > "$status.tmp"
   mv "$status.tmp" "$status"
   sleep 0.2
 done
@@ -309,6 +312,28 @@ async fn a_local_gateway_is_configured_published_restarted_and_removed() {
     .await;
     std::fs::remove_file(dir.join("mtu")).expect("mtu file");
     eventually("NetworkReady again", STEP, || async {
+        network_ready(&client).await == Some(("True".into(), "Connected".into()))
+    })
+    .await;
+    // The peer gateway announces another spec.mtu through the tunnel: the
+    // peering names both numbers.
+    std::fs::write(dir.join("peer-mtu"), "1380").expect("peer-mtu file");
+    eventually("NetworkReady MtuMismatch with both MTUs", STEP, || async {
+        let fc = Api::<ForeignCluster>::all(client.clone())
+            .get_opt(REMOTE)
+            .await
+            .ok()
+            .flatten();
+        fc.and_then(|fc| find_condition(&fc.status?.conditions, "NetworkReady").cloned())
+            .is_some_and(|c| {
+                c.reason == "MtuMismatch"
+                    && c.message.contains("spec.mtu 1420")
+                    && c.message.contains("announces spec.mtu 1380")
+            })
+    })
+    .await;
+    std::fs::remove_file(dir.join("peer-mtu")).expect("peer-mtu file");
+    eventually("NetworkReady once more", STEP, || async {
         network_ready(&client).await == Some(("True".into(), "Connected".into()))
     })
     .await;

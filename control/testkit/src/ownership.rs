@@ -2,8 +2,12 @@
 //!
 //! A simplified model of the API server's structured-merge-diff:
 //! - A manager owns leaf fields. Maps (objects) are granular, down to single
-//!   labels and annotations; lists and scalars are atomic leaves (no
-//!   `listType=map` merging by key, so two managers cannot share one list).
+//!   labels and annotations; scalars are leaves, and so are lists, except
+//!   those the schema declares `x-kubernetes-list-type: map`: their items
+//!   are addressed by their key fields (`k:{"type":"Ready"}`, as in
+//!   `fieldsV1`) and merged by key, so managers can each own their items
+//!   (a `status.conditions` entry per condition type, say). An item whose
+//!   last owned field goes is removed.
 //! - Of `metadata`, only `labels`, `annotations`, `finalizers` and
 //!   `ownerReferences` are owned; everything else is the server's.
 //! - Apply: a field the applier sets that another manager owns with a
@@ -17,8 +21,9 @@
 //!   `/status` owns only `status`, an apply to the main resource of a kind
 //!   with a status subresource never owns `status`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Map, Value};
 
 use crate::meta;
@@ -40,6 +45,95 @@ impl Scope {
     }
 }
 
+/// The lists of a kind that merge by key (`x-kubernetes-list-type: map`):
+/// their path of field names (items left out) and key fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListMaps(BTreeMap<Vec<String>, Vec<String>>);
+
+impl ListMaps {
+    /// The list-maps of the served version of a CRD's schema.
+    pub fn from_crd(crd: &CustomResourceDefinition) -> Self {
+        let mut lists = ListMaps::default();
+        let schema = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.served)
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok());
+        if let Some(schema) = schema {
+            lists.walk(&schema, &mut Vec::new());
+        }
+        lists
+    }
+
+    /// `keys` identify the items of the list at `path` (field names only).
+    #[cfg(test)]
+    pub fn with(mut self, path: &[&str], keys: &[&str]) -> Self {
+        self.0.insert(
+            path.iter().map(|p| (*p).to_owned()).collect(),
+            keys.iter().map(|k| (*k).to_owned()).collect(),
+        );
+        self
+    }
+
+    fn walk(&mut self, schema: &Value, names: &mut Vec<String>) {
+        if schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
+            let keys: Vec<String> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                self.0.insert(names.clone(), keys);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            self.walk(items, names);
+        }
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, child) in properties {
+                names.push(name.clone());
+                self.walk(child, names);
+                names.pop();
+            }
+        }
+    }
+
+    /// The key fields of the list at `path`, if it is a list-map.
+    fn keys(&self, path: &[String]) -> Option<&[String]> {
+        let names: Vec<String> = path.iter().filter(|s| !is_item(s)).cloned().collect();
+        self.0.get(&names).map(Vec::as_slice)
+    }
+}
+
+/// A path segment naming a list-map item by its keys: `k:{"type":"Ready"}`.
+fn is_item(segment: &str) -> bool {
+    segment.starts_with("k:{")
+}
+
+/// The segment of `item` in a list keyed by `keys`, when it has them all.
+fn item_segment(keys: &[String], item: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    for key in keys {
+        let value = item.get(key)?;
+        parts.push(format!("{}:{value}", Value::String(key.clone())));
+    }
+    Some(format!("k:{{{}}}", parts.join(",")))
+}
+
+/// The item of `list` that `segment` names.
+fn find_item(list: &[Value], segment: &str) -> Option<usize> {
+    let keys: Map<String, Value> = serde_json::from_str(segment.strip_prefix("k:")?).ok()?;
+    list.iter()
+        .position(|item| keys.iter().all(|(k, v)| item.get(k) == Some(v)))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     manager: String,
@@ -59,7 +153,12 @@ impl Entry {
 }
 
 /// The leaf fields of `object` a manager writing in `scope` can own.
-pub fn owned_paths(object: &Value, scope: Scope, has_status: bool) -> BTreeSet<FieldPath> {
+pub fn owned_paths(
+    object: &Value,
+    scope: Scope,
+    has_status: bool,
+    lists: &ListMaps,
+) -> BTreeSet<FieldPath> {
     let mut paths = BTreeSet::new();
     let Some(root) = object.as_object() else {
         return paths;
@@ -79,7 +178,7 @@ pub fn owned_paths(object: &Value, scope: Scope, has_status: bool) -> BTreeSet<F
                 if let Some(value) = value.get(owned) {
                     let prefix = vec!["metadata".to_owned(), owned.to_owned()];
                     if matches!(owned, "labels" | "annotations") {
-                        leaves(value, prefix, &mut paths);
+                        leaves(value, prefix, &mut paths, lists);
                     } else {
                         paths.insert(prefix);
                     }
@@ -87,19 +186,32 @@ pub fn owned_paths(object: &Value, scope: Scope, has_status: bool) -> BTreeSet<F
             }
             continue;
         }
-        leaves(value, vec![key.clone()], &mut paths);
+        leaves(value, vec![key.clone()], &mut paths, lists);
     }
     paths
 }
 
-/// Empty maps own nothing: they are structure, not values.
-fn leaves(value: &Value, path: FieldPath, into: &mut BTreeSet<FieldPath>) {
+/// Empty maps own nothing: they are structure, not values. A list-map's
+/// items are structure too (unless one lacks a key: then the list is atomic).
+fn leaves(value: &Value, path: FieldPath, into: &mut BTreeSet<FieldPath>, lists: &ListMaps) {
+    if let (Some(items), Some(keys)) = (value.as_array(), lists.keys(&path)) {
+        let segments: Option<Vec<String>> =
+            items.iter().map(|item| item_segment(keys, item)).collect();
+        if let Some(segments) = segments {
+            for (item, segment) in items.iter().zip(segments) {
+                let mut item_path = path.clone();
+                item_path.push(segment);
+                leaves(item, item_path, into, lists);
+            }
+            return;
+        }
+    }
     match value.as_object() {
         Some(map) => {
             for (key, child) in map {
                 let mut child_path = path.clone();
                 child_path.push(key.clone());
-                leaves(child, child_path, into);
+                leaves(child, child_path, into, lists);
             }
         }
         _ => {
@@ -108,24 +220,44 @@ fn leaves(value: &Value, path: FieldPath, into: &mut BTreeSet<FieldPath>) {
     }
 }
 
-fn value_at<'a>(object: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter()
-        .try_fold(object, |current, key| current.get(key))
+fn child<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Array(list) if is_item(key) => list.get(find_item(list, key)?),
+        _ => value.get(key),
+    }
 }
 
+fn value_at<'a>(object: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(object, |current, key| child(current, key))
+}
+
+/// Removes the field at `path`; a list-map item left empty goes with it.
 fn remove_at(object: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
+    let Some((first, rest)) = path.split_first() else {
         return;
     };
-    let mut current = object;
-    for key in parents {
-        match current.get_mut(key) {
-            Some(next) => current = next,
-            None => return,
+    if is_item(first) {
+        let Some(list) = object.as_array_mut() else {
+            return;
+        };
+        let Some(index) = find_item(list, first) else {
+            return;
+        };
+        remove_at(&mut list[index], rest);
+        if rest.is_empty() || list[index].as_object().is_some_and(Map::is_empty) {
+            list.remove(index);
         }
+        return;
     }
-    if let Some(map) = current.as_object_mut() {
-        map.remove(last);
+    if rest.is_empty() {
+        if let Some(map) = object.as_object_mut() {
+            map.remove(first);
+        }
+        return;
+    }
+    if let Some(next) = object.get_mut(first.as_str()) {
+        remove_at(next, rest);
     }
 }
 
@@ -174,8 +306,10 @@ fn tree_to_paths(tree: &Value, path: FieldPath, into: &mut BTreeSet<FieldPath>) 
     let Some(map) = tree.as_object() else {
         return;
     };
-    let children: Vec<(&String, &Value)> =
-        map.iter().filter(|(k, _)| k.starts_with("f:")).collect();
+    let children: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(k, _)| k.starts_with("f:") || is_item(k))
+        .collect();
     if children.is_empty() {
         if !path.is_empty() {
             into.insert(path);
@@ -184,7 +318,11 @@ fn tree_to_paths(tree: &Value, path: FieldPath, into: &mut BTreeSet<FieldPath>) 
     }
     for (key, child) in children {
         let mut child_path = path.clone();
-        child_path.push(key[2..].to_owned());
+        child_path.push(if is_item(key) {
+            key.clone()
+        } else {
+            key[2..].to_owned()
+        });
         tree_to_paths(child, child_path, into);
     }
 }
@@ -194,8 +332,13 @@ fn paths_to_tree(paths: &BTreeSet<FieldPath>) -> Value {
     for path in paths {
         let mut current = &mut root;
         for key in path {
+            let segment = if is_item(key) {
+                key.clone()
+            } else {
+                format!("f:{key}")
+            };
             let child = current
-                .entry(format!("f:{key}"))
+                .entry(segment)
                 .or_insert_with(|| Value::Object(Map::new()));
             if !child.is_object() {
                 *child = Value::Object(Map::new());
@@ -269,11 +412,12 @@ pub fn record_update(
     manager: &str,
     scope: Scope,
     has_status: bool,
+    lists: &ListMaps,
 ) {
     let mut entries = old.map(read_entries).unwrap_or_default();
-    let now_paths = owned_paths(new, scope, has_status);
+    let now_paths = owned_paths(new, scope, has_status, lists);
     let before = old
-        .map(|o| owned_paths(o, scope, has_status))
+        .map(|o| owned_paths(o, scope, has_status, lists))
         .unwrap_or_default();
     let changed: BTreeSet<FieldPath> = now_paths
         .iter()
@@ -307,10 +451,11 @@ pub fn apply(
     manager: &str,
     scope: Scope,
     has_status: bool,
+    lists: &ListMaps,
     force: bool,
 ) -> Result<Value, Vec<Conflict>> {
     let mut entries = read_entries(current);
-    let applied = owned_paths(config, scope, has_status);
+    let applied = owned_paths(config, scope, has_status, lists);
 
     let mut conflicts = Vec::new();
     for entry in entries.iter().filter(|e| !e.is(manager, "Apply", scope)) {
@@ -363,7 +508,7 @@ pub fn apply(
             remove_at(&mut merged, dropped);
         }
     }
-    merge_in_scope(&mut merged, config, scope, has_status);
+    merge_in_scope(&mut merged, config, scope, has_status, lists);
 
     let api_version = meta::str_at(config, "/apiVersion").to_owned();
     let entry = upsert(&mut entries, manager, "Apply", scope, &api_version);
@@ -376,8 +521,14 @@ pub fn apply(
 }
 
 /// Merges the parts of `config` the applier may write into `target`: maps
-/// recursively, anything else replaced.
-fn merge_in_scope(target: &mut Value, config: &Value, scope: Scope, has_status: bool) {
+/// recursively, list-maps item by item, anything else replaced.
+fn merge_in_scope(
+    target: &mut Value,
+    config: &Value,
+    scope: Scope,
+    has_status: bool,
+    lists: &ListMaps,
+) {
     let Some(config) = config.as_object() else {
         return;
     };
@@ -396,22 +547,52 @@ fn merge_in_scope(target: &mut Value, config: &Value, scope: Scope, has_status: 
             for owned in ["labels", "annotations", "finalizers", "ownerReferences"] {
                 if let Some(value) = value.get(owned) {
                     let slot = metadata.entry(owned.to_owned()).or_insert(Value::Null);
-                    deep_merge(slot, value);
+                    deep_merge(
+                        slot,
+                        value,
+                        &mut vec!["metadata".into(), owned.into()],
+                        lists,
+                    );
                 }
             }
             continue;
         }
         if let Some(map) = target.as_object_mut() {
-            deep_merge(map.entry(key.clone()).or_insert(Value::Null), value);
+            let slot = map.entry(key.clone()).or_insert(Value::Null);
+            deep_merge(slot, value, &mut vec![key.clone()], lists);
         }
     }
 }
 
-fn deep_merge(target: &mut Value, value: &Value) {
+fn deep_merge(target: &mut Value, value: &Value, path: &mut Vec<String>, lists: &ListMaps) {
+    if let (Some(keys), Value::Array(items), Some(configured)) =
+        (lists.keys(path), &mut *target, value.as_array())
+    {
+        let keys = keys.to_vec();
+        if configured.iter().all(|i| item_segment(&keys, i).is_some()) {
+            for item in configured {
+                let Some(segment) = item_segment(&keys, item) else {
+                    continue;
+                };
+                match find_item(items, &segment) {
+                    Some(index) => deep_merge(&mut items[index], item, path, lists),
+                    None => items.push(item.clone()),
+                }
+            }
+            return;
+        }
+    }
     match (target.as_object_mut(), value.as_object()) {
         (Some(target_map), Some(value_map)) => {
             for (key, child) in value_map {
-                deep_merge(target_map.entry(key.clone()).or_insert(Value::Null), child);
+                path.push(key.clone());
+                deep_merge(
+                    target_map.entry(key.clone()).or_insert(Value::Null),
+                    child,
+                    path,
+                    lists,
+                );
+                path.pop();
             }
         }
         _ => *target = value.clone(),
@@ -435,6 +616,7 @@ mod tests {
             "m",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect("no conflict");
@@ -444,6 +626,7 @@ mod tests {
             "m",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect("no conflict");
@@ -458,6 +641,7 @@ mod tests {
             "one",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect("no conflict");
@@ -467,6 +651,7 @@ mod tests {
             "two",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect_err("conflict");
@@ -478,6 +663,7 @@ mod tests {
             "two",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect("shared");
@@ -487,6 +673,7 @@ mod tests {
             "two",
             Scope::Main,
             false,
+            &ListMaps::default(),
             true,
         )
         .expect("forced");
@@ -498,6 +685,7 @@ mod tests {
             "one",
             Scope::Main,
             false,
+            &ListMaps::default(),
             false,
         )
         .expect("ok");
@@ -527,5 +715,186 @@ mod tests {
         );
         entries[0].time = "t".into();
         assert_eq!(read_entries(&target), entries);
+    }
+
+    fn with_conditions(conditions: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "x"},
+               "status": {"conditions": conditions}})
+    }
+
+    fn condition(type_: &str, status: &str) -> Value {
+        json!({"type": type_, "status": status, "reason": format!("{type_}{status}")})
+    }
+
+    fn conditions_of(object: &Value) -> Vec<(String, String)> {
+        object["status"]["conditions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| {
+                        (
+                            c["type"].as_str().unwrap_or("").to_owned(),
+                            c["status"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn list_map_items_belong_to_their_appliers() {
+        let lists = ListMaps::default().with(&["status", "conditions"], &["type"]);
+        let status_apply = |current: &Value, conditions: Value, manager: &str| {
+            apply(
+                current,
+                &with_conditions(conditions),
+                manager,
+                Scope::Status,
+                true,
+                &lists,
+                true,
+            )
+            .expect("forced")
+        };
+        let empty = json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "x"}});
+        let one = status_apply(
+            &empty,
+            json!([condition("Ready", "False")]),
+            "configuration",
+        );
+        let both = status_apply(&one, json!([condition("RoutesReady", "True")]), "routes");
+        assert_eq!(
+            conditions_of(&both),
+            [
+                ("Ready".into(), "False".into()),
+                ("RoutesReady".into(), "True".into())
+            ],
+            "the second manager's item joins the first's"
+        );
+        // Each rewrites its own item, several times: the other's stays.
+        let mut object = both;
+        for status in ["True", "False", "True"] {
+            object = status_apply(
+                &object,
+                json!([condition("Ready", status)]),
+                "configuration",
+            );
+            object = status_apply(&object, json!([condition("RoutesReady", status)]), "routes");
+        }
+        assert_eq!(
+            conditions_of(&object),
+            [
+                ("Ready".into(), "True".into()),
+                ("RoutesReady".into(), "True".into())
+            ]
+        );
+        let fields = &object["metadata"]["managedFields"];
+        let routes = fields
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["manager"] == "routes"))
+            .expect("an entry for routes");
+        assert_eq!(
+            routes["fieldsV1"]["f:status"]["f:conditions"],
+            json!({"k:{\"type\":\"RoutesReady\"}": {"f:reason": {}, "f:status": {}, "f:type": {}}}),
+            "items are recorded by key, as the API server does"
+        );
+        // Ownership survives the round trip through managedFields: an
+        // applier that stops setting its item removes that item only.
+        let dropped = status_apply(&object, json!([]), "routes");
+        assert_eq!(conditions_of(&dropped), [("Ready".into(), "True".into())]);
+        // An item taken over by force leaves the old owner; one still
+        // shared by another manager stays when one of them drops it.
+        let shared = status_apply(&object, json!([condition("Ready", "True")]), "routes");
+        let after = status_apply(&shared, json!([]), "configuration");
+        assert_eq!(
+            conditions_of(&after),
+            [("Ready".into(), "True".into())],
+            "routes co-owns Ready now (same value): it stays"
+        );
+    }
+
+    #[test]
+    fn without_the_schema_a_list_is_one_atomic_field() {
+        let none = ListMaps::default();
+        let empty = json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "x"}});
+        let one = apply(
+            &empty,
+            &with_conditions(json!([condition("Ready", "True")])),
+            "a",
+            Scope::Status,
+            true,
+            &none,
+            true,
+        )
+        .expect("forced");
+        let two = apply(
+            &one,
+            &with_conditions(json!([condition("RoutesReady", "True")])),
+            "b",
+            Scope::Status,
+            true,
+            &none,
+            true,
+        )
+        .expect("forced");
+        assert_eq!(conditions_of(&two), [("RoutesReady".into(), "True".into())]);
+    }
+
+    #[test]
+    fn conflicts_inside_list_map_items_name_the_item() {
+        let lists = ListMaps::default().with(&["status", "conditions"], &["type"]);
+        let empty = json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "x"}});
+        let one = apply(
+            &empty,
+            &with_conditions(json!([condition("Ready", "True")])),
+            "a",
+            Scope::Status,
+            true,
+            &lists,
+            false,
+        )
+        .expect("first");
+        let conflicts = apply(
+            &one,
+            &with_conditions(json!([condition("Ready", "False")])),
+            "b",
+            Scope::Status,
+            true,
+            &lists,
+            false,
+        )
+        .expect_err("b changes a's item");
+        assert!(
+            conflicts.contains(&(
+                "a".to_owned(),
+                ".status.conditions.k:{\"type\":\"Ready\"}.status".to_owned()
+            )),
+            "{conflicts:?}"
+        );
+        apply(
+            &one,
+            &with_conditions(json!([condition("Other", "False")])),
+            "b",
+            Scope::Status,
+            true,
+            &lists,
+            false,
+        )
+        .expect("another item is no conflict");
+    }
+
+    #[test]
+    fn strait_crds_declare_conditions_as_list_maps() {
+        let configuration = strait_api::crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "Configuration")
+            .expect("the Configuration CRD");
+        let lists = ListMaps::from_crd(&configuration);
+        assert_eq!(
+            lists.keys(&["status".to_owned(), "conditions".to_owned()]),
+            Some(&["type".to_owned()][..])
+        );
+        assert_eq!(lists.keys(&["spec".to_owned(), "remote".to_owned()]), None);
     }
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+use crate::ownership::ListMaps;
+
 /// One served resource type (a plural under a group/version).
 #[derive(Debug, Clone)]
 pub struct ResourceType {
@@ -21,6 +23,8 @@ pub struct ResourceType {
     pub categories: Vec<String>,
     /// Set for Strait kinds: every write is admitted against it.
     pub crd: Option<Arc<CustomResourceDefinition>>,
+    /// The lists its schema merges by key in server-side apply.
+    pub list_maps: ListMaps,
 }
 
 impl ResourceType {
@@ -57,6 +61,7 @@ impl ResourceType {
             short_names: Vec::new(),
             categories: Vec::new(),
             crd: None,
+            list_maps: ListMaps::default(),
         }
     }
 
@@ -79,6 +84,7 @@ impl ResourceType {
                 .is_some_and(|s| s.status.is_some()),
             short_names: names.short_names.clone().unwrap_or_default(),
             categories: names.categories.clone().unwrap_or_default(),
+            list_maps: ListMaps::from_crd(&crd),
             crd: Some(Arc::new(crd)),
         })
     }

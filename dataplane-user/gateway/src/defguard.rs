@@ -2,14 +2,20 @@
 //! through `defguard_wireguard_rs` from the same [`InterfaceConfiguration`]:
 //! over netlink for the kernel, over the UAPI socket for the embedded one.
 
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    time::Instant,
+};
 
 use defguard_wireguard_rs::{
     host::Host, key::Key, net::IpAddrMask, peer::Peer, InterfaceConfiguration, Kernel, Userspace,
     WGApi, WireguardInterfaceApi,
 };
 
-use crate::{config::Cidr, Error, PeerStats, Plan, PrivateKey, PublicKey};
+use crate::{
+    config::Cidr, first_handshake::FirstHandshake, Error, PeerStats, Plan, PrivateKey, PublicKey,
+    Role,
+};
 
 /// The configuration handed to defguard: one peer, its allowed IPs, our
 /// addresses, port and MTU.
@@ -170,6 +176,105 @@ impl DefguardDevice {
     }
 }
 
+/// What starting a handshake over takes from a WireGuard implementation
+/// that keeps its own retry timer.
+pub trait PeerControl {
+    fn remove_peer(&self, key: &Key) -> Result<(), String>;
+    fn add_peer(&self, peer: &Peer) -> Result<(), String>;
+    /// One packet into the tunnel toward `to`: with no session, the device
+    /// queues it and sends an initiation if none is in flight.
+    fn send_through_tunnel(&self, to: IpAddr) -> Result<(), String>;
+}
+
+impl PeerControl for DefguardDevice {
+    fn remove_peer(&self, key: &Key) -> Result<(), String> {
+        self.api().remove_peer(key).map_err(|e| e.to_string())
+    }
+
+    fn add_peer(&self, peer: &Peer) -> Result<(), String> {
+        self.api().configure_peer(peer).map_err(|e| e.to_string())
+    }
+
+    fn send_through_tunnel(&self, to: IpAddr) -> Result<(), String> {
+        let bind: SocketAddr = match to {
+            IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+        // The discard port: nothing listens for it, nothing answers but ICMP.
+        socket
+            .send_to(b"strait-gateway-handshake", SocketAddr::new(to, 9))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Runs the shared first-handshake schedule ([`crate::first_handshake`])
+/// on kernel WireGuard and the embedded device. Both send an initiation
+/// when a packet needs one and none is in flight, then retry only after
+/// WireGuard's 5 s: a first initiation lost to a peer not ready yet would
+/// cost those 5 s. So at each due time the peer is removed and added again
+/// (a peer without a handshake in flight, whose next packet initiates at
+/// once; nothing is lost, no session exists yet) and one packet is sent
+/// toward it through the tunnel. Only a dialing gateway (a client) runs it,
+/// and only until the first handshake completes.
+pub struct FirstHandshakeDriver {
+    schedule: FirstHandshake,
+    /// The peer as configured: what is added back.
+    peer: Peer,
+    /// The peer's tunnel address, where the packet that triggers the
+    /// initiation goes (none: nothing to send to, the schedule stays idle).
+    trigger: Option<IpAddr>,
+}
+
+impl FirstHandshakeDriver {
+    pub fn new(plan: &Plan, peer_key: &PublicKey, now: Instant) -> Self {
+        let trigger = plan.peer_addresses.first().copied();
+        let dials = matches!(plan.role, Role::Client { .. }) && plan.initial_endpoint().is_some();
+        FirstHandshakeDriver {
+            schedule: if dials && trigger.is_some() {
+                FirstHandshake::starting_at(now)
+            } else {
+                FirstHandshake::inactive()
+            },
+            peer: peer(plan, peer_key, plan.initial_endpoint(), &plan.allowed_ips),
+            trigger,
+        }
+    }
+
+    /// When the driver next needs a tick.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.schedule.next_due()
+    }
+
+    /// Starts the handshake over when it is due; stops once `handshake_done`.
+    /// Returns whether it started one.
+    pub fn tick(
+        &mut self,
+        device: &dyn PeerControl,
+        handshake_done: bool,
+        now: Instant,
+    ) -> Result<bool, String> {
+        if handshake_done {
+            self.schedule.finish();
+            return Ok(false);
+        }
+        let Some(to) = self.trigger else {
+            return Ok(false);
+        };
+        if !self.schedule.due(now) {
+            return Ok(false);
+        }
+        // The device was just configured for the first one: nothing in flight.
+        if self.schedule.sent() > 1 {
+            device.remove_peer(&self.peer.public_key)?;
+            device.add_peer(&self.peer)?;
+        }
+        device.send_through_tunnel(to)?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +365,109 @@ tunnel:
         assert!(lines.contains(&public_line.as_str()));
         assert!(lines.contains(&"allowed_ip=198.18.64.0/24"));
         assert!(lines.contains(&"persistent_keepalive_interval=5"));
+    }
+
+    /// Records what the driver asks of the device, in order.
+    #[derive(Default)]
+    struct Recorder(std::cell::RefCell<Vec<String>>);
+
+    impl PeerControl for Recorder {
+        fn remove_peer(&self, key: &Key) -> Result<(), String> {
+            self.0
+                .borrow_mut()
+                .push(format!("remove {}", key.to_lower_hex()));
+            Ok(())
+        }
+        fn add_peer(&self, peer: &Peer) -> Result<(), String> {
+            let mut allowed: Vec<String> =
+                peer.allowed_ips.iter().map(ToString::to_string).collect();
+            allowed.sort();
+            self.0.borrow_mut().push(format!(
+                "add {} endpoint={:?} keepalive={:?} allowed={}",
+                peer.public_key.to_lower_hex(),
+                peer.endpoint,
+                peer.persistent_keepalive_interval,
+                allowed.join(",")
+            ));
+            Ok(())
+        }
+        fn send_through_tunnel(&self, to: IpAddr) -> Result<(), String> {
+            self.0.borrow_mut().push(format!("send {to}"));
+            Ok(())
+        }
+    }
+
+    /// The kernel (or embedded) client's first handshake: restarted on the
+    /// shared schedule, not after WireGuard's 5 s, and never again once done.
+    #[test]
+    fn a_client_device_restarts_its_first_handshake_on_the_shared_schedule() {
+        let plan = plan();
+        let peer_key = match &plan.peer_key {
+            crate::config::PeerKeySource::Inline(k) => *k,
+            other => panic!("{other:?}"),
+        };
+        let start = Instant::now();
+        let mut driver = FirstHandshakeDriver::new(&plan, &peer_key, start);
+        let device = Recorder::default();
+        let mut restarts = Vec::new();
+        let mut now = start;
+        while now < start + std::time::Duration::from_millis(1600) {
+            if driver.tick(&device, false, now).unwrap() {
+                restarts.push(now - start);
+            }
+            now += std::time::Duration::from_millis(5);
+        }
+        // At once, then after about 100, 200, 400 and 800 ms (jitter only shortens).
+        assert_eq!(restarts.len(), 5, "{restarts:?}");
+        assert_eq!(restarts[0], std::time::Duration::ZERO);
+        for (pair, nominal) in restarts.windows(2).zip([100u64, 200, 400, 800]) {
+            let gap = (pair[1] - pair[0]).as_millis() as u64;
+            assert!(gap >= nominal * 3 / 4 && gap <= nominal + 5, "{restarts:?}");
+        }
+        let calls = device.0.borrow();
+        let hex = Key::new(*peer_key.as_bytes()).to_lower_hex();
+        // The first only sends (the peer was just configured); each later
+        // one removes the peer, adds it back as configured, then sends.
+        assert_eq!(calls[0], "send 198.19.255.1");
+        assert_eq!(calls[1], format!("remove {hex}"));
+        assert_eq!(
+            calls[2],
+            format!(
+                "add {hex} endpoint=Some([fd00:5::1]:51820) keepalive=Some(5) \
+                 allowed=198.18.64.0/24,198.19.255.1/32,fd00:64::/64"
+            )
+        );
+        assert_eq!(calls[3], "send 198.19.255.1");
+        assert_eq!(calls.len(), 1 + 4 * 3, "{calls:?}");
+        drop(calls);
+        // The handshake completed: nothing more, however long.
+        assert!(!driver.tick(&device, true, now).unwrap());
+        assert!(!driver
+            .tick(&device, false, now + std::time::Duration::from_secs(30))
+            .unwrap());
+        assert_eq!(driver.next_due(), None);
+    }
+
+    #[test]
+    fn a_server_device_never_initiates() {
+        let yaml = r#"
+interface: gw-k
+server: { endpoint: { port: 51820 } }
+peerPublicKey: { publicKey: hwrYdrS6YauiL4h8r2w1Cg4T8FDn4AicN4OX1jFtpS8= }
+tunnel:
+  addresses: [198.19.255.1/30]
+  peerAddresses: [198.19.255.2]
+"#;
+        let plan = serde_norway::from_str::<GatewayConfig>(yaml)
+            .unwrap()
+            .plan()
+            .unwrap();
+        let peer_key = PrivateKey::generate().public_key();
+        let start = Instant::now();
+        let mut driver = FirstHandshakeDriver::new(&plan, &peer_key, start);
+        let device = Recorder::default();
+        assert!(!driver.tick(&device, false, start).unwrap());
+        assert!(device.0.borrow().is_empty());
+        assert_eq!(driver.next_due(), None);
     }
 }

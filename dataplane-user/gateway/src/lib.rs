@@ -14,6 +14,7 @@ pub mod config;
 pub mod defguard;
 pub mod error;
 pub mod fast;
+pub mod first_handshake;
 pub mod keys;
 pub mod metrics;
 pub mod mtu;

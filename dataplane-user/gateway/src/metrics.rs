@@ -148,6 +148,8 @@ mod tests {
             interface: "gw0".into(),
             public_key: "k".into(),
             mtu: 1420,
+            underlay: Some("IPv4".into()),
+            peer_mtu: Some(1420),
             peer_endpoint: None,
             tx_bytes: 1000,
             rx_bytes: 2000,

@@ -20,6 +20,50 @@ pub fn tunnel_mtu(spec_mtu: u32, path_mtu: Option<u32>, outer: IpAddr) -> u32 {
     spec_mtu.min(from_path).max(1280)
 }
 
+/// A server's tunnel MTU before it knows where its peer comes from: the
+/// spec's, lowered only to what the narrowest interface could carry with
+/// the smaller (IPv4) overhead, so no mismatch is assumed for a family the
+/// peer may not use. It is fitted to the peer's real underlay (see
+/// [`tunnel_mtu`]) once the first handshake shows the peer's endpoint;
+/// nothing crosses the tunnel before that.
+pub fn before_endpoint(spec_mtu: u32, smallest_interface: Option<u32>) -> u32 {
+    tunnel_mtu(
+        spec_mtu,
+        smallest_interface,
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+    )
+}
+
+/// The name the status gives the underlay family of `endpoint`.
+pub fn underlay(endpoint: SocketAddr) -> &'static str {
+    match endpoint.ip().to_canonical() {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// Sets the MTU of interface `name` (any kind: the kernel's WireGuard
+/// device, a TUN) in the calling thread's network namespace.
+pub fn set_interface_mtu(name: &str, mtu: u32) -> std::io::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::other(format!(
+            "interface name {name:?} is too long"
+        )));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_mtu = libc::c_int::try_from(mtu).map_err(std::io::Error::other)?;
+    // SAFETY: SIOCSIFMTU reads the name and mtu of the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFMTU, &raw mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The kernel's MTU for the route to `peer` (its path MTU once learnt),
 /// read from a connected UDP socket; nothing is sent.
 pub fn path_mtu_to(peer: SocketAddr) -> Option<u32> {
@@ -115,6 +159,27 @@ mod tests {
         assert_eq!(tunnel_mtu(8920, Some(9000), v6), 8920);
         assert_eq!(tunnel_mtu(1420, None, v4), 1420);
         assert_eq!(tunnel_mtu(1420, Some(1300), v6), 1280);
+    }
+
+    /// A server on an IPv4 underlay whose spec asks for exactly what IPv4
+    /// leaves of a 1500-byte path: fine over IPv4, 20 bytes too many over IPv6.
+    #[test]
+    fn a_server_fits_its_mtu_to_the_family_its_peer_actually_uses() {
+        let before = before_endpoint(1440, Some(1500));
+        assert_eq!(
+            before, 1440,
+            "no IPv6 overhead assumed before the peer is known"
+        );
+        let v4: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let v6: SocketAddr = "[fd00::2]:40000".parse().unwrap();
+        assert_eq!(tunnel_mtu(1440, Some(1500), v4.ip()), 1440);
+        assert_eq!(tunnel_mtu(1440, Some(1500), v6.ip()), 1420);
+        assert_eq!((underlay(v4), underlay(v6)), ("IPv4", "IPv6"));
+        let mapped: SocketAddr = "[::ffff:198.18.0.2]:40000".parse().unwrap();
+        assert_eq!(underlay(mapped), "IPv4");
+        // A narrow interface still bounds it, with the least overhead.
+        assert_eq!(before_endpoint(1440, Some(1400)), 1340);
+        assert_eq!(before_endpoint(1440, None), 1440);
     }
 
     #[test]

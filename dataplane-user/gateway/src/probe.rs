@@ -5,9 +5,14 @@
 //! tunnel MTU with don't-fragment set: a path that drops such packets
 //! without saying so (ICMP filtered, so the path MTU is never learnt) shows
 //! as full-size echoes unanswered while small ones come back.
+//!
+//! Each request also carries this gateway's configured tunnel MTU (its
+//! spec's) after a marker, and the prober reads the peer's requests as they
+//! arrive (a raw ICMP socket gets a copy of every ICMP packet, the kernel
+//! still answers): each gateway so learns the MTU its peer was configured
+//! with, over the tunnel itself, with no API and with `--config` alike.
 
 use std::{
-    io::Read as _,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -32,16 +37,29 @@ const fn echo_headers(v4: bool) -> usize {
     }
 }
 
-/// Sends echo requests to one address and waits for the matching replies.
+/// What a Strait gateway's echo request carries after the ICMP header:
+/// this marker, a version byte, then its configured tunnel MTU (u32, big endian).
+const MARKER: &[u8] = b"strait-gateway-probe";
+const PAYLOAD_VERSION: u8 = 1;
+/// Marker, version and MTU.
+const PAYLOAD_LEN: usize = MARKER.len() + 1 + 4;
+
+/// Sends echo requests to one address and waits for the matching replies;
+/// notes the configured MTU the peer's own requests announce.
 pub struct Prober {
     socket: Socket,
     target: IpAddr,
     id: u16,
     seq: u16,
+    /// This gateway's configured tunnel MTU, announced in every request.
+    own_mtu: u32,
+    /// The peer's, from its latest request.
+    peer_mtu: Option<u32>,
 }
 
 impl Prober {
-    pub fn new(target: IpAddr) -> Result<Self, Error> {
+    /// Probes `target`, announcing `own_mtu` (the spec's tunnel MTU).
+    pub fn new(target: IpAddr, own_mtu: u32) -> Result<Self, Error> {
         let (domain, protocol) = match target {
             IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
             IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
@@ -84,7 +102,14 @@ impl Prober {
             // Distinguishes our replies from other pingers' in this namespace.
             id: (std::process::id() as u16) ^ 0x5a17,
             seq: 0,
+            own_mtu,
+            peer_mtu: None,
         })
+    }
+
+    /// The configured MTU the peer announced last, if it ever did.
+    pub fn peer_mtu(&self) -> Option<u32> {
+        self.peer_mtu
     }
 
     /// One small echo; the round-trip time, or None after `timeout`.
@@ -97,7 +122,7 @@ impl Prober {
     pub fn echo(&mut self, timeout: Duration, size: usize) -> Option<Duration> {
         self.seq = self.seq.wrapping_add(1);
         let v4 = self.target.is_ipv4();
-        let packet = echo_request(v4, self.id, self.seq, size);
+        let packet = echo_request(v4, self.id, self.seq, size, self.own_mtu);
         let start = Instant::now();
         let to = SockAddr::from(SocketAddr::new(self.target, 0));
         if self.socket.send_to(&packet, &to).is_err() {
@@ -110,7 +135,7 @@ impl Prober {
             self.socket
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .ok()?;
-            let n = (&self.socket).read(&mut buf).ok()?;
+            let (n, from) = recv_from(&self.socket, &mut buf)?;
             // IPv4 raw sockets hand over the IP header too.
             let icmp = if v4 {
                 let ihl = usize::from(buf.first()? & 0x0f) * 4;
@@ -118,6 +143,11 @@ impl Prober {
             } else {
                 buf.get(..n)?
             };
+            if from == Some(self.target) {
+                if let Some(mtu) = announced_mtu(v4, icmp) {
+                    self.peer_mtu = Some(mtu);
+                }
+            }
             let reply = if v4 { ECHO_REPLY_V4 } else { ECHO_REPLY_V6 };
             if icmp.len() >= 8
                 && icmp[0] == reply
@@ -130,13 +160,39 @@ impl Prober {
     }
 }
 
+/// One datagram from the raw socket and who sent it.
+fn recv_from(socket: &Socket, buf: &mut [u8]) -> Option<(usize, Option<IpAddr>)> {
+    // SAFETY: the bytes are initialised already and recv_from only writes
+    // into them; viewing them as MaybeUninit never de-initialises them.
+    let uninit = unsafe { &mut *(std::ptr::from_mut(buf) as *mut [std::mem::MaybeUninit<u8>]) };
+    let (n, from) = socket.recv_from(uninit).ok()?;
+    Some((n, from.as_socket().map(|a| a.ip())))
+}
+
+/// The configured MTU a Strait gateway's echo request announces.
+fn announced_mtu(v4: bool, icmp: &[u8]) -> Option<u32> {
+    let request = if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 };
+    if *icmp.first()? != request {
+        return None;
+    }
+    let payload = icmp.get(8..8 + PAYLOAD_LEN)?;
+    let (marker, rest) = payload.split_at(MARKER.len());
+    if marker != MARKER || rest[0] != PAYLOAD_VERSION {
+        return None;
+    }
+    let mtu = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+    (1280..=9000).contains(&mtu).then_some(mtu)
+}
+
 /// An ICMP echo request whose IP packet is `size` bytes (padded; never
-/// shorter than the plain probe).
-fn echo_request(v4: bool, id: u16, seq: u16, size: usize) -> Vec<u8> {
+/// shorter than the plain probe), announcing `own_mtu`.
+fn echo_request(v4: bool, id: u16, seq: u16, size: usize, own_mtu: u32) -> Vec<u8> {
     let mut packet = vec![if v4 { ECHO_REQUEST_V4 } else { ECHO_REQUEST_V6 }, 0, 0, 0];
     packet.extend_from_slice(&id.to_be_bytes());
     packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(b"strait-gateway-probe");
+    packet.extend_from_slice(MARKER);
+    packet.push(PAYLOAD_VERSION);
+    packet.extend_from_slice(&own_mtu.to_be_bytes());
     let icmp_len = size.saturating_sub(echo_headers(v4) - 8);
     if packet.len() < icmp_len {
         packet.resize(icmp_len, 0);
@@ -169,6 +225,7 @@ pub fn run(
             .filter(|_| round.is_multiple_of(FULL_SIZE_EVERY))
             .map(|size| (size, prober.echo(timeout, size as usize).is_some()));
         if let Ok(mut s) = state.lock() {
+            s.peer_mtu = prober.peer_mtu().or(s.peer_mtu);
             if let Some((size, answered)) = full {
                 s.full_size.size = size;
                 s.full_size.sent += 1;
@@ -223,12 +280,38 @@ mod tests {
 
     #[test]
     fn echo_requests_fill_the_asked_size() {
-        let v4 = echo_request(true, 7, 1, 1420);
+        let v4 = echo_request(true, 7, 1, 1420, 1420);
         assert_eq!(v4.len() + echo_headers(true) - 8, 1420);
         assert_eq!(checksum(&v4), 0, "a valid ICMPv4 checksum sums to zero");
-        let v6 = echo_request(false, 7, 1, 1420);
+        let v6 = echo_request(false, 7, 1, 1420, 1420);
         assert_eq!(v6.len() + echo_headers(false) - 8, 1420);
         // Never shorter than the plain probe.
-        assert_eq!(echo_request(true, 7, 1, 0).len(), 8 + 20);
+        assert_eq!(echo_request(true, 7, 1, 0, 1420).len(), 8 + PAYLOAD_LEN);
+    }
+
+    #[test]
+    fn requests_announce_the_configured_mtu_and_replies_do_not() {
+        for v4 in [true, false] {
+            let small = echo_request(v4, 7, 1, 0, 1380);
+            assert_eq!(announced_mtu(v4, &small), Some(1380));
+            let full = echo_request(v4, 7, 2, 8920, 8920);
+            assert_eq!(announced_mtu(v4, &full), Some(8920));
+            // The peer kernel's reply echoes our own payload back: not the peer's MTU.
+            let mut reply = small.clone();
+            reply[0] = if v4 { ECHO_REPLY_V4 } else { ECHO_REPLY_V6 };
+            assert_eq!(announced_mtu(v4, &reply), None);
+        }
+        // Someone else's ping, a future version, nonsense: nothing learnt.
+        let mut ping = echo_request(true, 7, 1, 0, 1420);
+        ping[8..8 + MARKER.len()].copy_from_slice(&[0xaa; MARKER.len()]);
+        assert_eq!(announced_mtu(true, &ping), None);
+        let mut newer = echo_request(true, 7, 1, 0, 1420);
+        newer[8 + MARKER.len()] = 2;
+        assert_eq!(announced_mtu(true, &newer), None);
+        assert_eq!(
+            announced_mtu(true, &echo_request(true, 7, 1, 0, 70_000)),
+            None
+        );
+        assert_eq!(announced_mtu(true, &[ECHO_REQUEST_V4, 0, 0]), None);
     }
 }

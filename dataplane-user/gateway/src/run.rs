@@ -14,7 +14,7 @@ use std::{
 use crate::{
     backend::{self, Backend, KernelProbe, UserspaceDatapath, WireguardMode},
     config::PeerKeySource,
-    defguard::{interface_configuration, DefguardDevice},
+    defguard::{interface_configuration, DefguardDevice, FirstHandshakeDriver},
     fast::FastDevice,
     metrics, mtu, probe,
     status::{assess, ProbeState},
@@ -44,6 +44,16 @@ impl Datapath {
         match self {
             Datapath::Defguard(d) => d.stats(peer_key),
             Datapath::Fast(f) => f.stats(),
+        }
+    }
+
+    /// Sets the tunnel's MTU; returns the one applied.
+    fn set_mtu(&self, interface: &str, mtu: u32) -> Result<u32, Error> {
+        match self {
+            Datapath::Fast(f) => f.set_mtu(mtu),
+            Datapath::Defguard(_) => mtu::set_interface_mtu(interface, mtu)
+                .map(|()| mtu)
+                .map_err(Error::io(format!("setting the tunnel MTU to {mtu}"))),
         }
     }
 }
@@ -79,8 +89,8 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     let Some(mut peer_key) = wait_for_peer_key(plan, &controls.stop)? else {
         return Ok(());
     };
-    let mtu = tunnel_mtu(plan);
-    tracing::info!(mtu, spec_mtu = plan.mtu, "tunnel MTU");
+    let (mtu, fitted_to) = tunnel_mtu(plan);
+    tracing::info!(mtu, spec_mtu = plan.mtu, fitted_to = ?fitted_to, "tunnel MTU");
     let datapath = match backend {
         Backend::Fast => Datapath::Fast(FastDevice::start(plan, mtu, key.clone(), peer_key)?),
         Backend::Kernel | Backend::Embedded => {
@@ -94,11 +104,17 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             )?)
         }
     };
+    // The fast datapath runs the first-handshake schedule itself; the
+    // others are driven on it from here.
+    let mut first_handshake = match &datapath {
+        Datapath::Defguard(_) => Some(FirstHandshakeDriver::new(plan, &peer_key, Instant::now())),
+        Datapath::Fast(_) => None,
+    };
     let probe_state = Arc::new(Mutex::new(ProbeState::default()));
     let probing = plan.peer_addresses.first().copied();
     let mut helpers = Vec::new();
     if let Some(target) = probing {
-        let prober = probe::Prober::new(target)?;
+        let prober = probe::Prober::new(target, plan.mtu)?;
         let (state, stop, interval, full_size) = (
             probe_state.clone(),
             controls.stop.clone(),
@@ -121,6 +137,7 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
     }
 
     let mut mtu = mtu;
+    let mut fitted_to = fitted_to;
     let mut last_path_check = Instant::now();
     let mut unresponsive = 0;
     let mut pending_rotation: Option<(PrivateKey, Instant)> = None;
@@ -185,6 +202,10 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
                         tracing::info!(peer_key = %new, "the peer's key changed");
                         peer_key = new;
                         switch_peer_key(&datapath, plan, mtu, &key, &peer_key);
+                        if first_handshake.is_some() {
+                            first_handshake =
+                                Some(FirstHandshakeDriver::new(plan, &peer_key, Instant::now()));
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reading the peer's public key"),
@@ -192,22 +213,36 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             }
         }
         let stats = datapath.stats(&peer_key);
+        if let (Datapath::Defguard(device), Some(driver)) = (&datapath, first_handshake.as_mut()) {
+            match driver.tick(device, stats.last_handshake.is_some(), Instant::now()) {
+                Ok(true) => tracing::debug!("first handshake started over"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "starting the first handshake over"),
+            }
+        }
         // Path MTU: what the kernel learnt toward the peer (ICMP "too big"
         // answers included) lowers the tunnel MTU, so senders behind the
         // tunnel get told instead of their packets being fragmented or lost.
-        if let (Datapath::Fast(fast), Some(endpoint)) = (&datapath, stats.endpoint) {
-            if last_path_check.elapsed() >= Duration::from_secs(2) {
+        // A new endpoint (a server's first handshake, a roaming peer) is
+        // fitted at once, with its own family's overhead.
+        if let Some(endpoint) = stats.endpoint {
+            if fitted_to != Some(endpoint) || last_path_check.elapsed() >= Duration::from_secs(2) {
                 last_path_check = Instant::now();
                 let wanted = mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(endpoint), endpoint.ip());
-                if wanted != mtu {
-                    match fast.set_mtu(wanted) {
-                        Ok(applied) if applied != mtu => {
-                            tracing::info!(from = mtu, to = applied, %endpoint, "the path MTU changed");
+                let applied = if wanted == mtu {
+                    Ok(mtu)
+                } else {
+                    datapath.set_mtu(&plan.interface, wanted)
+                };
+                match applied {
+                    Ok(applied) => {
+                        if applied != mtu {
+                            tracing::info!(from = mtu, to = applied, %endpoint, "tunnel MTU fitted to the path");
                             mtu = applied;
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "following the path MTU"),
+                        fitted_to = Some(endpoint);
                     }
+                    Err(e) => tracing::warn!(error = %e, "following the path MTU"),
                 }
             }
         }
@@ -218,6 +253,8 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
             interface: plan.interface.clone(),
             public_key: public.to_string(),
             mtu,
+            underlay: fitted_to.map(|e| mtu::underlay(e).to_owned()),
+            peer_mtu: probe.peer_mtu,
             peer_endpoint: stats.endpoint.map(|e| e.to_string()),
             tx_bytes: stats.tx_bytes,
             rx_bytes: stats.rx_bytes,
@@ -239,7 +276,14 @@ pub fn run(plan: &Plan, options: &RunOptions, controls: &Controls) -> Result<(),
         if let Ok(mut s) = shared_status.lock() {
             *s = Some(status);
         }
-        std::thread::sleep(Duration::from_millis(250));
+        // Sooner when the first-handshake schedule is due before the next round.
+        let round = Duration::from_millis(250);
+        let pause = first_handshake
+            .as_ref()
+            .and_then(FirstHandshakeDriver::next_due)
+            .map_or(round, |due| due.saturating_duration_since(Instant::now()))
+            .clamp(Duration::from_millis(10), round);
+        std::thread::sleep(pause);
     };
     controls.stop.store(true, Ordering::Relaxed);
     match datapath {
@@ -280,16 +324,17 @@ fn wait_for_peer_key(plan: &Plan, stop: &AtomicBool) -> Result<Option<PublicKey>
     }
 }
 
-fn tunnel_mtu(plan: &Plan) -> u32 {
+/// The tunnel MTU to start with, and the peer endpoint it was fitted to.
+fn tunnel_mtu(plan: &Plan) -> (u32, Option<SocketAddr>) {
     match (&plan.role, plan.initial_endpoint()) {
-        (Role::Client { .. }, Some(first)) => {
-            mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(first), first.ip())
-        }
-        // The client may come over either family: assume IPv6's overhead.
-        _ => mtu::tunnel_mtu(
-            plan.mtu,
-            mtu::smallest_interface_mtu(&plan.interface),
-            std::net::Ipv6Addr::UNSPECIFIED.into(),
+        (Role::Client { .. }, Some(first)) => (
+            mtu::tunnel_mtu(plan.mtu, mtu::path_mtu_to(first), first.ip()),
+            Some(first),
+        ),
+        // The client may come over either family: no verdict before it does.
+        _ => (
+            mtu::before_endpoint(plan.mtu, mtu::smallest_interface_mtu(&plan.interface)),
+            None,
         ),
     }
 }

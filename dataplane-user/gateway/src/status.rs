@@ -40,6 +40,8 @@ pub struct ProbeState {
     pub last_answer: Option<SystemTime>,
     /// The probes as large as the configured tunnel MTU.
     pub full_size: FullSizeProbes,
+    /// The configured tunnel MTU the peer announces in its own probes.
+    pub peer_mtu: Option<u32>,
 }
 
 /// Echoes as large as the configured tunnel MTU, don't-fragment set.
@@ -62,7 +64,18 @@ pub struct GatewayStatus {
     pub interface: String,
     /// This gateway's public key (the only key ever published).
     pub public_key: String,
+    /// The tunnel MTU in use: the spec's, lowered to what the path to the
+    /// peer carries once the peer's endpoint is known.
     pub mtu: u32,
+    /// The underlay family (`IPv4`, `IPv6`) of the peer's endpoint that
+    /// `mtu` was fitted to; absent while the endpoint is unknown (a server
+    /// before its first handshake), when `mtu` is no verdict on the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+    /// The peer's configured tunnel MTU (its spec's), as it announces it in
+    /// its probes through the tunnel; absent until one arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_endpoint: Option<String>,
     pub tx_bytes: u64,

@@ -788,6 +788,8 @@ fn reported_mtu<K: GatewayKind>(
     Some(readiness::MtuView {
         configured,
         in_use: status.mtu,
+        fitted: status.underlay.is_some(),
+        peer_configured: status.peer_mtu,
         full_size_unanswered,
     })
 }

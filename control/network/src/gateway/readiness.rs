@@ -49,6 +49,12 @@ pub struct GatewayView {
 pub struct MtuView {
     pub configured: u32,
     pub in_use: u32,
+    /// Whether `in_use` was fitted to the peer's endpoint and its underlay
+    /// family: a server learns it from the first handshake, and its MTU
+    /// before that is no verdict on the path.
+    pub fitted: bool,
+    /// The peer gateway's spec.mtu, as it announces it through the tunnel.
+    pub peer_configured: Option<u32>,
     /// Echoes of the configured size (don't-fragment set) unanswered in a
     /// row while small ones come back: the path drops that size silently.
     pub full_size_unanswered: u32,
@@ -60,6 +66,13 @@ pub const FULL_SIZE_FAILURES_FOR_MISMATCH: u32 = 3;
 /// Why the configured MTU does not fit the path, in words a person can act on.
 fn mtu_mismatch(view: &GatewayView) -> Option<String> {
     let mtu = view.mtu?;
+    if let Some(peer) = mtu.peer_configured.filter(|p| *p != mtu.configured) {
+        let smaller = peer.min(mtu.configured);
+        return Some(format!(
+            "{} has spec.mtu {} but the peer gateway announces spec.mtu {peer}: packets sized for              the larger are dropped or fragmented on the way back: set the same spec.mtu on both              gateways ({smaller}, the smaller, unless the path carries more), and the MTU of the              pods behind them to match",
+            view.gateway, mtu.configured
+        ));
+    }
     if mtu.in_use >= mtu.configured && mtu.full_size_unanswered >= FULL_SIZE_FAILURES_FOR_MISMATCH {
         return Some(format!(
             "{}: the last {} probes of {} bytes (spec.mtu) with don't-fragment set went \
@@ -69,7 +82,8 @@ fn mtu_mismatch(view: &GatewayView) -> Option<String> {
             view.gateway, mtu.full_size_unanswered, mtu.configured
         ));
     }
-    (mtu.in_use < mtu.configured).then(|| {
+    // Before the peer's endpoint is known, the MTU in use is a guess.
+    (mtu.fitted && mtu.in_use < mtu.configured).then(|| {
         format!(
             "{} is configured for a tunnel MTU of {} (spec.mtu) but the path to the peer carries \
              only {} bytes inside the tunnel once WireGuard's 60 (IPv4) or 80 (IPv6) bytes are \
@@ -216,6 +230,8 @@ mod tests {
             mtu: Some(MtuView {
                 configured: 1420,
                 in_use: 1420,
+                fitted: true,
+                peer_configured: Some(1420),
                 full_size_unanswered: 0,
             }),
         }
@@ -271,6 +287,8 @@ mod tests {
         let narrow = Some(MtuView {
             configured: 1420,
             in_use: 1390,
+            fitted: true,
+            peer_configured: None,
             full_size_unanswered: 0,
         });
         let mut up = connecting();
@@ -304,6 +322,8 @@ mod tests {
         v.mtu = Some(MtuView {
             configured: 1420,
             in_use: 1420,
+            fitted: true,
+            peer_configured: None,
             full_size_unanswered: FULL_SIZE_FAILURES_FOR_MISMATCH,
         });
         let c = network_ready(&v);
@@ -323,5 +343,61 @@ mod tests {
         let mut v = view(Some(up));
         v.mtu = None;
         assert_eq!(network_ready(&v).reason, "Connected");
+    }
+
+    #[test]
+    fn different_spec_mtus_on_the_two_sides_are_an_mtu_mismatch_with_both_numbers() {
+        let mut up = connecting();
+        up.value = ConnectionState::Connected;
+        let mut v = view(Some(up.clone()));
+        v.mtu = Some(MtuView {
+            peer_configured: Some(1380),
+            ..v.mtu.unwrap_or_default()
+        });
+        let c = network_ready(&v);
+        assert_eq!(
+            (c.status, c.reason),
+            (ConditionStatus::False, "MtuMismatch")
+        );
+        for words in [
+            "GatewayClient/to-a has spec.mtu 1420",
+            "announces spec.mtu 1380",
+            "(1380, the smaller",
+        ] {
+            assert!(c.message.contains(words), "{words:?} not in {}", c.message);
+        }
+        // The same on both sides, or not announced yet: no verdict from it.
+        v.mtu = Some(MtuView {
+            peer_configured: Some(1420),
+            ..v.mtu.unwrap_or_default()
+        });
+        assert_eq!(network_ready(&v).reason, "Connected");
+        v.mtu = Some(MtuView {
+            peer_configured: None,
+            ..v.mtu.unwrap_or_default()
+        });
+        assert_eq!(network_ready(&v).reason, "Connected");
+    }
+
+    #[test]
+    fn an_mtu_not_yet_fitted_to_the_peer_is_no_verdict() {
+        // A server assumed a narrower path before its peer's first
+        // handshake said which family it uses: not a mismatch.
+        let mut up = connecting();
+        up.value = ConnectionState::Connected;
+        let mut v = view(Some(up));
+        v.mtu = Some(MtuView {
+            configured: 1440,
+            in_use: 1420,
+            fitted: false,
+            peer_configured: None,
+            full_size_unanswered: 0,
+        });
+        assert_eq!(network_ready(&v).reason, "Connected");
+        v.mtu = Some(MtuView {
+            fitted: true,
+            ..v.mtu.unwrap_or_default()
+        });
+        assert_eq!(network_ready(&v).reason, "MtuMismatch");
     }
 }

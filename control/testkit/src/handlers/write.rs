@@ -32,6 +32,7 @@ pub fn create(store: &Store, call: &Call) -> Result<Reply, ApiError> {
             &call.manager,
             Scope::Main,
             call.resource.has_status,
+            &call.resource.list_maps,
         );
         commit_create(state, call, object).map(|o| Reply::Json(201, o))
     })
@@ -242,6 +243,7 @@ fn apply(store: &Store, call: &Call) -> Result<Reply, ApiError> {
     }
     let force = call.query.flag("force").unwrap_or(false);
     let has_status = call.resource.has_status;
+    let lists = &call.resource.list_maps;
     let conflict = |conflicts| {
         ApiError::apply_conflict(
             &call.resource.group,
@@ -256,9 +258,16 @@ fn apply(store: &Store, call: &Call) -> Result<Reply, ApiError> {
             .cloned();
         match existing {
             Some(old) => {
-                let merged =
-                    ownership::apply(&old, &config, manager, scope(call), has_status, force)
-                        .map_err(conflict)?;
+                let merged = ownership::apply(
+                    &old,
+                    &config,
+                    manager,
+                    scope(call),
+                    has_status,
+                    lists,
+                    force,
+                )
+                .map_err(conflict)?;
                 finish_write(state, call, &old, merged, true).map(|o| Reply::Json(200, o))
             }
             None if call.target.status => Err(call.not_found(call.name())),
@@ -275,9 +284,16 @@ fn apply(store: &Store, call: &Call) -> Result<Reply, ApiError> {
                         Value::String(call.namespace().to_owned()),
                     );
                 }
-                let merged =
-                    ownership::apply(&skeleton, &config, manager, Scope::Main, has_status, force)
-                        .map_err(conflict)?;
+                let merged = ownership::apply(
+                    &skeleton,
+                    &config,
+                    manager,
+                    Scope::Main,
+                    has_status,
+                    lists,
+                    force,
+                )
+                .map_err(conflict)?;
                 let managed = merged.pointer("/metadata/managedFields").cloned();
                 let mut object = prepare_create(state, call, merged)?;
                 if let Some(managed) = managed {
@@ -358,6 +374,7 @@ fn finish_write(
             &call.manager,
             scope(call),
             resource.has_status,
+            &resource.list_maps,
         );
     }
     if without_bookkeeping(&new) == without_bookkeeping(old) {

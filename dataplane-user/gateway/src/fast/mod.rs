@@ -11,8 +11,10 @@
 //!   thread, so packets of a flow are never reordered; encryption and
 //!   decryption run on different cores.
 
-pub mod first_handshake;
 pub mod peer;
+
+/// The schedule lives at the crate's root: every datapath shares it.
+pub use crate::first_handshake;
 pub mod udp;
 
 use std::{
@@ -122,7 +124,8 @@ impl FastDevice {
             peer: Mutex::new(peer),
             udp,
             tun,
-            mtu: mtu as usize,
+            // Buffers for the largest MTU the path may later allow.
+            mtu: plan.mtu.max(mtu) as usize,
             stop: AtomicBool::new(false),
             tx_bytes: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
@@ -162,7 +165,7 @@ impl FastDevice {
     }
 
     /// Lowers (or raises back) the TUN's MTU when the path to the peer
-    /// changes; buffers were sized for the MTU at start, the upper bound.
+    /// changes; buffers were sized for the spec's MTU, the upper bound.
     /// Returns the MTU applied.
     pub fn set_mtu(&self, mtu: u32) -> Result<u32, Error> {
         let mtu = u16::try_from(mtu.min(self.shared.mtu as u32)).unwrap_or(u16::MAX);

@@ -12,6 +12,13 @@
 //! number of attempts; after that, WireGuard's own 5 s timer carries on.
 //! An initiation is 148 bytes: even the fastest part of the schedule is a
 //! handful of small datagrams.
+//!
+//! Every datapath of a dialing gateway follows this one schedule: the fast
+//! datapath sends the initiations itself; for kernel WireGuard and the
+//! embedded boringtun device, which keep their own 5 s timer and send an
+//! initiation only when none is in flight, the gateway starts the
+//! handshake over at each due time instead ([`crate::defguard`]: the peer
+//! removed and added again, then one packet toward it).
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +83,11 @@ impl FirstHandshake {
     /// Whether the schedule may still send something.
     pub fn active(&self) -> bool {
         self.next.is_some()
+    }
+
+    /// When the next initiation is due, while the schedule runs.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next
     }
 
     /// Initiations sent on this schedule so far.
