@@ -80,6 +80,29 @@ pub fn set_condition(
     }
 }
 
+/// What one writer applies of a `status.conditions` list that merges by
+/// `type` under server-side apply (several controllers share it, each with
+/// its own field manager): the writer's existing conditions of the updated
+/// types with `updates` merged in, and nothing of the other writers', which
+/// a stale copy would otherwise overwrite. A type the writer stops applying
+/// is removed by the API server. Also returns whether anything changed.
+pub fn owned_conditions<'a>(
+    existing: &[Condition],
+    updates: impl IntoIterator<Item = ConditionUpdate<'a>>,
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> (Vec<Condition>, bool) {
+    let mut owned = Vec::new();
+    let mut changed = false;
+    for update in updates {
+        if let Some(current) = find_condition(existing, update.type_) {
+            owned.push(current.clone());
+        }
+        changed |= set_condition(&mut owned, update, observed_generation, now);
+    }
+    (owned, changed)
+}
+
 /// The condition of `type_`, if present.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -94,8 +117,51 @@ pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_writer_applies_only_its_own_types_and_keeps_their_transition_times() {
+        let mut existing = Vec::new();
+        for type_ in ["NetworkReady", "AuthenticationReady"] {
+            set_condition(
+                &mut existing,
+                typed(type_, ConditionStatus::False),
+                None,
+                &at(1),
+            );
+        }
+        let (owned, changed) = owned_conditions(
+            &existing,
+            [typed("NetworkReady", ConditionStatus::False)],
+            None,
+            &at(5),
+        );
+        assert!(!changed);
+        assert_eq!(owned, existing[..1]);
+        let (owned, changed) = owned_conditions(
+            &existing,
+            [
+                typed("NetworkReady", ConditionStatus::True),
+                typed("GatewayKeysExchanged", ConditionStatus::True),
+            ],
+            Some(2),
+            &at(7),
+        );
+        assert!(changed);
+        let types: Vec<_> = owned.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["NetworkReady", "GatewayKeysExchanged"]);
+        assert!(owned.iter().all(|c| c.last_transition_time == at(7)));
+    }
+
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("valid timestamp"))
+    }
+
+    fn typed(type_: &str, status: ConditionStatus) -> ConditionUpdate<'_> {
+        ConditionUpdate {
+            type_,
+            status,
+            reason: "Because",
+            message: String::new(),
+        }
     }
 
     fn update(status: ConditionStatus, reason: &str) -> ConditionUpdate<'_> {

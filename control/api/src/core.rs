@@ -96,7 +96,9 @@ pub struct ForeignClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_namespace: Option<TenantNamespaces>,
     /// Aggregated conditions: NetworkReady, AuthenticationReady, OffloadingReady.
+    /// Merged by type: each module applies only its own.
     #[serde(default)]
+    #[x_kube(merge_strategy = rules::conditions_merge())]
     pub conditions: Vec<Condition>,
 }
 

@@ -16,6 +16,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use strait_api::authentication::{Identity, Tenant};
+use strait_api::condition::owned_conditions;
 use strait_api::condition::ConditionStatus::{False, True};
 use strait_api::core::{ForeignCluster, ModuleState, PeeringRole};
 use strait_api::names::{finalizer::FOREIGN_CLUSTER_AUTHENTICATION, tenant_namespace};
@@ -208,7 +209,10 @@ async fn write_status(
         .unwrap_or_default();
     let module = merged_conditions(&existing_module, module_conditions, generation);
     let existing = status.map(|s| s.conditions.clone()).unwrap_or_default();
-    let conditions = merged_conditions(&existing, &[aggregate], generation);
+    // Only AuthenticationReady: the other modules apply their own.
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let (conditions, _) = owned_conditions(&existing, [aggregate], generation, &now);
     let remote = &fc.spec.cluster_id;
     let patch = json!({
         "apiVersion": "core.strait.dev/v1beta1",

@@ -15,7 +15,7 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
 };
 use strait_api::{
-    condition::{find_condition, set_condition, Condition, ConditionStatus, ConditionUpdate},
+    condition::{owned_conditions, ConditionStatus, ConditionUpdate},
     ipam::Network,
     names::label::REMOTE_CLUSTER_ID,
     networking::{ClusterCidrs, ClusterNetwork, Configuration, NatConfiguration},
@@ -58,23 +58,6 @@ pub async fn run(client: Client) {
         }
     })
     .await;
-}
-
-/// The conditions a controller applies when it owns only `update`'s type
-/// (`status.conditions` merges by type in server-side apply, so the others'
-/// stay): that one condition, its transition time kept from `existing`
-/// unless the status changed; and whether it differs from the one there.
-pub(crate) fn own_condition(
-    existing: &[Condition],
-    update: ConditionUpdate<'_>,
-    generation: Option<i64>,
-) -> (Vec<Condition>, bool) {
-    let mut own: Vec<Condition> = find_condition(existing, update.type_)
-        .cloned()
-        .into_iter()
-        .collect();
-    let changed = set_condition(&mut own, update, generation, &Time(Timestamp::now()));
-    (own, changed)
 }
 
 fn error_policy(_: Arc<Configuration>, _: &Error, _: Arc<Context>) -> Action {
@@ -187,8 +170,12 @@ async fn reconcile(config: Arc<Configuration>, ctx: Arc<Context>) -> Result<Acti
     let ready = condition.status == ConditionStatus::True;
     // Only this controller's fields: `status.conditions` merges by type, so
     // the route controller's RoutesReady (and its `vni`) stay as they are.
-    let (conditions, condition_changed) =
-        own_condition(&status.conditions, condition, config.metadata.generation);
+    let (conditions, condition_changed) = owned_conditions(
+        &status.conditions,
+        [condition],
+        config.metadata.generation,
+        &Time(Timestamp::now()),
+    );
     let action = if ready {
         Action::await_change()
     } else {

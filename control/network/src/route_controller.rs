@@ -22,9 +22,8 @@
 
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
-use crate::configuration_controller::own_condition;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
@@ -33,7 +32,7 @@ use kube::{
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use strait_api::{
-    condition::{ConditionStatus, ConditionUpdate},
+    condition::{owned_conditions, ConditionStatus, ConditionUpdate},
     names::label::REMOTE_CLUSTER_ID,
     networking::{
         Configuration, GatewayClient, GatewayServer, InternalEndpoint, RouteConfiguration,
@@ -445,7 +444,12 @@ async fn write_condition(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let (conditions, changed) = own_condition(existing, condition, config.metadata.generation);
+    let (conditions, changed) = owned_conditions(
+        existing,
+        [condition],
+        config.metadata.generation,
+        &Time(Timestamp::now()),
+    );
     if !changed {
         return Ok(());
     }

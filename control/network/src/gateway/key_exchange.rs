@@ -31,7 +31,7 @@ use kube::{
 use serde_json::json;
 use strait_api::{
     authentication::{Identity, IdentityType},
-    condition::{find_condition, set_condition, ConditionStatus, ConditionUpdate},
+    condition::{find_condition, owned_conditions, ConditionStatus, ConditionUpdate},
     core::{ForeignCluster, PeeringRole},
     names::label::REMOTE_CLUSTER_ID,
     networking::{GatewayClient, GatewayServer, PublicEndpoint, PublicKey},
@@ -97,12 +97,13 @@ async fn reconcile(fc: Arc<ForeignCluster>, ctx: Arc<Context>) -> Result<Action,
             let local_id = ctx.cluster_id.as_deref();
             peering_gateways::remove(&ctx.client, &fc, identity.as_ref(), local_id).await?;
         }
-        // A module left out reports nothing on the peering: the conditions
-        // of gateways made from it go (checked at every change, since other
-        // writers of the status may bring a stale copy back).
-        let mut kept = conditions(&fc);
-        kept.retain(|c| c.type_ != peering_gateways::CONDITION);
-        if !deleting && kept.len() != conditions(&fc).len() {
+        // A module left out reports nothing on the peering: the condition
+        // of gateways made from it goes (this writer stops applying it).
+        if !deleting && find_condition(&conditions(&fc), peering_gateways::CONDITION).is_some() {
+            let kept = conditions(&fc)
+                .into_iter()
+                .filter(|c| c.type_ == CONDITION)
+                .collect();
             write_conditions(&ctx.client, &fc, kept).await?;
         }
         return Ok(Action::await_change());
@@ -427,26 +428,23 @@ async fn exchange(
     })
 }
 
-/// Sets this controller's conditions on the ForeignCluster, keeping the
-/// other conditions.
+/// Applies this controller's conditions on the ForeignCluster (the list
+/// merges by type: the other modules' stay as they are).
 async fn publish<'a>(
     client: &Client,
     fc: &ForeignCluster,
     updates: impl IntoIterator<Item = ConditionUpdate<'a>>,
 ) -> Result<(), kube::Error> {
-    let mut conditions = conditions(fc);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let mut changed = false;
-    for update in updates {
-        changed |= set_condition(&mut conditions, update, fc.metadata.generation, &now);
-    }
+    let (conditions, changed) =
+        owned_conditions(&conditions(fc), updates, fc.metadata.generation, &now);
     if !changed {
         return Ok(());
     }
     write_conditions(client, fc, conditions).await
 }
 
-/// Writes `conditions` as the ForeignCluster's, keeping its role.
+/// Applies `conditions` as this controller's on the ForeignCluster, keeping its role.
 async fn write_conditions(
     client: &Client,
     fc: &ForeignCluster,

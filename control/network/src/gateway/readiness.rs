@@ -10,7 +10,7 @@ use kube::{
 };
 use serde_json::json;
 use strait_api::{
-    condition::{set_condition, ConditionStatus, ConditionUpdate},
+    condition::{owned_conditions, set_condition, ConditionStatus, ConditionUpdate},
     core::{ForeignCluster, ModuleState, PeeringRole},
     networking::{ConnectionState, ConnectionStatus},
 };
@@ -186,8 +186,10 @@ pub async fn publish(
     };
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    let mut conditions = status.map(|s| s.conditions.clone()).unwrap_or_default();
-    let changed = set_condition(&mut conditions, ready.clone(), fc.metadata.generation, &now);
+    let existing = status.map(|s| s.conditions.clone()).unwrap_or_default();
+    // Only NetworkReady: the other modules apply their own.
+    let (conditions, changed) =
+        owned_conditions(&existing, [ready.clone()], fc.metadata.generation, &now);
     let existing_module = status.and_then(|s| s.modules.network.as_ref());
     let mut module = existing_module
         .map(|m| m.conditions.clone())
