@@ -458,9 +458,14 @@ fn kubelet_address(server: &Server, node: &str) -> Result<(String, u16), ApiErro
     Ok((address, port))
 }
 
+/// The stream protocols a SPDY client offers and the kubelet picks.
+const STREAM_PROTOCOL: header::HeaderName =
+    header::HeaderName::from_static("x-stream-protocol-version");
+
 /// Request headers passed to the kubelet; the rest (credentials above all)
 /// stay here.
-const FORWARDED_HEADERS: [header::HeaderName; 7] = [
+const FORWARDED_HEADERS: [header::HeaderName; 8] = [
+    STREAM_PROTOCOL,
     header::CONNECTION,
     header::UPGRADE,
     header::SEC_WEBSOCKET_KEY,
@@ -566,6 +571,7 @@ async fn proxy(
             header::UPGRADE,
             header::SEC_WEBSOCKET_ACCEPT,
             header::SEC_WEBSOCKET_PROTOCOL,
+            STREAM_PROTOCOL,
         ] {
             if let Some(value) = response.headers().get(&name) {
                 answer.headers_mut().insert(name, value.clone());

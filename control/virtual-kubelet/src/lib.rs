@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod node;
 pub mod server;
+pub mod spdy;
+pub mod spdy_streams;
 pub mod streams;
 pub mod tls;
 
