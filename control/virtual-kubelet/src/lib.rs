@@ -162,10 +162,7 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
     };
     let endpoint = Arc::new(server::Endpoint {
         reflection: reflection.clone(),
-        gatekeeper: auth::Gatekeeper {
-            consumer: local.clone(),
-            node_name: config.node_name.clone(),
-        },
+        gatekeeper: auth::Gatekeeper::new(local.clone(), config.node_name.clone()),
         tls: tokio_rustls::TlsAcceptor::from(tls_config),
     });
     let workers = config.reflection_workers;

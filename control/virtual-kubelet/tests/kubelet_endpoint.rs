@@ -106,10 +106,7 @@ async fn client_certificates_from_the_client_ca_authenticate_and_are_authorized(
     });
     let endpoint = Arc::new(Endpoint {
         reflection,
-        gatekeeper: Gatekeeper {
-            consumer: consumer.client(),
-            node_name: NODE.to_owned(),
-        },
+        gatekeeper: Gatekeeper::new(consumer.client(), NODE.to_owned()),
         tls: tokio_rustls::TlsAcceptor::from(config),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
