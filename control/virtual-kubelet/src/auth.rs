@@ -22,12 +22,27 @@ use kube::{api::PostParams, Api, Client};
 use rustls::pki_types::CertificateDer;
 use tokio::time::Instant;
 
-/// How long a token the cluster vouched for is believed.
-pub const AUTHENTICATED_TTL: Duration = Duration::from_secs(120);
-/// How long an allowed request stays allowed.
-pub const ALLOWED_TTL: Duration = Duration::from_secs(300);
-/// How long a denied request stays denied.
-pub const DENIED_TTL: Duration = Duration::from_secs(30);
+/// How long review answers are kept (zero: not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewTtls {
+    /// A token the cluster vouched for.
+    pub authenticated: Duration,
+    /// An allowed request.
+    pub allowed: Duration,
+    /// A denied request.
+    pub denied: Duration,
+}
+
+impl Default for ReviewTtls {
+    /// The kubelet's webhook defaults.
+    fn default() -> Self {
+        Self {
+            authenticated: Duration::from_secs(120),
+            allowed: Duration::from_secs(300),
+            denied: Duration::from_secs(30),
+        }
+    }
+}
 /// Answers kept per kind of review.
 const CACHE_CAPACITY: usize = 1024;
 
@@ -56,6 +71,9 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
     }
 
     fn insert(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_CAPACITY && !entries.contains_key(&key) {
@@ -92,19 +110,84 @@ struct Reviews {
     access: ExpiringCache<AccessQuestion, Result<(), String>>,
 }
 
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
+}
+
+/// Why a request is turned away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: no usable credentials.
+    Unauthenticated(String),
+    /// 403: authenticated, not allowed.
+    Forbidden(String),
+    /// 503: the consumer's API server could not be asked.
+    ReviewFailed(String),
+}
+
+/// The user a verified client certificate names: CN, and O as groups (as
+/// the API server reads them).
+pub fn requester_of_certificate(certificate: &CertificateDer<'_>) -> Option<Requester> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(Requester {
+        name,
+        groups,
+        uid: None,
+    })
+}
+
+/// What a kubelet request asks of the Node: the verb from the HTTP method
+/// and the subresources it may be authorized by, in order (the kubelet's
+/// fine-grained ones first, `proxy` as the fallback).
+pub fn node_attributes(method: &http::Method, path: &str) -> (&'static str, Vec<&'static str>) {
+    let verb = match *method {
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "get",
+    };
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let subresources = match first {
+        "stats" => vec!["stats"],
+        "metrics" => vec!["metrics"],
+        "logs" => vec!["log"],
+        "spec" => vec!["spec"],
+        "checkpoint" => vec!["checkpoint"],
+        "healthz" => vec!["healthz", "proxy"],
+        "pods" => vec!["pods", "proxy"],
+        "configz" => vec!["configz", "proxy"],
+        // containerLogs, exec, attach, portForward, run, ...
+        _ => vec!["proxy"],
+    };
+    (verb, subresources)
+}
+
 /// Asks the consumer's API server, and remembers its answers.
 #[derive(Clone)]
 pub struct Gatekeeper {
     consumer: Client,
     node_name: String,
     reviews: Arc<Reviews>,
+    ttls: ReviewTtls,
 }
 
 impl Gatekeeper {
-    pub fn new(consumer: Client, node_name: String) -> Self {
+    pub fn new(consumer: Client, node_name: String, ttls: ReviewTtls) -> Self {
         Self {
             consumer,
             node_name,
+            ttls,
             reviews: Arc::new(Reviews {
                 tokens: ExpiringCache::new(),
                 access: ExpiringCache::new(),
@@ -156,9 +239,11 @@ impl Gatekeeper {
                     groups: user.groups.unwrap_or_default(),
                     uid: user.uid,
                 };
-                self.reviews
-                    .tokens
-                    .insert(token.to_owned(), requester.clone(), AUTHENTICATED_TTL);
+                self.reviews.tokens.insert(
+                    token.to_owned(),
+                    requester.clone(),
+                    self.ttls.authenticated,
+                );
                 Ok(requester)
             }
             _ => Err(Refusal::Unauthenticated(format!(
@@ -188,9 +273,9 @@ impl Gatekeeper {
             None => {
                 let answer = self.review_access(requester, verb, &subresources).await?;
                 let ttl = if answer.is_ok() {
-                    ALLOWED_TTL
+                    self.ttls.allowed
                 } else {
-                    DENIED_TTL
+                    self.ttls.denied
                 };
                 self.reviews.access.insert(key, answer.clone(), ttl);
                 answer
@@ -286,7 +371,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn review_answers_are_kept_for_their_time_and_not_asked_again() {
         let (consumer, seen) = counting_consumer();
-        let gatekeeper = Gatekeeper::new(consumer, "node-a".into());
+        let ttls = ReviewTtls::default();
+        let gatekeeper = Gatekeeper::new(consumer, "node-a".into(), ttls);
         let asked = |kind: &str| {
             seen.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -320,20 +406,20 @@ mod tests {
         assert_eq!(asked("subjectaccessreviews"), 2, "one review per question");
 
         // A denial is kept 30 s, an allowance 5 min, a token 2 min.
-        tokio::time::advance(DENIED_TTL + Duration::from_secs(1)).await;
+        tokio::time::advance(ttls.denied + Duration::from_secs(1)).await;
         let _ = gatekeeper.authorize(&alice, &get, "/exec/a/b/c").await;
         gatekeeper
             .authorize(&alice, &post, "/exec/a/b/c")
             .await
             .expect("allowed");
         assert_eq!(asked("subjectaccessreviews"), 3, "only the denial expired");
-        tokio::time::advance(AUTHENTICATED_TTL).await;
+        tokio::time::advance(ttls.authenticated).await;
         gatekeeper
             .authenticate(None, Some("Bearer t0ken"))
             .await
             .expect("authenticated");
         assert_eq!(asked("tokenreviews"), 2, "the token was reviewed again");
-        tokio::time::advance(ALLOWED_TTL).await;
+        tokio::time::advance(ttls.allowed).await;
         gatekeeper
             .authorize(&alice, &post, "/exec/a/b/c")
             .await

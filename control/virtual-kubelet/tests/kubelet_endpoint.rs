@@ -3,7 +3,7 @@
 //! CN/O and is authorized by a SubjectAccessReview; one from another CA
 //! does not get through the TLS handshake.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -12,7 +12,7 @@ use serde_json::json;
 use strait_offloading::{ipmap::IpTranslation, reflection::Reflection};
 use strait_testkit::{Options, TestCluster};
 use strait_virtual_kubelet::{
-    auth::Gatekeeper,
+    auth::{Gatekeeper, ReviewTtls},
     server::{self, Endpoint},
     tls::{self, TlsSettings},
 };
@@ -106,7 +106,15 @@ async fn client_certificates_from_the_client_ca_authenticate_and_are_authorized(
     });
     let endpoint = Arc::new(Endpoint {
         reflection,
-        gatekeeper: Gatekeeper::new(consumer.client(), NODE.to_owned()),
+        // Denials not kept: the test grants a right and asks again.
+        gatekeeper: Gatekeeper::new(
+            consumer.client(),
+            NODE.to_owned(),
+            ReviewTtls {
+                denied: Duration::ZERO,
+                ..ReviewTtls::default()
+            },
+        ),
         tls: tokio_rustls::TlsAcceptor::from(config),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
