@@ -419,7 +419,23 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .expect("pod template");
         let container = &pod.containers[0];
-        assert_eq!(container.args.as_ref(), Some(&args));
+        // The same, and in a cluster the cluster's client CA.
+        let mut in_cluster = args.clone();
+        in_cluster.extend([
+            "--client-ca-file".to_owned(),
+            IN_CLUSTER_CLIENT_CA_FILE.to_owned(),
+        ]);
+        assert_eq!(container.args.as_ref(), Some(&in_cluster));
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        assert_eq!(
+            volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+            Some("kube-root-ca.crt")
+        );
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        assert_eq!(
+            (mounts[0].name.as_str(), mounts[0].mount_path.as_str()),
+            ("client-ca", IN_CLUSTER_CLIENT_CA_DIR)
+        );
         assert_eq!(container.image.as_deref(), Some("strait/vk:1"));
         assert_eq!(pod.service_account_name.as_deref(), Some("strait-vk"));
         let env = container.env.as_ref().expect("env");
