@@ -482,3 +482,146 @@ impl Flow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    /// The client's end of a session under test.
+    struct Peer {
+        reader: ReadHalf<DuplexStream>,
+        writer: WriteHalf<DuplexStream>,
+        inflater: HeaderInflater,
+        deflater: HeaderDeflater,
+    }
+
+    impl Peer {
+        fn start() -> (Self, Session) {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let (reader, writer) = tokio::io::split(client);
+            let peer = Peer {
+                reader,
+                writer,
+                inflater: HeaderInflater::default(),
+                deflater: HeaderDeflater::new().expect("deflater"),
+            };
+            (peer, Session::start(server))
+        }
+
+        async fn send(&mut self, frame: Frame) {
+            let mut out = BytesMut::new();
+            frame::encode(&frame, &mut self.deflater, &mut out).expect("encode");
+            self.writer.write_all(&out).await.expect("write");
+        }
+
+        async fn open(&mut self, stream_id: u32) {
+            self.send(Frame::SynStream {
+                stream_id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), "stdout".into())],
+            })
+            .await;
+        }
+
+        /// The next frame, or `None` when none comes within `wait`.
+        async fn next(&mut self, wait: Duration) -> Option<Frame> {
+            tokio::time::timeout(
+                wait,
+                frame::read_frame(&mut self.reader, &mut self.inflater, MAX_FRAME_PAYLOAD),
+            )
+            .await
+            .ok()
+            .and_then(|f| f.expect("a well-formed frame"))
+        }
+
+        /// Data bytes of `stream_id` that arrive until `wait` passes quietly.
+        async fn data_until_quiet(&mut self, stream_id: u32, wait: Duration) -> usize {
+            let mut total = 0;
+            while let Some(frame) = self.next(wait).await {
+                if let Frame::Data {
+                    stream_id: id,
+                    data,
+                    ..
+                } = frame
+                {
+                    assert_eq!(id, stream_id);
+                    total += data.len();
+                }
+            }
+            total
+        }
+    }
+
+    const BIG: usize = 200_000;
+
+    async fn accept_and_send_big(session: &mut Session) -> tokio::task::JoinHandle<()> {
+        let stream = session.accept().await.expect("a stream");
+        assert_eq!(stream.header("streamtype"), Some("stdout"));
+        stream.writer.reply().await.expect("reply");
+        tokio::spawn(async move {
+            let _ = stream.writer.send(Bytes::from(vec![7u8; BIG])).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_keeps_windows_is_never_overrun() {
+        let (mut peer, mut session) = Peer::start();
+        peer.open(1).await;
+        // It keeps windows: it says so with an update.
+        peer.send(Frame::WindowUpdate {
+            stream_id: 1,
+            delta: 1,
+        })
+        .await;
+        let _sender = accept_and_send_big(&mut session).await;
+        let quiet = Duration::from_millis(600);
+        let first = peer.data_until_quiet(1, quiet).await;
+        assert_eq!(first, 64 * 1024, "the session window of 64 KiB, no more");
+        for stream_id in [0, 1] {
+            peer.send(Frame::WindowUpdate {
+                stream_id,
+                delta: BIG as u32,
+            })
+            .await;
+        }
+        let rest = peer.data_until_quiet(1, quiet).await;
+        assert_eq!(first + rest, BIG, "the rest once the windows grew");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_keeps_no_windows_is_not_waited_for() {
+        let (mut peer, mut session) = Peer::start();
+        peer.open(1).await;
+        let _sender = accept_and_send_big(&mut session).await;
+        let all = peer.data_until_quiet(1, Duration::from_secs(2)).await;
+        assert_eq!(all, BIG, "everything, after one grace period");
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_out_of_order_streams_end_the_session() {
+        let (mut peer, mut session) = Peer::start();
+        peer.send(Frame::Ping { id: 3 }).await;
+        assert_eq!(
+            peer.next(Duration::from_secs(5)).await,
+            Some(Frame::Ping { id: 3 })
+        );
+        peer.open(5).await;
+        let _first = session.accept().await.expect("stream 5");
+        // Stream ids must grow.
+        peer.open(3).await;
+        assert!(matches!(
+            peer.next(Duration::from_secs(5)).await,
+            Some(Frame::GoAway {
+                last_good_stream_id: 5,
+                status: 1
+            })
+        ));
+        assert!(
+            session.accept().await.is_none(),
+            "no more streams after a protocol error"
+        );
+    }
+}
