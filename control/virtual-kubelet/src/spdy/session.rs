@@ -115,12 +115,12 @@ impl StreamWriter {
     }
 }
 
-/// A session: streams the peer opens, until it goes away.
+/// A session: streams the peer opens, until it goes away. Dropping it
+/// stops the reading; what was queued is still written, and the connection
+/// closes once every stream's writer is gone.
 pub struct Session {
     incoming: mpsc::Receiver<Stream>,
-    outgoing: mpsc::Sender<Frame>,
-    last_stream: Arc<Mutex<u32>>,
-    /// Dropped or set: the reader stops.
+    /// Dropped: the reader stops.
     _stop: watch::Sender<bool>,
 }
 
@@ -135,7 +135,6 @@ impl Session {
         let (incoming_tx, incoming) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let flow = Arc::new(Flow::default());
-        let last_stream = Arc::new(Mutex::new(0));
         tokio::spawn(async move {
             if let Err(error) = write_loop(writer, outgoing_rx).await {
                 tracing::debug!(%error, "SPDY session: writing ended");
@@ -143,9 +142,9 @@ impl Session {
         });
         let reading = Reader {
             incoming: incoming_tx,
-            outgoing: outgoing.clone(),
-            flow: flow.clone(),
-            last_stream: last_stream.clone(),
+            outgoing,
+            flow,
+            last_stream: Arc::new(Mutex::new(0)),
             streams: HashMap::new(),
             session_unacked: 0,
             going_away: false,
@@ -153,8 +152,6 @@ impl Session {
         tokio::spawn(reading.run(reader, stopped));
         Self {
             incoming,
-            outgoing,
-            last_stream,
             _stop: stop,
         }
     }
@@ -162,18 +159,6 @@ impl Session {
     /// The next stream the peer opens; `None` once it cannot open more.
     pub async fn accept(&mut self) -> Option<Stream> {
         self.incoming.recv().await
-    }
-
-    /// Says GOAWAY and stops reading; what was queued is still written.
-    pub async fn close(self) {
-        let last_good_stream_id = *self.last_stream.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .outgoing
-            .send(Frame::GoAway {
-                last_good_stream_id,
-                status: 0,
-            })
-            .await;
     }
 }
 
