@@ -475,3 +475,54 @@ impl ToClient for ForwardToClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn resize_messages_become_one_channel_4_frame_each() {
+        let (chunks, data) = mpsc::channel(4);
+        let (frames, mut out) = mpsc::channel(4);
+        let pump = tokio::spawn(pump_resize(data, frames));
+        for chunk in [
+            &b"{\"Width\":80,\"Hei"[..],
+            b"ght\":24}\n{\"Width\":100,\"Height\":40}\n",
+        ] {
+            chunks.send(Bytes::from(chunk)).await.expect("send");
+        }
+        drop(chunks);
+        let mut got = Vec::new();
+        while let Some(frame) = out.recv().await {
+            got.push(frame);
+        }
+        pump.await.expect("pump");
+        assert_eq!(
+            got,
+            vec![
+                Bytes::from_static(b"\x04{\"Width\":80,\"Height\":24}"),
+                Bytes::from_static(b"\x04{\"Width\":100,\"Height\":40}"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_ends_with_a_close_of_channel_0() {
+        let (chunks, data) = mpsc::channel(4);
+        let (frames, mut out) = mpsc::channel(4);
+        let pump = tokio::spawn(pump_stdin(data, frames));
+        chunks.send(Bytes::from_static(b"abc")).await.expect("send");
+        drop(chunks);
+        pump.await.expect("pump");
+        assert_eq!(out.recv().await, Some(Bytes::from_static(b"\x00abc")));
+        assert_eq!(out.recv().await, Some(Bytes::from_static(b"\xff\x00")));
+    }
+
+    #[test]
+    fn the_query_says_which_streams_the_client_opens() {
+        let plain = Expected::from_query("command=ls&input=1&output=1&error=1");
+        assert!(plain.stdin && plain.stdout && plain.stderr && !plain.resize);
+        let tty = Expected::from_query("command=sh&input=1&output=1&error=1&tty=1");
+        assert!(tty.stdin && tty.stdout && !tty.stderr && tty.resize);
+    }
+}
