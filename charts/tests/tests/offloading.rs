@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use strait_api::{offloading::VirtualNode, rbac::Rule};
 use strait_chart_tests::{expand_placeholders, find, Helm, NAMESPACE};
 use strait_offloading::{
-    kubelet::{kubelet_args, KubeletSettings},
+    kubelet::{render_deployment, KubeletSettings},
     rbac,
 };
 
@@ -178,7 +178,21 @@ fn the_virtual_kubelet_template_runs_the_arguments_the_controller_renders() {
     };
     // The controller's rendering is the one the offloading tests run the
     // binary with (as child processes): it parses with the real flags.
-    let rendered = flags(&kubelet_args(&virtual_node, &settings));
+    let controller_deployment = serde_json::to_value(
+        render_deployment(
+            &virtual_node,
+            &settings,
+            "image",
+            "strait-virtual-kubelet",
+            NAMESPACE,
+        )
+        .expect("the controller renders a Deployment"),
+    )
+    .expect("deployment JSON");
+    let controller_container = &controller_deployment["spec"]["template"]["spec"]["containers"][0];
+    let controller_args: Vec<String> =
+        serde_json::from_value(controller_container["args"].clone()).expect("args");
+    let rendered = flags(&controller_args);
     let template = flags(&template_args);
     for (flag, value) in &template {
         assert_eq!(
@@ -187,12 +201,33 @@ fn the_virtual_kubelet_template_runs_the_arguments_the_controller_renders() {
             "--{flag} in the chart's template is not what the controller passes"
         );
     }
-    for required in ["virtual-node", "node-name", "local-cluster-id", "node-ip"] {
+    for required in [
+        "virtual-node",
+        "node-name",
+        "local-cluster-id",
+        "node-ip",
+        "client-ca-file",
+    ] {
         assert!(
             template.contains_key(required),
             "the chart's template does not pass --{required}: {template_args:?}"
         );
     }
+    // The client CA file is the cluster's CA, mounted where both say.
+    let template_pod = &deployment["spec"]["template"]["spec"];
+    let controller_pod = &controller_deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        template_pod["volumes"], controller_pod["volumes"],
+        "volumes"
+    );
+    assert_eq!(
+        template_pod["volumes"][0]["configMap"]["name"], "kube-root-ca.crt",
+        "the cluster CA's ConfigMap is mounted"
+    );
+    assert_eq!(
+        container["volumeMounts"], controller_container["volumeMounts"],
+        "volume mounts"
+    );
     // --node-ip $(POD_IP) is expanded by the kubelet from this variable.
     assert!(
         container["env"]

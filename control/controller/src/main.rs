@@ -233,6 +233,11 @@ struct OffloadingArgs {
     /// simulation) instead of as a Deployment.
     #[arg(long, value_name = "PATH")]
     virtual_kubelet_binary: Option<std::path::PathBuf>,
+    /// The client CA the child-process virtual kubelets trust (their
+    /// --client-ca-file: the CA of the API server's kubelet client
+    /// certificate). Deployments always trust the cluster's kube-root-ca.crt.
+    #[arg(long, value_name = "FILE", requires = "virtual_kubelet_binary")]
+    virtual_kubelet_client_ca_file: Option<String>,
     /// Image of the virtual kubelet Deployments.
     #[arg(long, default_value = concat!("ghcr.io/strait-dev/strait-virtual-kubelet:", env!("CARGO_PKG_VERSION")))]
     virtual_kubelet_image: String,
@@ -275,6 +280,7 @@ impl OffloadingArgs {
             not_ready_grace: Duration::from_secs(self.not_ready_grace_seconds),
             status_interval: Duration::from_millis(self.node_status_interval_ms),
             pod_cidr_remaps: self.pod_cidr_remaps.clone(),
+            client_ca_file: self.virtual_kubelet_client_ca_file.clone(),
             ..KubeletSettings::default()
         };
         if local {

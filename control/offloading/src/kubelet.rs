@@ -35,7 +35,21 @@ pub struct KubeletSettings {
     pub reflection_workers: usize,
     /// Provider pod CIDRs seen locally under another prefix (network module remapping).
     pub pod_cidr_remaps: Vec<CidrRemap>,
+    /// PEM CA of the client certificates the API server shows kubelets
+    /// (`--client-ca-file`). A Deployment always gets the cluster's
+    /// (`kube-root-ca.crt`, mounted at [`IN_CLUSTER_CLIENT_CA_FILE`]).
+    pub client_ca_file: Option<String>,
+    /// How long the kubelet keeps a denied authorization
+    /// (`--authorization-cache-denied-ttl-seconds`; its default when unset).
+    pub authorization_denied_ttl: Option<Duration>,
 }
+
+/// Where a virtual kubelet Deployment finds the cluster's client CA: the
+/// `ca.crt` of the `kube-root-ca.crt` ConfigMap every namespace has (the
+/// CA of the API server's kubelet client certificate in kubeadm-style
+/// clusters).
+pub const IN_CLUSTER_CLIENT_CA_FILE: &str = "/etc/strait/client-ca/ca.crt";
+const IN_CLUSTER_CLIENT_CA_DIR: &str = "/etc/strait/client-ca";
 
 impl Default for KubeletSettings {
     fn default() -> Self {
@@ -48,6 +62,8 @@ impl Default for KubeletSettings {
             pod_workers: 8,
             reflection_workers: 2,
             pod_cidr_remaps: Vec::new(),
+            client_ca_file: None,
+            authorization_denied_ttl: None,
         }
     }
 }
@@ -87,6 +103,14 @@ pub fn kubelet_args(virtual_node: &VirtualNode, settings: &KubeletSettings) -> V
         args.push("--pod-cidr-remap".to_owned());
         args.push(remap.to_string());
     }
+    if let Some(file) = &settings.client_ca_file {
+        args.push("--client-ca-file".to_owned());
+        args.push(file.clone());
+    }
+    if let Some(ttl) = settings.authorization_denied_ttl {
+        args.push("--authorization-cache-denied-ttl-seconds".to_owned());
+        args.push(ttl.as_secs().to_string());
+    }
     args
 }
 
@@ -116,6 +140,11 @@ pub fn render_deployment(
         names::label::MANAGED_BY: names::label::MANAGED_BY_VALUE,
         names::label::VIRTUAL_NODE: virtual_node.name_any(),
     });
+    // In a cluster the kubelet trusts the cluster's client CA.
+    let settings = &KubeletSettings {
+        client_ca_file: Some(IN_CLUSTER_CLIENT_CA_FILE.to_owned()),
+        ..settings.clone()
+    };
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -138,8 +167,10 @@ pub fn render_deployment(
                         "args": kubelet_args(virtual_node, settings),
                         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                         "ports": [{"name": "kubelet", "containerPort": 10250}],
+                        "volumeMounts": [{"name": "client-ca", "mountPath": IN_CLUSTER_CLIENT_CA_DIR, "readOnly": true}],
                         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
                     }],
+                    "volumes": [{"name": "client-ca", "configMap": {"name": "kube-root-ca.crt"}}],
                 },
             },
         },
@@ -388,7 +419,23 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .expect("pod template");
         let container = &pod.containers[0];
-        assert_eq!(container.args.as_ref(), Some(&args));
+        // The same, and in a cluster the cluster's client CA.
+        let mut in_cluster = args.clone();
+        in_cluster.extend([
+            "--client-ca-file".to_owned(),
+            IN_CLUSTER_CLIENT_CA_FILE.to_owned(),
+        ]);
+        assert_eq!(container.args.as_ref(), Some(&in_cluster));
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        assert_eq!(
+            volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+            Some("kube-root-ca.crt")
+        );
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        assert_eq!(
+            (mounts[0].name.as_str(), mounts[0].mount_path.as_str()),
+            ("client-ca", IN_CLUSTER_CLIENT_CA_DIR)
+        );
         assert_eq!(container.image.as_deref(), Some("strait/vk:1"));
         assert_eq!(pod.service_account_name.as_deref(), Some("strait-vk"));
         let env = container.env.as_ref().expect("env");

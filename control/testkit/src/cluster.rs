@@ -59,6 +59,8 @@ pub struct TestCluster {
     logs: Arc<PodLogs>,
     tokens: Arc<Tokens>,
     kubelet: Arc<KubeletSlot>,
+    /// The CA of the certificate the API server shows kubelets.
+    kubelet_client_ca: String,
 }
 
 impl TestCluster {
@@ -100,15 +102,19 @@ impl TestCluster {
         let logs = Arc::new(PodLogs::default());
         let tokens = Arc::new(Tokens::default());
         let kubelet = Arc::new(KubeletSlot::default());
-        let kubelet_token = tokens.issue(User {
-            name: KUBELET_CLIENT_USER.to_owned(),
-            groups: vec![SUPERUSER_GROUP.to_owned()],
-        });
+        // The certificate the API server shows kubelets, from the cluster's
+        // CA (a CA of its own on a plain cluster, which has none).
+        let kubelet_pki = match &pki {
+            Some(pki) => pki.clone(),
+            None => Arc::new(Pki::new(&format!("{name}-kubelet-client"))?),
+        };
+        let kubelet_client = kubelet_pki.issue(KUBELET_CLIENT_USER, &[SUPERUSER_GROUP])?;
+        let kubelet_client_ca = kubelet_pki.ca_pem();
         let server = Arc::new(Server {
             logs: logs.clone(),
             tokens: tokens.clone(),
             kubelet: kubelet.clone(),
-            kubelet_token,
+            kubelet_client,
             registry,
             store,
             address,
@@ -129,6 +135,7 @@ impl TestCluster {
             logs,
             tokens,
             kubelet,
+            kubelet_client_ca,
         };
         if let Some(pki) = &cluster.pki {
             let admin = pki.issue(ADMIN_USER, &[SUPERUSER_GROUP])?;
@@ -171,6 +178,13 @@ impl TestCluster {
     /// returns: there is no kubelet, so the test says what the container printed.
     pub fn set_pod_log(&self, namespace: &str, pod: &str, container: &str, text: &str) {
         self.logs.set(namespace, pod, container, text);
+    }
+
+    /// PEM of the CA that signed the client certificate this API server
+    /// shows kubelets (user `kube-apiserver-kubelet-client`, group
+    /// `system:masters`): a kubelet's `--client-ca-file`.
+    pub fn kubelet_client_ca_pem(&self) -> String {
+        self.kubelet_client_ca.clone()
     }
 
     /// A bearer token for `user` in `groups`, which a TokenReview on this

@@ -411,6 +411,29 @@ impl rustls::client::danger::ServerCertVerifier for AnyKubeletCertificate {
     }
 }
 
+fn kubelet_client_chain(
+    server: &Server,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ApiError> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    CertificateDer::pem_slice_iter(server.kubelet_client.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("the kubelet client certificate: {e}"),
+            )
+        })
+}
+
+fn kubelet_client_key(
+    server: &Server,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ApiError> {
+    use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer};
+    PrivateKeyDer::from_pem_slice(server.kubelet_client.key_pem.as_bytes())
+        .map_err(|e| ApiError::new(500, "InternalError", format!("the kubelet client key: {e}")))
+}
+
 /// Where the Node says its kubelet listens.
 fn kubelet_address(server: &Server, node: &str) -> Result<(String, u16), ApiError> {
     let state = server.store.lock();
@@ -458,9 +481,14 @@ fn kubelet_address(server: &Server, node: &str) -> Result<(String, u16), ApiErro
     Ok((address, port))
 }
 
+/// The stream protocols a SPDY client offers and the kubelet picks.
+const STREAM_PROTOCOL: header::HeaderName =
+    header::HeaderName::from_static("x-stream-protocol-version");
+
 /// Request headers passed to the kubelet; the rest (credentials above all)
 /// stay here.
-const FORWARDED_HEADERS: [header::HeaderName; 7] = [
+const FORWARDED_HEADERS: [header::HeaderName; 8] = [
+    STREAM_PROTOCOL,
     header::CONNECTION,
     header::UPGRADE,
     header::SEC_WEBSOCKET_KEY,
@@ -506,7 +534,8 @@ async fn proxy(
         .map_err(|e| unreachable(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider)))
-        .with_no_client_auth();
+        .with_client_auth_cert(kubelet_client_chain(server)?, kubelet_client_key(server)?)
+        .map_err(|e| unreachable(format!("the kubelet client certificate: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect((address.as_str(), port))
         .await
@@ -534,10 +563,6 @@ async fn proxy(
         .method(method)
         .uri(uri)
         .header(header::HOST, format!("{address}:{port}"))
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", server.kubelet_token),
-        )
         .body(Full::new(body))
         .map_err(|e| unreachable(e.to_string()))?;
     upstream.headers_mut().extend(headers);
@@ -566,6 +591,7 @@ async fn proxy(
             header::UPGRADE,
             header::SEC_WEBSOCKET_ACCEPT,
             header::SEC_WEBSOCKET_PROTOCOL,
+            STREAM_PROTOCOL,
         ] {
             if let Some(value) = response.headers().get(&name) {
                 answer.headers_mut().insert(name, value.clone());

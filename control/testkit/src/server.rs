@@ -50,8 +50,9 @@ pub struct Server {
     pub tokens: Arc<Tokens>,
     /// The test kubelet answering pod streams, once the test sets one.
     pub kubelet: Arc<KubeletSlot>,
-    /// The token this API server shows the kubelets it proxies to.
-    pub kubelet_token: String,
+    /// The client certificate this API server shows the kubelets it
+    /// proxies to (kube-apiserver's `--kubelet-client-certificate`).
+    pub kubelet_client: crate::pki::ClientCredentials,
 }
 
 pub struct Tls {

@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod node;
 pub mod server;
+pub mod spdy;
+pub mod spdy_streams;
 pub mod streams;
 pub mod tls;
 
@@ -61,6 +63,8 @@ pub struct Config {
     pub translation: IpTranslation,
     /// The kubelet endpoint's serving certificate and client CA.
     pub tls: tls::TlsSettings,
+    /// How long review answers are kept.
+    pub review_ttls: auth::ReviewTtls,
 }
 
 /// Splits `namespace/name`.
@@ -170,10 +174,11 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
     };
     let endpoint = Arc::new(server::Endpoint {
         reflection: reflection.clone(),
-        gatekeeper: auth::Gatekeeper {
-            consumer: local.clone(),
-            node_name: config.node_name.clone(),
-        },
+        gatekeeper: auth::Gatekeeper::new(
+            local.clone(),
+            config.node_name.clone(),
+            config.review_ttls,
+        ),
         tls: tokio_rustls::TlsAcceptor::from(tls_config),
     });
     let workers = config.reflection_workers;

@@ -4,7 +4,9 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use strait_offloading::ipmap::{CidrRemap, IpTranslation};
-use strait_virtual_kubelet::{parent_gone, parse_virtual_node, run, tls::TlsSettings, Config};
+use strait_virtual_kubelet::{
+    auth::ReviewTtls, parent_gone, parse_virtual_node, run, tls::TlsSettings, Config,
+};
 use tracing_subscriber::EnvFilter;
 
 /// A virtual node backed by a provider cluster: registers the Node, runs
@@ -53,6 +55,16 @@ struct Cli {
     /// attach and port-forward): 403 when refused.
     #[arg(long, value_name = "FILE")]
     client_ca_file: Option<PathBuf>,
+    /// Seconds a bearer token the cluster vouched for is believed without
+    /// asking again (the kubelet's webhook cache TTL).
+    #[arg(long, default_value_t = 120)]
+    authentication_cache_ttl_seconds: u64,
+    /// Seconds an allowed request stays allowed without asking again.
+    #[arg(long, default_value_t = 300)]
+    authorization_cache_allowed_ttl_seconds: u64,
+    /// Seconds a denied request stays denied without asking again.
+    #[arg(long, default_value_t = 30)]
+    authorization_cache_denied_ttl_seconds: u64,
     /// Address published on the Node for reaching those endpoints.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
@@ -95,6 +107,11 @@ async fn main() -> Result<()> {
         reflection_workers: cli.reflection_workers,
         translation: IpTranslation {
             remaps: cli.pod_cidr_remaps,
+        },
+        review_ttls: ReviewTtls {
+            authenticated: Duration::from_secs(cli.authentication_cache_ttl_seconds),
+            allowed: Duration::from_secs(cli.authorization_cache_allowed_ttl_seconds),
+            denied: Duration::from_secs(cli.authorization_cache_denied_ttl_seconds),
         },
         tls: TlsSettings {
             cert_file: cli.tls_cert_file,

@@ -1,9 +1,10 @@
-//! exec, attach and port-forward: the kubelet-style websocket request the
-//! API server passes on (`v5.channel.k8s.io` or `v4.channel.k8s.io`) is
-//! answered by opening the same subresource of the pod on the provider's
-//! API server, through the tenant's identity, and relaying the frames.
-//! The channel framing is the same on both legs; a `v5` close-stdin frame
-//! is dropped when one side speaks `v4`, which has none.
+//! exec, attach and port-forward: the kubelet-style request the API server
+//! passes on (a websocket, `v5.channel.k8s.io` or `v4.channel.k8s.io`, or
+//! SPDY/3.1, see `spdy_streams`) is answered by opening the same
+//! subresource of the pod on the provider's API server, through the
+//! tenant's identity (a websocket), and relaying the frames. The relay
+//! works in the channel framing whatever the client's transport; a `v5`
+//! close-stdin frame is dropped when one side speaks `v4`, which has none.
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
@@ -23,9 +24,9 @@ use tokio_tungstenite::{
 use crate::server::text;
 
 const V5: &str = "v5.channel.k8s.io";
-const V4: &str = "v4.channel.k8s.io";
+pub(crate) const V4: &str = "v4.channel.k8s.io";
 /// A v5 frame that half-closes one channel.
-const CLOSE_CHANNEL: u8 = 255;
+pub(crate) const CLOSE_CHANNEL: u8 = 255;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -35,7 +36,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn subresource(self) -> &'static str {
+    pub(crate) fn subresource(self) -> &'static str {
         match self {
             Self::Exec => "exec",
             Self::Attach => "attach",
@@ -61,7 +62,7 @@ fn values(query: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
-fn flag(query: &str, keys: &[&str]) -> bool {
+pub(crate) fn flag(query: &str, keys: &[&str]) -> bool {
     keys.iter().any(|key| {
         values(query, key)
             .last()
@@ -123,21 +124,97 @@ fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String 
         .to_owned()
 }
 
-/// Answers a stream request: 101 and a relay, or why not.
+/// The provider's side of a relay: its API server's websocket.
+pub(crate) type Upstream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens `path` (from [`provider_path`]) on the provider: the websocket
+/// and whether it speaks v5, or the answer to give the client.
+pub(crate) async fn connect_upstream(
+    provider: &kube::Client,
+    path: &str,
+    what: &str,
+) -> Result<(Upstream, bool), Box<Response<Full<Bytes>>>> {
+    let request = http::Request::get(path).body(Vec::new()).map_err(|error| {
+        Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {error}"),
+        ))
+    })?;
+    match provider.connect(request).await {
+        Ok(connection) => {
+            let v5 = connection.supports_stream_close();
+            Ok((connection.into_stream(), v5))
+        }
+        Err(kube::Error::UpgradeConnection(
+            kube::client::UpgradeConnectionError::ProtocolSwitch(code),
+        )) => Err(text(
+            StatusCode::from_u16(code.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("the provider answered {code} to {what}"),
+        )
+        .into()),
+        Err(error) => Err(text(
+            StatusCode::BAD_GATEWAY,
+            format!("the provider is unreachable: {error}"),
+        )
+        .into()),
+    }
+}
+
+/// Where `target` lives on the provider and what to call it in messages,
+/// or the answer to give the client.
+pub(crate) fn remote_target(
+    reflection: &Reflection,
+    target: &Target,
+) -> Result<(String, String), Box<Response<Full<Bytes>>>> {
+    let Some(remote_namespace) = reflection.remote_namespace(&target.namespace) else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "namespace {} is not offloaded through this node",
+                target.namespace
+            ),
+        )
+        .into());
+    };
+    let what = format!(
+        "{} of pod {}/{} (there {remote_namespace}/{})",
+        target.kind.subresource(),
+        target.namespace,
+        target.pod,
+        target.pod
+    );
+    Ok((remote_namespace, what))
+}
+
+/// Answers a stream request: 101 and a relay, or why not. Websockets
+/// (what kube-rs and kubectl speak to an API server) and SPDY/3.1 (what
+/// kube-apiserver speaks to kubelets) are both served.
 pub async fn open(
     reflection: &Reflection,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     target: Target,
 ) -> Response<Full<Bytes>> {
-    if !header_text(&request, header::UPGRADE).eq_ignore_ascii_case("websocket") {
+    let upgrade = header_text(&request, header::UPGRADE);
+    if upgrade.eq_ignore_ascii_case(crate::spdy_streams::UPGRADE) {
+        return crate::spdy_streams::open(reflection, request, target).await;
+    }
+    if !upgrade.eq_ignore_ascii_case("websocket") {
         return text(
             StatusCode::BAD_REQUEST,
             format!(
-                "{} needs a websocket upgrade ({V5} or {V4}); SPDY is not served by strait-virtual-kubelet",
+                "{} needs an upgrade to SPDY/3.1 or to a websocket ({V5} or {V4})",
                 target.kind.subresource()
             ),
         );
     }
+    open_websocket(reflection, request, target).await
+}
+
+async fn open_websocket(
+    reflection: &Reflection,
+    mut request: Request<Incoming>,
+    target: Target,
+) -> Response<Full<Bytes>> {
     let offered = header_text(&request, header::SEC_WEBSOCKET_PROTOCOL);
     let offers = |protocol: &str| offered.split(',').any(|o| o.trim() == protocol);
     if !offers(V5) && !offers(V4) {
@@ -147,45 +224,16 @@ pub async fn open(
         );
     }
     let key = header_text(&request, header::SEC_WEBSOCKET_KEY);
-    let Some(remote_namespace) = reflection.remote_namespace(&target.namespace) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "namespace {} is not offloaded through this node",
-                target.namespace
-            ),
-        );
+    let (remote_namespace, what) = match remote_target(reflection, &target) {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     let query = request.uri().query().unwrap_or("").to_owned();
     let path = provider_path(&target, &remote_namespace, &query);
-    let upstream_request = match http::Request::get(&path).body(Vec::new()) {
-        Ok(r) => r,
-        Err(error) => return text(StatusCode::BAD_REQUEST, format!("bad request: {error}")),
+    let (upstream, upstream_v5) = match connect_upstream(&reflection.remote, &path, &what).await {
+        Ok(connected) => connected,
+        Err(response) => return *response,
     };
-    let upstream = match reflection.remote.connect(upstream_request).await {
-        Ok(connection) => connection,
-        Err(kube::Error::UpgradeConnection(
-            kube::client::UpgradeConnectionError::ProtocolSwitch(code),
-        )) => {
-            return text(
-                StatusCode::from_u16(code.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-                format!(
-                    "the provider answered {code} to {} of pod {}/{} (there {remote_namespace}/{})",
-                    target.kind.subresource(),
-                    target.namespace,
-                    target.pod,
-                    target.pod
-                ),
-            )
-        }
-        Err(error) => {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!("the provider is unreachable: {error}"),
-            )
-        }
-    };
-    let upstream_v5 = upstream.supports_stream_close();
     let downstream_protocol = match (upstream_v5, offers(V5)) {
         (true, true) => V5,
         (false, _) if offers(V4) => V4,
@@ -194,12 +242,6 @@ pub async fn open(
     };
     let downstream_v5 = downstream_protocol == V5;
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let what = format!(
-        "{} {}/{}",
-        target.kind.subresource(),
-        target.namespace,
-        target.pod
-    );
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -210,10 +252,15 @@ pub async fn open(
         };
         let downstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let (sink, source) = downstream.split();
         let result = relay(
-            downstream,
+            WebSocketFromClient(source),
+            WebSocketToClient {
+                sink,
+                closed: false,
+            },
             downstream_v5,
-            upstream.into_stream(),
+            upstream,
             upstream_v5,
         )
         .await;
@@ -238,55 +285,105 @@ pub async fn open(
     response
 }
 
-/// Copies frames both ways until either side closes, then closes the other.
-async fn relay<D, U>(
-    downstream: WebSocketStream<D>,
-    downstream_v5: bool,
+/// Why a relay ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("SPDY: {0}")]
+    Spdy(#[from] crate::spdy::SpdyError),
+}
+
+/// The client's frames, in the channel framing (first byte the channel)
+/// whatever the transport; `None` when the client is gone.
+pub(crate) trait FromClient {
+    async fn next_frame(&mut self) -> Option<Result<Bytes, RelayError>>;
+}
+
+/// Frames to the client, in the channel framing; `close` ends every
+/// channel (called once the provider's side ends, and safe to repeat).
+pub(crate) trait ToClient {
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), RelayError>;
+    async fn close(&mut self) -> Result<(), RelayError>;
+}
+
+struct WebSocketFromClient<S>(futures::stream::SplitStream<WebSocketStream<S>>);
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> FromClient
+    for WebSocketFromClient<S>
+{
+    async fn next_frame(&mut self) -> Option<Result<Bytes, RelayError>> {
+        loop {
+            match self.0.next().await? {
+                Ok(Message::Binary(frame)) => return Some(Ok(frame)),
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => {}
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+    }
+}
+
+struct WebSocketToClient<S> {
+    sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+    closed: bool,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> ToClient for WebSocketToClient<S> {
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), RelayError> {
+        Ok(self.sink.send(Message::Binary(frame)).await?)
+    }
+
+    async fn close(&mut self) -> Result<(), RelayError> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        Ok(self.sink.send(Message::Close(None)).await?)
+    }
+}
+
+/// Copies frames both ways until either side ends, then ends the other:
+/// one relay for every transport the client speaks. A v5 close-channel
+/// frame is dropped towards a side that does not speak v5.
+pub(crate) async fn relay<U>(
+    mut from_client: impl FromClient,
+    mut to_client: impl ToClient,
+    client_v5: bool,
     upstream: WebSocketStream<U>,
     upstream_v5: bool,
-) -> Result<(), tungstenite::Error>
+) -> Result<(), RelayError>
 where
-    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut down_sink, mut down_source) = downstream.split();
     let (mut up_sink, mut up_source) = upstream.split();
     let to_provider = async {
-        while let Some(message) = down_source.next().await {
-            match message? {
-                Message::Binary(frame) if frame.first() == Some(&CLOSE_CHANNEL) && !upstream_v5 => {
-                }
-                Message::Close(frame) => {
-                    up_sink.send(Message::Close(frame)).await?;
-                    return Ok(());
-                }
-                message @ (Message::Binary(_) | Message::Text(_)) => up_sink.send(message).await?,
-                _ => {}
+        while let Some(frame) = from_client.next_frame().await {
+            let frame = frame?;
+            if frame.first() == Some(&CLOSE_CHANNEL) && !upstream_v5 {
+                continue;
             }
+            up_sink.send(Message::Binary(frame)).await?;
         }
-        up_sink.send(Message::Close(None)).await
+        up_sink.send(Message::Close(None)).await?;
+        Ok::<_, RelayError>(())
     };
-    let to_client = async {
+    let to_client_side = async {
         while let Some(message) = up_source.next().await {
             match message? {
-                Message::Binary(frame)
-                    if frame.first() == Some(&CLOSE_CHANNEL) && !downstream_v5 => {}
-                Message::Close(frame) => {
-                    down_sink.send(Message::Close(frame)).await?;
-                    return Ok(());
-                }
-                message @ (Message::Binary(_) | Message::Text(_)) => {
-                    down_sink.send(message).await?
-                }
+                Message::Binary(frame) if frame.first() == Some(&CLOSE_CHANNEL) && !client_v5 => {}
+                Message::Binary(frame) => to_client.send_frame(frame).await?,
+                Message::Close(_) => break,
                 _ => {}
             }
         }
-        down_sink.send(Message::Close(None)).await
+        Ok::<_, RelayError>(())
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = to_provider => result,
-        result = to_client => result,
-    }
+        result = to_client_side => result,
+    };
+    let closed = to_client.close().await;
+    result.and(closed)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! CN/O and is authorized by a SubjectAccessReview; one from another CA
 //! does not get through the TLS handshake.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -15,7 +15,7 @@ use strait_offloading::{
 };
 use strait_testkit::{Options, TestCluster};
 use strait_virtual_kubelet::{
-    auth::Gatekeeper,
+    auth::{Gatekeeper, ReviewTtls},
     server::{self, Endpoint},
     tls::{self, TlsSettings},
 };
@@ -109,10 +109,15 @@ async fn client_certificates_from_the_client_ca_authenticate_and_are_authorized(
     });
     let endpoint = Arc::new(Endpoint {
         reflection,
-        gatekeeper: Gatekeeper {
-            consumer: consumer.client(),
-            node_name: NODE.to_owned(),
-        },
+        // Denials not kept: the test grants a right and asks again.
+        gatekeeper: Gatekeeper::new(
+            consumer.client(),
+            NODE.to_owned(),
+            ReviewTtls {
+                denied: Duration::ZERO,
+                ..ReviewTtls::default()
+            },
+        ),
         tls: tokio_rustls::TlsAcceptor::from(config),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))

@@ -485,3 +485,176 @@ where
         .await
         .expect("create")
 }
+
+/// Runs kubectl against the consumer, forced onto SPDY (as kube-apiserver
+/// speaks to kubelets): (exit code, stdout, stderr).
+async fn kubectl_spdy(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (Option<i32>, Vec<u8>, String) {
+    let mut child = tokio::process::Command::new("kubectl")
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl runs (cargo xtask bootstrap installs it)");
+    let mut input = child.stdin.take().expect("stdin");
+    let input_bytes = stdin.unwrap_or_default().to_vec();
+    let feed = async move {
+        let _ = input.write_all(&input_bytes).await;
+        drop(input);
+    };
+    let (_, output) = tokio::join!(feed, child.wait_with_output());
+    let output = output.expect("kubectl output");
+    (
+        output.status.code(),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// kubectl, the Go client, through the consumer's API server to the
+/// virtual kubelet over SPDY/3.1, and from there to the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_over_spdy_execs_attaches_and_forwards_through_the_virtual_kubelet() {
+    let scene = scene().await;
+    let kubeconfig = scene.consumer.dir.path().join("kubectl.kubeconfig");
+    scene
+        .consumer
+        .cluster
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    let run = |args: &'static [&'static str], stdin: Option<&'static [u8]>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            tokio::time::timeout(WAIT, kubectl_spdy(&kubeconfig, args, stdin))
+                .await
+                .unwrap_or_else(|_| panic!("kubectl {args:?} finishes in time"))
+        }
+    };
+
+    let (code, out, err) = run(
+        &[
+            "-n",
+            "shop",
+            "exec",
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out), "to-stdout\n", "{err}");
+    assert!(err.contains("to-stderr\n"), "{err}");
+    assert_eq!(code, Some(3), "the exit code comes through: {err}");
+
+    let (code, out, err) = run(
+        &["-n", "shop", "exec", "-i", "web", "-c", "app", "--", "cat"],
+        Some(b"through stdin\nand back\n"),
+    )
+    .await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&out).as_ref()),
+        (Some(0), "through stdin\nand back\n"),
+        "{err}"
+    );
+
+    // More than the 64 KiB windows, both ways.
+    static BIG: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect());
+    let (code, out, err) = run(
+        &["-n", "shop", "exec", "-i", "web", "-c", "app", "--", "cat"],
+        Some(BIG.as_slice()),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out == *BIG,
+        "300,000 bytes through stdin and stdout ({} came back)",
+        out.len()
+    );
+
+    let (code, out, err) = run(
+        &["-n", "shop", "attach", "-i", "web", "-c", "app"],
+        Some(b"ping\n"),
+    )
+    .await;
+    assert_eq!(
+        (code, String::from_utf8_lossy(&out).as_ref()),
+        (Some(0), "ping\n"),
+        "{err}"
+    );
+
+    // port-forward: kubectl listens on a loopback port of its choosing.
+    let mut forwarder = tokio::process::Command::new("kubectl")
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "-n",
+            "shop",
+            "port-forward",
+            "--address",
+            "127.0.0.1",
+            "pod/web",
+            ":8080",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl port-forward runs");
+    let stdout = forwarder.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let local_port = tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = lines.read_line(&mut line).await.expect("kubectl output");
+            assert!(n > 0, "kubectl port-forward ended before forwarding");
+            // "Forwarding from 127.0.0.1:PORT -> 8080"
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("a port");
+            }
+        }
+    })
+    .await
+    .expect("kubectl port-forward listens in time");
+    for round in 0..3 {
+        let exchange = async {
+            let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", local_port))
+                .await
+                .expect("connect to kubectl");
+            let message = format!("hello{round}");
+            connection
+                .write_all(message.as_bytes())
+                .await
+                .expect("write");
+            let mut reply = vec![0u8; message.len() + 5];
+            connection.read_exact(&mut reply).await.expect("reply");
+            String::from_utf8_lossy(&reply).into_owned()
+        };
+        let reply = tokio::time::timeout(WAIT, exchange)
+            .await
+            .expect("port-forward answers in time");
+        assert_eq!(reply, format!("pong:hello{round}"), "connection {round}");
+    }
+    let _ = forwarder.kill().await;
+}

@@ -302,9 +302,19 @@ impl Consumer {
         self.cluster.client()
     }
 
+    /// The virtual kubelets trust the certificate this cluster's API
+    /// server shows kubelets, and keep no denials (tests grant a right and
+    /// ask again at once).
     pub fn start_module(&mut self, settings: KubeletSettings) {
         let path = self.dir.path().join("consumer.kubeconfig");
         self.cluster.write_kubeconfig(&path).expect("kubeconfig");
+        let client_ca = self.dir.path().join("kubelet-client-ca.crt");
+        std::fs::write(&client_ca, self.cluster.kubelet_client_ca_pem()).expect("client CA");
+        let settings = KubeletSettings {
+            client_ca_file: Some(client_ca.display().to_string()),
+            authorization_denied_ttl: Some(Duration::ZERO),
+            ..settings
+        };
         self.module = Some(start_module(
             &self.id,
             self.client(),
