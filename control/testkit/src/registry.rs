@@ -21,6 +21,8 @@ pub struct ResourceType {
     pub categories: Vec<String>,
     /// Set for Strait kinds: every write is admitted against it.
     pub crd: Option<Arc<CustomResourceDefinition>>,
+    /// The CRD's schema as JSON, made once: admission reads it on every write.
+    pub crd_schema: Option<Arc<serde_json::Value>>,
 }
 
 impl ResourceType {
@@ -57,6 +59,7 @@ impl ResourceType {
             short_names: Vec::new(),
             categories: Vec::new(),
             crd: None,
+            crd_schema: None,
         }
     }
 
@@ -79,6 +82,7 @@ impl ResourceType {
                 .is_some_and(|s| s.status.is_some()),
             short_names: names.short_names.clone().unwrap_or_default(),
             categories: names.categories.clone().unwrap_or_default(),
+            crd_schema: Some(Arc::new(strait_api::admission::schema_of(&crd))),
             crd: Some(Arc::new(crd)),
         })
     }
