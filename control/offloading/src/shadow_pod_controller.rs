@@ -609,4 +609,99 @@ mod tests {
             "{admitted:?}"
         );
     }
+
+    /// Many ShadowPods arriving at once, reconciled concurrently, never
+    /// overcommit the tenant's grant: exactly as many run as fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_admissions_never_exceed_the_grant() {
+        let cluster = TestCluster::start("shadow-quota").await.expect("starts");
+        let client = cluster.client();
+        let tenant_namespace = names::tenant_namespace("consumer");
+        let work = "work-from-consumer";
+        let namespaces = Api::<Namespace>::all(client.clone());
+        for value in [
+            json!({"metadata": {"name": tenant_namespace}}),
+            json!({"metadata": {"name": work, "labels": {names::label::REMOTE_CLUSTER_ID: "consumer"}}}),
+        ] {
+            let namespace: Namespace = serde_json::from_value(value).expect("namespace");
+            namespaces
+                .create(&PostParams::default(), &namespace)
+                .await
+                .expect("namespace");
+        }
+        let slices = Api::<ResourceSlice>::namespaced(client.clone(), &tenant_namespace);
+        let grant = json!({"cpu": "1", "memory": "1Gi", "pods": "100"});
+        let slice: ResourceSlice = serde_json::from_value(json!({
+            "apiVersion": "authentication.strait.dev/v1beta1", "kind": "ResourceSlice",
+            "metadata": {"name": "default"},
+            "spec": {"consumerClusterID": "consumer", "providerClusterID": "provider", "resources": grant},
+        }))
+        .expect("slice");
+        slices
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("slice");
+        slices
+            .patch_status(
+                "default",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"resources": grant}})),
+            )
+            .await
+            .expect("grant");
+        let controller = tokio::spawn(run(Arc::new(Context::new(
+            client.clone(),
+            Enforcement::Hard,
+        ))));
+        // A quarter of the cpu each: four fit.
+        let shadows = Api::<ShadowPod>::namespaced(client.clone(), work);
+        let creations = (0..12).map(|i| {
+            let shadows = shadows.clone();
+            async move {
+                let shadow: ShadowPod = serde_json::from_value(json!({
+                    "apiVersion": "offloading.strait.dev/v1beta1", "kind": "ShadowPod",
+                    "metadata": {"name": format!("job-{i}")},
+                    "spec": {"pod": {"containers": [{"name": "app", "image": "app:1",
+                        "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]}},
+                }))
+                .expect("shadow");
+                shadows.create(&PostParams::default(), &shadow).await
+            }
+        });
+        for created in futures::future::join_all(creations).await {
+            created.expect("create");
+        }
+        let verdicts = || async {
+            let list = shadows.list(&Default::default()).await.expect("list");
+            list.items
+                .iter()
+                .filter_map(|s| {
+                    find_condition(&s.status.as_ref()?.conditions, "Admitted").map(|c| c.status)
+                })
+                .collect::<Vec<_>>()
+        };
+        strait_testkit::eventually(
+            "every ShadowPod has a verdict",
+            Duration::from_secs(30),
+            || async { verdicts().await.len() == 12 },
+        )
+        .await;
+        let admitted = verdicts()
+            .await
+            .into_iter()
+            .filter(|v| *v == ConditionStatus::True)
+            .count();
+        let pods = Api::<Pod>::namespaced(client.clone(), work)
+            .list(&Default::default())
+            .await
+            .expect("pods")
+            .items
+            .len();
+        controller.abort();
+        assert_eq!(
+            (admitted, pods),
+            (4, 4),
+            "admitted ShadowPods and their pods"
+        );
+    }
 }
