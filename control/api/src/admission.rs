@@ -26,6 +26,31 @@ pub fn admit(
     object: &Value,
     old: Option<&Value>,
 ) -> Result<Value, Rejected> {
+    admit_with_schema(crd, &schema_of(crd), object, old)
+}
+
+/// The served version's OpenAPI schema of `crd` as JSON (`Null` if none).
+/// Turning it into JSON is most of the cost of an admission for a kind with
+/// a large schema (a ShadowPod embeds a whole PodSpec), so a caller that
+/// admits many objects computes it once and uses [`admit_with_schema`].
+pub fn schema_of(crd: &CustomResourceDefinition) -> Value {
+    crd.spec
+        .versions
+        .iter()
+        .find(|v| v.served)
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// [`admit`] with the schema already computed by [`schema_of`].
+pub fn admit_with_schema(
+    crd: &CustomResourceDefinition,
+    schema: &Value,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<Value, Rejected> {
     let kind = crd.spec.names.kind.clone();
     let name = object
         .pointer("/metadata/name")
@@ -41,12 +66,6 @@ pub fn admit(
         return Err(reject(vec!["the CRD serves no version".into()]));
     };
     let api_version = format!("{}/{}", crd.spec.group, version.name);
-    let schema = version
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or(Value::Null);
 
     let mut problems = Vec::new();
     if object.get("apiVersion").and_then(Value::as_str) != Some(api_version.as_str()) {
@@ -61,8 +80,8 @@ pub fn admit(
         &mut problems,
     );
 
-    let defaulted = apply_defaults(&schema, object);
-    structural(&schema, &defaulted, "", &mut problems);
+    let defaulted = apply_defaults(schema, object);
+    structural(schema, &defaulted, "", &mut problems);
     if !problems.is_empty() {
         // The API server stops at schema errors; CEL rules assume a well-typed object.
         return Err(reject(problems));
@@ -73,7 +92,7 @@ pub fn admit(
         kind: kind.clone(),
     };
     if let Err(errors) =
-        Validator::new().validate_with_context(&schema, &defaulted, old, Some(&root))
+        Validator::new().validate_with_context(schema, &defaulted, old, Some(&root))
     {
         problems.extend(errors.iter().map(ToString::to_string));
         return Err(reject(problems));

@@ -60,7 +60,11 @@ pub const CONTROLLER: &[Rule] = &[
         &["list", "watch"],
     ),
     // The tenant's grant, summed for its quota.
-    rule(group::AUTHENTICATION, &["resourceslices"], &["list"]),
+    rule(
+        group::AUTHENTICATION,
+        &["resourceslices"],
+        &["list", "watch"],
+    ),
     // Virtual nodes: read for status, deleted with their VirtualNode.
     rule("", &["nodes"], &["get", "list", "watch", "delete"]),
     rule("coordination.k8s.io", &["leases"], &["delete"]),
@@ -71,7 +75,11 @@ pub const CONTROLLER: &[Rule] = &[
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
     // Namespaces made for consumers, and which tenant a namespace is for.
-    rule("", &["namespaces"], &["get", "list", "create", "delete"]),
+    rule(
+        "",
+        &["namespaces"],
+        &["get", "list", "watch", "create", "delete"],
+    ),
     // The provider's kubeconfig Secret of a VirtualNode; the cluster ID.
     rule("", &["secrets", "configmaps"], &["get"]),
     rule(

@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     api::{DeleteParams, PostParams},
     runtime::{
-        controller::Action,
+        controller::{self, Action},
         finalizer::{finalizer, Event},
-        watcher, Controller,
+        reflector::{self, ObjectRef, Store},
+        watcher, Controller, WatchStreamExt as _,
     },
     Api, Client, Resource as _, ResourceExt as _,
 };
@@ -36,6 +37,11 @@ use crate::{
 };
 
 pub const FIELD_MANAGER: &str = "strait-offloading-shadowpod";
+
+/// ShadowPods reconciled at once. Each reconcile is a few round trips at
+/// most (its reads come from the caches), so a small bound keeps a burst of
+/// thousands of ShadowPods from becoming thousands of requests in flight.
+const CONCURRENCY: u16 = 16;
 
 /// How a tenant's quota is enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +77,42 @@ pub struct Context {
     /// Told when quota is released, so refused ShadowPods are looked at again at once.
     released: tokio::sync::mpsc::UnboundedSender<()>,
     released_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<()>>>,
+    /// Caches of what admission and reconciles read, so that admitting a
+    /// ShadowPod costs no reads on the API server: the real pods (filled
+    /// by the watch that also triggers reconciles), the namespaces (which
+    /// tenant each belongs to, its quota enforcement) and the grants.
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    slices: Store<ResourceSlice>,
+    writers: Mutex<Option<Writers>>,
+}
+
+struct Writers {
+    pods: reflector::store::Writer<Pod>,
+    namespaces: reflector::store::Writer<Namespace>,
+    slices: reflector::store::Writer<ResourceSlice>,
 }
 
 impl Context {
     pub fn new(client: Client, default_enforcement: Enforcement) -> Self {
         let (released, released_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (pods, pods_writer) = reflector::store();
+        let (namespaces, namespaces_writer) = reflector::store();
+        let (slices, slices_writer) = reflector::store();
         Self {
             client,
             default_enforcement,
             ledger: Mutex::new(HashMap::new()),
             released,
             released_rx: Mutex::new(Some(released_rx)),
+            pods,
+            namespaces,
+            slices,
+            writers: Mutex::new(Some(Writers {
+                pods: pods_writer,
+                namespaces: namespaces_writer,
+                slices: slices_writer,
+            })),
         }
     }
 
@@ -137,24 +168,73 @@ pub async fn run(context: Arc<Context>) -> Result<(), Error> {
         receiver.recv().await?;
         Some(((), Some(receiver)))
     });
-    Controller::new(
-        Api::<ShadowPod>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .reconcile_all_on(released)
-    .run(
-        reconcile,
-        |_, _: &Error, _| Action::requeue(Duration::from_secs(2)),
-        context,
-    )
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            warn!(%error, "ShadowPod reconcile failed");
+    let Some(writers) = context
+        .writers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+    else {
+        // Already running: one controller per Context.
+        return Ok(());
+    };
+    let namespaces = reflect(Api::<Namespace>::all(client.clone()), writers.namespaces);
+    let slices = reflect(Api::<ResourceSlice>::all(client.clone()), writers.slices);
+    // The pod watch fills the cache before it triggers the reconcile of the
+    // pod's ShadowPod, so a reconcile never reads an older pod than the
+    // change that woke it.
+    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let controller = async {
+        // Admission reads namespaces and grants from the caches: wait until
+        // they hold the API server's state rather than refuse on an empty one.
+        let (namespaces_ready, slices_ready) = futures::join!(
+            context.namespaces.wait_until_ready(),
+            context.slices.wait_until_ready()
+        );
+        if namespaces_ready.is_err() || slices_ready.is_err() {
+            return;
         }
-    })
-    .await;
+        Controller::new(
+            Api::<ShadowPod>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(pods)
+        .reconcile_all_on(released)
+        .run(
+            reconcile,
+            |_, _: &Error, _| Action::requeue(Duration::from_secs(2)),
+            context.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "ShadowPod reconcile failed");
+            }
+        })
+        .await;
+    };
+    futures::join!(namespaces, slices, controller);
     Ok(())
+}
+
+/// Keeps `writer`'s cache in step with the objects of `api`, forever.
+async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 async fn tenant_of_namespaces(client: &Client) -> Result<HashMap<String, String>, Error> {
@@ -172,9 +252,21 @@ async fn tenant_of_namespaces(client: &Client) -> Result<HashMap<String, String>
 async fn reconcile(shadow: Arc<ShadowPod>, context: Arc<Context>) -> Result<Action, Error> {
     let namespace = shadow.namespace().ok_or(Error::Unnamed("ShadowPod"))?;
     let api = Api::<ShadowPod>::namespaced(context.client.clone(), &namespace);
+    // Until the pod cache holds the API server's pods, "no pod" could be
+    // stale; the other caches were waited for before the controller started.
+    context
+        .pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Waiting("the pod cache stopped".into()))?;
     finalizer(&api, names::finalizer::SHADOW_POD, shadow, |event| async {
         match event {
-            Event::Apply(shadow) => apply(&shadow, &context, &api, &namespace).await,
+            Event::Apply(shadow) => {
+                let pod = context
+                    .pods
+                    .get(&ObjectRef::new(&shadow.name_any()).within(&namespace));
+                apply(&shadow, pod.as_deref(), &context, &api, &namespace).await
+            }
             Event::Cleanup(shadow) => cleanup(&shadow, &context, &namespace).await,
         }
     })
@@ -188,12 +280,16 @@ fn phase_of(pod: &Pod) -> PodPhase {
         Some("Running") => PodPhase::Running,
         Some("Succeeded") => PodPhase::Succeeded,
         Some("Failed") => PodPhase::Failed,
+        // A pod no kubelet has reported on yet waits to start.
+        None => PodPhase::Pending,
         _ => PodPhase::Unknown,
     }
 }
 
+/// `pod` is the cached pod of the ShadowPod's name, if any.
 async fn apply(
     shadow: &ShadowPod,
+    pod: Option<&Pod>,
     context: &Context,
     api: &Api<ShadowPod>,
     namespace: &str,
@@ -202,7 +298,7 @@ async fn apply(
     let uid = shadow.uid().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(context.client.clone(), namespace);
     let mut status = shadow.status.clone().unwrap_or_default();
-    if let Some(pod) = pods.get_opt(&name).await? {
+    if let Some(pod) = pod {
         let owned = pod.owner_references().iter().any(|o| o.uid == uid);
         if !owned {
             merge_conditions(&mut status.conditions, vec![condition("Admitted", false, "NameTaken", format!("pod {namespace}/{name} exists and is not this ShadowPod's: delete it or rename the pod"))], shadow.metadata.generation);
@@ -216,7 +312,7 @@ async fn apply(
                 vec![admitted_condition()],
                 shadow.metadata.generation,
             );
-            status.phase = phase_of(&pod);
+            status.phase = phase_of(pod);
             status.pod_status = pod.status.clone();
             if is_finished(status.phase) {
                 context.release(&uid);
@@ -228,7 +324,7 @@ async fn apply(
         // A completed pod is never resurrected.
         return Ok(Action::await_change());
     }
-    let verdict = admit(shadow, context, namespace).await?;
+    let verdict = admit(shadow, context, namespace)?;
     let admitted = verdict.is_ok();
     let update = match &verdict {
         Ok(()) => admitted_condition(),
@@ -290,7 +386,7 @@ async fn write_status(
 }
 
 /// Admits `shadow` into its tenant's ledger, or says why not.
-async fn admit(
+fn admit(
     shadow: &ShadowPod,
     context: &Context,
     namespace: &str,
@@ -299,9 +395,7 @@ async fn admit(
     if context.ledger().contains_key(&uid) {
         return Ok(Ok(()));
     }
-    let ns = Api::<Namespace>::all(context.client.clone())
-        .get_opt(namespace)
-        .await?;
+    let ns = context.namespaces.get(&ObjectRef::new(namespace));
     let Some(tenant) = ns
         .as_ref()
         .and_then(|ns| ns.labels().get(names::label::REMOTE_CLUSTER_ID))
@@ -310,9 +404,7 @@ async fn admit(
         return Ok(Err(("NotATenantNamespace", format!("namespace {namespace} was not created for a consumer (no {} label): ShadowPods only run in offloaded namespaces", names::label::REMOTE_CLUSTER_ID))));
     };
     let tenant_namespace = names::tenant_namespace(&tenant);
-    let tenant_ns = Api::<Namespace>::all(context.client.clone())
-        .get_opt(&tenant_namespace)
-        .await?;
+    let tenant_ns = context.namespaces.get(&ObjectRef::new(&tenant_namespace));
     let enforcement = match tenant_ns
         .as_ref()
         .and_then(|ns| ns.annotations().get(names::annotation::QUOTA_ENFORCEMENT))
@@ -357,15 +449,16 @@ async fn admit(
     }
     let mut grant = Resources::default();
     if enforcement != Enforcement::None {
-        let slices = Api::<ResourceSlice>::namespaced(context.client.clone(), &tenant_namespace)
-            .list(&Default::default())
-            .await?;
-        for slice in slices {
-            if let Some(status) = slice.status {
+        let slices = context.slices.state();
+        for slice in slices
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(tenant_namespace.as_str()))
+        {
+            if let Some(status) = &slice.status {
                 match Resources::from_list(&status.resources) {
                     Ok(granted) => grant.add(&granted),
                     Err(error) => {
-                        warn!(slice = %slice.metadata.name.unwrap_or_default(), %error, "ignoring an unreadable grant")
+                        warn!(slice = %slice.name_any(), %error, "ignoring an unreadable grant")
                     }
                 }
             }
@@ -502,7 +595,8 @@ mod tests {
         .expect("running");
 
         let context = Context::new(client.clone(), Enforcement::Hard);
-        apply(&stale, &context, &api, namespace)
+        let pod = pods.get("job").await.expect("pod");
+        apply(&stale, Some(&pod), &context, &api, namespace)
             .await
             .expect("reconcile");
 
@@ -513,6 +607,101 @@ mod tests {
             (admitted.status, admitted.reason.as_str()),
             (ConditionStatus::True, "WithinQuota"),
             "{admitted:?}"
+        );
+    }
+
+    /// Many ShadowPods arriving at once, reconciled concurrently, never
+    /// overcommit the tenant's grant: exactly as many run as fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_admissions_never_exceed_the_grant() {
+        let cluster = TestCluster::start("shadow-quota").await.expect("starts");
+        let client = cluster.client();
+        let tenant_namespace = names::tenant_namespace("consumer");
+        let work = "work-from-consumer";
+        let namespaces = Api::<Namespace>::all(client.clone());
+        for value in [
+            json!({"metadata": {"name": tenant_namespace}}),
+            json!({"metadata": {"name": work, "labels": {names::label::REMOTE_CLUSTER_ID: "consumer"}}}),
+        ] {
+            let namespace: Namespace = serde_json::from_value(value).expect("namespace");
+            namespaces
+                .create(&PostParams::default(), &namespace)
+                .await
+                .expect("namespace");
+        }
+        let slices = Api::<ResourceSlice>::namespaced(client.clone(), &tenant_namespace);
+        let grant = json!({"cpu": "1", "memory": "1Gi", "pods": "100"});
+        let slice: ResourceSlice = serde_json::from_value(json!({
+            "apiVersion": "authentication.strait.dev/v1beta1", "kind": "ResourceSlice",
+            "metadata": {"name": "default"},
+            "spec": {"consumerClusterID": "consumer", "providerClusterID": "provider", "resources": grant},
+        }))
+        .expect("slice");
+        slices
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("slice");
+        slices
+            .patch_status(
+                "default",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"resources": grant}})),
+            )
+            .await
+            .expect("grant");
+        let controller = tokio::spawn(run(Arc::new(Context::new(
+            client.clone(),
+            Enforcement::Hard,
+        ))));
+        // A quarter of the cpu each: four fit.
+        let shadows = Api::<ShadowPod>::namespaced(client.clone(), work);
+        let creations = (0..12).map(|i| {
+            let shadows = shadows.clone();
+            async move {
+                let shadow: ShadowPod = serde_json::from_value(json!({
+                    "apiVersion": "offloading.strait.dev/v1beta1", "kind": "ShadowPod",
+                    "metadata": {"name": format!("job-{i}")},
+                    "spec": {"pod": {"containers": [{"name": "app", "image": "app:1",
+                        "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]}},
+                }))
+                .expect("shadow");
+                shadows.create(&PostParams::default(), &shadow).await
+            }
+        });
+        for created in futures::future::join_all(creations).await {
+            created.expect("create");
+        }
+        let verdicts = || async {
+            let list = shadows.list(&Default::default()).await.expect("list");
+            list.items
+                .iter()
+                .filter_map(|s| {
+                    find_condition(&s.status.as_ref()?.conditions, "Admitted").map(|c| c.status)
+                })
+                .collect::<Vec<_>>()
+        };
+        strait_testkit::eventually(
+            "every ShadowPod has a verdict",
+            Duration::from_secs(30),
+            || async { verdicts().await.len() == 12 },
+        )
+        .await;
+        let admitted = verdicts()
+            .await
+            .into_iter()
+            .filter(|v| *v == ConditionStatus::True)
+            .count();
+        let pods = Api::<Pod>::namespaced(client.clone(), work)
+            .list(&Default::default())
+            .await
+            .expect("pods")
+            .items
+            .len();
+        controller.abort();
+        assert_eq!(
+            (admitted, pods),
+            (4, 4),
+            "admitted ShadowPods and their pods"
         );
     }
 }

@@ -25,6 +25,8 @@ pub struct ResourceType {
     pub crd: Option<Arc<CustomResourceDefinition>>,
     /// The lists its schema merges by key in server-side apply.
     pub list_maps: ListMaps,
+    /// The CRD's schema as JSON, made once: admission reads it on every write.
+    pub crd_schema: Option<Arc<serde_json::Value>>,
 }
 
 impl ResourceType {
@@ -62,6 +64,7 @@ impl ResourceType {
             categories: Vec::new(),
             crd: None,
             list_maps: ListMaps::default(),
+            crd_schema: None,
         }
     }
 
@@ -85,6 +88,7 @@ impl ResourceType {
             short_names: names.short_names.clone().unwrap_or_default(),
             categories: names.categories.clone().unwrap_or_default(),
             list_maps: ListMaps::from_crd(&crd),
+            crd_schema: Some(Arc::new(strait_api::admission::schema_of(&crd))),
             crd: Some(Arc::new(crd)),
         })
     }

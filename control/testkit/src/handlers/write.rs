@@ -173,7 +173,11 @@ fn admit(call: &Call, object: &Value, old: Option<&Value>) -> Result<Value, ApiE
     let Some(crd) = call.resource.crd.as_deref() else {
         return Ok(object.clone());
     };
-    strait_api::admission::admit(crd, object, old).map_err(|rejected| {
+    let admitted = match call.resource.crd_schema.as_deref() {
+        Some(schema) => strait_api::admission::admit_with_schema(crd, schema, object, old),
+        None => strait_api::admission::admit(crd, object, old),
+    };
+    admitted.map_err(|rejected| {
         tracing::debug!(kind = %call.resource.kind, name = %rejected.name, problems = ?rejected.problems, "admission refused");
         ApiError::invalid(&call.resource.group, &call.resource.kind, &rejected.name, &rejected.problems)
     })
