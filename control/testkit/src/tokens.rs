@@ -104,16 +104,8 @@ pub fn token_request(
         ));
     }
     let spec = &request["spec"];
-    let audiences: Vec<String> = spec
-        .get("audiences")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .filter(|list: &Vec<String>| !list.is_empty())
+    let audiences = Some(strings(&spec["audiences"]))
+        .filter(|list| !list.is_empty())
         .unwrap_or_else(|| vec![API_AUDIENCE.to_owned()]);
     let seconds = spec
         .get("expirationSeconds")
@@ -260,6 +252,18 @@ fn parse(body: &[u8], kind: &str) -> Result<Value, ApiError> {
     Ok(review)
 }
 
+/// The strings of a JSON array (none when it is absent or not an array).
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `POST /apis/authentication.k8s.io/v1/tokenreviews`: who a token is.
 pub fn token_review(tokens: &Tokens, state: &State, body: &[u8]) -> Result<Value, ApiError> {
     let mut review = parse(body, "TokenReview")?;
@@ -267,16 +271,7 @@ pub fn token_review(tokens: &Tokens, state: &State, body: &[u8]) -> Result<Value
         .pointer("/spec/token")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let wanted: Vec<String> = review
-        .pointer("/spec/audiences")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let wanted = strings(&review["spec"]["audiences"]);
     let status = match (tokens.user_of(token), tokens.service_account_token(token)) {
         (Some(user), _) => json!({
             "authenticated": true,

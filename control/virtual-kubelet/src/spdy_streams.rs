@@ -16,7 +16,6 @@ use hyper::{
     header::{self, HeaderValue},
     Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
 use strait_offloading::reflection::Reflection;
 use tokio::sync::mpsc;
 
@@ -88,14 +87,10 @@ pub async fn open(
                 };
             let expected = Expected::from_query(&query);
             tokio::spawn(async move {
-                let upgraded = match on_upgrade.await {
-                    Ok(upgraded) => upgraded,
-                    Err(error) => {
-                        tracing::debug!(%error, %what, "the client's upgrade failed");
-                        return;
-                    }
+                let Some(upgraded) = streams::upgraded(on_upgrade, &what).await else {
+                    return;
                 };
-                let mut session = Session::start(TokioIo::new(upgraded));
+                let mut session = Session::start(upgraded);
                 let channels = match tokio::time::timeout(
                     STREAMS_WAIT,
                     expected.collect(&mut session),
@@ -122,14 +117,10 @@ pub async fn open(
         Kind::PortForward => {
             let provider = reflection.remote.clone();
             tokio::spawn(async move {
-                let upgraded = match on_upgrade.await {
-                    Ok(upgraded) => upgraded,
-                    Err(error) => {
-                        tracing::debug!(%error, %what, "the client's upgrade failed");
-                        return;
-                    }
+                let Some(upgraded) = streams::upgraded(on_upgrade, &what).await else {
+                    return;
                 };
-                let session = Session::start(TokioIo::new(upgraded));
+                let session = Session::start(upgraded);
                 forward_ports(session, provider, target, remote_namespace, what).await;
             });
         }

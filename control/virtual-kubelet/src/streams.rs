@@ -243,15 +243,10 @@ async fn open_websocket(
     let downstream_v5 = downstream_protocol == V5;
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, %what, "the client's upgrade failed");
-                return;
-            }
+        let Some(upgraded) = upgraded(on_upgrade, &what).await else {
+            return;
         };
-        let downstream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let downstream = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
         let (sink, source) = downstream.split();
         let result = relay(
             WebSocketFromClient(source),
@@ -384,6 +379,21 @@ where
     };
     let closed = to_client.close().await;
     result.and(closed)
+}
+
+/// The client's connection once the 101 went out, or `None` (logged) when
+/// the upgrade failed.
+pub(crate) async fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    what: &str,
+) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(TokioIo::new(upgraded)),
+        Err(error) => {
+            tracing::debug!(%error, %what, "the client's upgrade failed");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
