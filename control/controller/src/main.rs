@@ -257,6 +257,16 @@ struct OffloadingArgs {
     /// module Configuration (whose remap wins). Repeatable.
     #[arg(long = "virtual-kubelet-pod-cidr-remap", value_name = "REMOTE=LOCAL")]
     pod_cidr_remaps: Vec<strait_offloading::ipmap::CidrRemap>,
+    /// IP:PORT at which pods on the providers reach this cluster's API
+    /// server (an address the network module routes, or a load balancer):
+    /// the virtual kubelets' --consumer-api-address. Offloaded pods given a
+    /// consumer token are pointed there instead of the provider's API.
+    #[arg(
+        long = "virtual-kubelet-consumer-api-address",
+        value_name = "IP:PORT",
+        value_parser = strait_offloading::reflection::tokens::parse_consumer_api_address
+    )]
+    consumer_api_address: Option<std::net::SocketAddr>,
 }
 
 impl OffloadingArgs {
@@ -281,6 +291,7 @@ impl OffloadingArgs {
             status_interval: Duration::from_millis(self.node_status_interval_ms),
             pod_cidr_remaps: self.pod_cidr_remaps.clone(),
             client_ca_file: self.virtual_kubelet_client_ca_file.clone(),
+            consumer_api_address: self.consumer_api_address,
             ..KubeletSettings::default()
         };
         if local {
