@@ -456,4 +456,27 @@ mod tests {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
     }
+
+    #[test]
+    fn the_consumer_api_address_reaches_the_virtual_kubelets_and_must_be_ip_and_port() {
+        use clap::Parser as _;
+        let parse = |address: &str| {
+            super::Cli::try_parse_from([
+                "strait-controller",
+                "--offloading",
+                "--virtual-kubelet-consumer-api-address",
+                address,
+            ])
+        };
+        let cli = parse("198.18.0.10:6443").expect("an IP:PORT is accepted");
+        let module = cli.offloading.module(Some("consumer".into()), "strait");
+        assert_eq!(
+            module.kubelet.consumer_api_address,
+            Some("198.18.0.10:6443".parse().expect("address"))
+        );
+        let refused = parse("kubernetes.default.svc:443")
+            .expect_err("a name is refused")
+            .to_string();
+        assert!(refused.contains("must be IP:PORT"), "{refused}");
+    }
 }
