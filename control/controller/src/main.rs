@@ -257,6 +257,16 @@ struct OffloadingArgs {
     /// module Configuration (whose remap wins). Repeatable.
     #[arg(long = "virtual-kubelet-pod-cidr-remap", value_name = "REMOTE=LOCAL")]
     pod_cidr_remaps: Vec<strait_offloading::ipmap::CidrRemap>,
+    /// IP:PORT at which pods on the providers reach this cluster's API
+    /// server (an address the network module routes, or a load balancer):
+    /// the virtual kubelets' --consumer-api-address. Offloaded pods given a
+    /// consumer token are pointed there instead of the provider's API.
+    #[arg(
+        long = "virtual-kubelet-consumer-api-address",
+        value_name = "IP:PORT",
+        value_parser = strait_offloading::reflection::tokens::parse_consumer_api_address
+    )]
+    consumer_api_address: Option<std::net::SocketAddr>,
 }
 
 impl OffloadingArgs {
@@ -281,6 +291,7 @@ impl OffloadingArgs {
             status_interval: Duration::from_millis(self.node_status_interval_ms),
             pod_cidr_remaps: self.pod_cidr_remaps.clone(),
             client_ca_file: self.virtual_kubelet_client_ca_file.clone(),
+            consumer_api_address: self.consumer_api_address,
             ..KubeletSettings::default()
         };
         if local {
@@ -444,5 +455,28 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_consumer_api_address_reaches_the_virtual_kubelets_and_must_be_ip_and_port() {
+        use clap::Parser as _;
+        let parse = |address: &str| {
+            super::Cli::try_parse_from([
+                "strait-controller",
+                "--offloading",
+                "--virtual-kubelet-consumer-api-address",
+                address,
+            ])
+        };
+        let cli = parse("198.18.0.10:6443").expect("an IP:PORT is accepted");
+        let module = cli.offloading.module(Some("consumer".into()), "strait");
+        assert_eq!(
+            module.kubelet.consumer_api_address,
+            Some("198.18.0.10:6443".parse().expect("address"))
+        );
+        let refused = parse("kubernetes.default.svc:443")
+            .expect_err("a name is refused")
+            .to_string();
+        assert!(refused.contains("must be IP:PORT"), "{refused}");
     }
 }

@@ -2,7 +2,7 @@
 //! command-line arguments, used by both ways of running it (a child process
 //! in the local simulation, a Deployment in a cluster).
 
-use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Mutex, time::Duration};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
@@ -42,6 +42,9 @@ pub struct KubeletSettings {
     /// How long the kubelet keeps a denied authorization
     /// (`--authorization-cache-denied-ttl-seconds`; its default when unset).
     pub authorization_denied_ttl: Option<Duration>,
+    /// Where provider pods reach the consumer's API server
+    /// (`--consumer-api-address`; pods keep the provider's when unset).
+    pub consumer_api_address: Option<SocketAddr>,
 }
 
 /// Where a virtual kubelet Deployment finds the cluster's client CA: the
@@ -64,6 +67,7 @@ impl Default for KubeletSettings {
             pod_cidr_remaps: Vec::new(),
             client_ca_file: None,
             authorization_denied_ttl: None,
+            consumer_api_address: None,
         }
     }
 }
@@ -102,6 +106,10 @@ pub fn kubelet_args(virtual_node: &VirtualNode, settings: &KubeletSettings) -> V
     for remap in &settings.pod_cidr_remaps {
         args.push("--pod-cidr-remap".to_owned());
         args.push(remap.to_string());
+    }
+    if let Some(address) = settings.consumer_api_address {
+        args.push("--consumer-api-address".to_owned());
+        args.push(address.to_string());
     }
     if let Some(file) = &settings.client_ca_file {
         args.push("--client-ca-file".to_owned());
@@ -381,6 +389,7 @@ mod tests {
         let settings = KubeletSettings {
             local_cluster_id: "cluster-a".into(),
             pod_cidr_remaps: vec!["10.0.0.0/16=10.70.0.0/16".parse().expect("remap")],
+            consumer_api_address: Some("[fd00::10]:6443".parse().expect("address")),
             ..KubeletSettings::default()
         };
         let vn = virtual_node();
@@ -397,6 +406,7 @@ mod tests {
         assert_eq!(pair("--local-cluster-id"), "cluster-a");
         assert_eq!(pair("--pod-cidr-remap"), "10.0.0.0/16=10.70.0.0/16");
         assert_eq!(pair("--node-ip"), "$(POD_IP)");
+        assert_eq!(pair("--consumer-api-address"), "[fd00::10]:6443");
 
         let deployment = render_deployment(&vn, &settings, "strait/vk:1", "strait-vk", "strait")
             .expect("renders");

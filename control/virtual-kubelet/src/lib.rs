@@ -65,6 +65,8 @@ pub struct Config {
     pub tls: tls::TlsSettings,
     /// How long review answers are kept.
     pub review_ttls: auth::ReviewTtls,
+    /// Where provider pods reach the consumer's API server.
+    pub consumer_api_address: Option<std::net::SocketAddr>,
 }
 
 /// Splits `namespace/name`.
@@ -139,6 +141,7 @@ pub async fn run(local: Client, config: Config) -> Result<(), Error> {
         translation: translation_rx,
         namespaces: mapping_rx,
         virtual_node: virtual_node_rx.clone(),
+        consumer_api_address: config.consumer_api_address,
     });
     // Checked before anything listens: a bad certificate file stops the start.
     let tls_config = tls::server_config(

@@ -1,9 +1,12 @@
 //! strait-virtual-kubelet: the virtual node of one VirtualNode.
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use strait_offloading::ipmap::{CidrRemap, IpTranslation};
+use strait_offloading::{
+    ipmap::{CidrRemap, IpTranslation},
+    reflection::tokens::parse_consumer_api_address,
+};
 use strait_virtual_kubelet::{
     auth::ReviewTtls, parent_gone, parse_virtual_node, run, tls::TlsSettings, Config,
 };
@@ -79,6 +82,17 @@ struct Cli {
     /// labelled with the provider's cluster ID (its remap wins). Repeatable.
     #[arg(long = "pod-cidr-remap", value_name = "REMOTE=LOCAL")]
     pod_cidr_remaps: Vec<CidrRemap>,
+    /// Where pods on the provider reach this (consumer) cluster's API
+    /// server, IP:PORT: an address the network module routes there (the
+    /// consumer API's address as the provider sees it) or a load balancer.
+    /// Pods given a consumer service account token then get
+    /// KUBERNETES_SERVICE_HOST=kubernetes.default.svc and
+    /// KUBERNETES_SERVICE_PORT(_HTTPS)=PORT, and a host alias of
+    /// kubernetes.default.svc to IP, so the API server's certificate
+    /// verifies against the consumer CA they are given. Without it they
+    /// keep the provider's API server.
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_consumer_api_address)]
+    consumer_api_address: Option<SocketAddr>,
     /// Exit when the parent process exits (set by the controller when it
     /// runs kubelets as processes).
     #[arg(long)]
@@ -118,6 +132,7 @@ async fn main() -> Result<()> {
             key_file: cli.tls_private_key_file,
             client_ca_file: cli.client_ca_file,
         },
+        consumer_api_address: cli.consumer_api_address,
     };
     let local = kube::Client::try_default()
         .await

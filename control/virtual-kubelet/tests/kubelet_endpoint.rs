@@ -106,6 +106,7 @@ async fn client_certificates_from_the_client_ca_authenticate_and_are_authorized(
         translation: tokio::sync::watch::channel(Translation::Static(IpTranslation::default())).1,
         namespaces,
         virtual_node,
+        consumer_api_address: None,
     });
     let endpoint = Arc::new(Endpoint {
         reflection,

@@ -2,7 +2,8 @@
 //! translated by the network module's remap of their provider (read from
 //! its `Configuration`, the `--pod-cidr-remap` flags when there is none),
 //! and a token of their consumer service account in place of the
-//! projected one.
+//! projected one, with the consumer's API (`--consumer-api-address`) as
+//! the API server that token is used with.
 
 mod support;
 
@@ -238,6 +239,34 @@ async fn providers_with_the_same_pod_cidr_are_told_apart_by_their_configurations
     wait_pod_ip(&local, "on-b", Some("198.19.3.1")).await;
 }
 
+/// Where the provider's pods reach the consumer's API in the token test.
+const CONSUMER_API: &str = "198.18.0.10:6443";
+
+#[test]
+fn the_virtual_kubelet_refuses_a_consumer_api_address_that_is_no_ip_and_port() {
+    let output = std::process::Command::new(virtual_kubelet_binary())
+        .args([
+            "--virtual-node",
+            "tenant/vn",
+            "--node-name",
+            "vn",
+            "--local-cluster-id",
+            "consumer",
+            "--consumer-api-address",
+            "kubernetes.default.svc:443",
+        ])
+        // Were the flag accepted, no API to connect to either.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("run strait-virtual-kubelet");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--consumer-api-address") && stderr.contains("must be IP:PORT"),
+        "{stderr}"
+    );
+}
+
 async fn review(local: &kube::Client, token: &str) -> (bool, Option<String>, Option<String>) {
     let review = TokenReview {
         spec: TokenReviewSpec {
@@ -277,7 +306,10 @@ async fn an_offloaded_pod_gets_a_renewed_consumer_token_that_goes_away_with_it()
         consumer.dir.path(),
     )
     .await;
-    consumer.start_module(KubeletSettings::default());
+    consumer.start_module(KubeletSettings {
+        consumer_api_address: Some(CONSUMER_API.parse().expect("address")),
+        ..KubeletSettings::default()
+    });
     let local = consumer.client();
     let remote = provider.cluster.client();
     let secret = consumer.add_provider_secret(&provider).await;
@@ -304,7 +336,9 @@ async fn an_offloaded_pod_gets_a_renewed_consumer_token_that_goes_away_with_it()
         "metadata": {"name": "api"},
         "spec": {
             "serviceAccountName": "api",
+            "initContainers": [{"name": "setup", "image": "registry.example/setup:1"}],
             "containers": [{"name": "app", "image": "registry.example/app:1", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "443"}, {"name": "MODE", "value": "prod"}],
                 "volumeMounts": [{"name": "kube-api-access-x1", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}],
             "volumes": [{"name": "kube-api-access-x1", "projected": {"defaultMode": 420, "sources": [
                 {"serviceAccountToken": {"expirationSeconds": 4, "path": "token"}},
@@ -372,6 +406,21 @@ async fn an_offloaded_pod_gets_a_renewed_consumer_token_that_goes_away_with_it()
         spec["containers"][0]["volumeMounts"][0]["name"],
         "kube-api-access-x1"
     );
+    // ... and uses it with the consumer's API server, by the name its
+    // certificate carries.
+    let pointed = json!([
+        {"name": "KUBERNETES_SERVICE_HOST", "value": "kubernetes.default.svc"},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+        {"name": "KUBERNETES_SERVICE_PORT_HTTPS", "value": "6443"},
+    ]);
+    let mut app_env = pointed.as_array().cloned().unwrap_or_default();
+    app_env.push(json!({"name": "MODE", "value": "prod"}));
+    assert_eq!(spec["containers"][0]["env"], Value::Array(app_env));
+    assert_eq!(spec["initContainers"][0]["env"], pointed);
+    assert_eq!(
+        spec["hostAliases"],
+        json!([{"ip": "198.18.0.10", "hostnames": ["kubernetes.default.svc", "kubernetes.default", "kubernetes"]}])
+    );
 
     // Renewed before it expires (80% of 4 s), and the new one is valid.
     let renewed = bounded("the token renewed", async {
@@ -405,12 +454,10 @@ async fn an_offloaded_pod_gets_a_renewed_consumer_token_that_goes_away_with_it()
         .within("reading the provider's quiet pod")
         .await
         .expect("pod");
-    assert!(quiet
-        .spec
-        .expect("spec")
-        .volumes
-        .unwrap_or_default()
-        .is_empty());
+    let quiet = quiet.spec.expect("spec");
+    assert!(quiet.volumes.unwrap_or_default().is_empty());
+    assert_eq!(quiet.host_aliases, None, "no token, no consumer API");
+    assert_eq!(quiet.containers[0].env, None);
 
     // Deleted with the pod; the consumer no longer accepts its token.
     Api::<Pod>::namespaced(local.clone(), "shop")

@@ -45,6 +45,10 @@ pub struct Reflection {
     pub namespaces: watch::Receiver<NamespaceMapping>,
     /// The VirtualNode as last seen (capacity, offloading patch).
     pub virtual_node: watch::Receiver<Option<VirtualNode>>,
+    /// Where provider pods reach the consumer's API server: pods given a
+    /// consumer token are pointed there (see [`tokens`]); without it they
+    /// keep the provider's.
+    pub consumer_api_address: Option<std::net::SocketAddr>,
 }
 
 impl Reflection {

@@ -425,8 +425,13 @@ fn shadow_pod(
     spec.node_name = None;
     // Never the provider's own token: that identity is not the pod's.
     spec.automount_service_account_token = Some(false);
-    // Its consumer token comes from a Secret instead (see `tokens`).
-    tokens::redirect_token_volumes(&mut spec, &tokens::secret_name(&pod.name_any()));
+    // Its consumer token comes from a Secret instead (see `tokens`), and
+    // the consumer's API is where that token is good.
+    tokens::redirect_to_consumer(
+        &mut spec,
+        &tokens::secret_name(&pod.name_any()),
+        reflection.consumer_api_address,
+    );
     if let Some(tolerations) = spec.tolerations.as_mut() {
         let ours = virtual_node_toleration();
         tolerations.retain(|t| *t != ours);

@@ -10,9 +10,18 @@
 //! and the Secret deleted with the pod. The provider's own service account
 //! token is never mounted (`automountServiceAccountToken: false`): it would
 //! give the pod the provider's identity.
+//!
+//! With a consumer API address (the virtual kubelet's
+//! `--consumer-api-address`), such a pod is also pointed at the consumer's
+//! API server instead of the provider's: its containers' `KUBERNETES_SERVICE_*`
+//! variables name `kubernetes.default.svc` on that port, and a host alias
+//! resolves the name to that address, so the server's certificate (whose
+//! names include `kubernetes.default.svc`) verifies against the delivered
+//! consumer CA.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -21,8 +30,8 @@ use k8s_openapi::{
     api::{
         authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{
-            ConfigMap, DownwardAPIProjection, KeyToPath, Pod, PodSpec, Secret, SecretProjection,
-            ServiceAccount, VolumeProjection,
+            ConfigMap, Container, DownwardAPIProjection, EnvVar, HostAlias, KeyToPath, Pod,
+            PodSpec, Secret, SecretProjection, ServiceAccount, VolumeProjection,
         },
     },
     jiff::Timestamp,
@@ -49,6 +58,84 @@ const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
 /// The Secret keys client libraries' files are made from.
 const CA_KEY: &str = "ca.crt";
 const NAMESPACE_KEY: &str = "namespace";
+
+/// The name offloaded pods reach the consumer's API server by: one of the
+/// names its serving certificate is issued for.
+pub const CONSUMER_API_HOST: &str = "kubernetes.default.svc";
+/// The names the host alias of the consumer's API resolves.
+const CONSUMER_API_ALIASES: [&str; 3] = [CONSUMER_API_HOST, "kubernetes.default", "kubernetes"];
+/// The variables client libraries find their API server by.
+const SERVICE_HOST_VAR: &str = "KUBERNETES_SERVICE_HOST";
+const SERVICE_PORT_VARS: [&str; 2] = ["KUBERNETES_SERVICE_PORT", "KUBERNETES_SERVICE_PORT_HTTPS"];
+
+/// A `--consumer-api-address` that is not `IP:PORT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer API address must be IP:PORT with a non-zero port (for example 198.18.0.10:6443 or [fd00::10]:6443), not {0:?}")]
+pub struct InvalidConsumerApiAddress(String);
+
+/// Parses the address at which provider pods reach the consumer's API
+/// server (`IP:PORT`: pods resolve no other names of the consumer).
+pub fn parse_consumer_api_address(text: &str) -> Result<SocketAddr, InvalidConsumerApiAddress> {
+    text.parse::<SocketAddr>()
+        .ok()
+        .filter(|address| address.port() != 0)
+        .ok_or_else(|| InvalidConsumerApiAddress(text.to_owned()))
+}
+
+/// What a pod's spec needs on the provider to talk to the consumer: its
+/// token volumes read the Secret `secret` ([`redirect_token_volumes`]),
+/// and, when it has any and the consumer's API address is known, it is
+/// pointed there ([`point_at_consumer_api`]). Returns the tokens to request.
+pub fn redirect_to_consumer(
+    spec: &mut PodSpec,
+    secret: &str,
+    consumer_api_address: Option<SocketAddr>,
+) -> Vec<TokenNeed> {
+    let needs = redirect_token_volumes(spec, secret);
+    if let Some(address) = consumer_api_address.filter(|_| !needs.is_empty()) {
+        point_at_consumer_api(spec, address);
+    }
+    needs
+}
+
+/// Points the containers of `spec` (a pod whose token volumes were
+/// redirected) at the consumer's API server at `address`: explicit
+/// `KUBERNETES_SERVICE_*` variables, which win over the ones the provider's
+/// kubelet injects, and a host alias of the API server's names.
+pub fn point_at_consumer_api(spec: &mut PodSpec, address: SocketAddr) {
+    let port = address.port().to_string();
+    let ours = std::iter::once((SERVICE_HOST_VAR, CONSUMER_API_HOST.to_owned()))
+        .chain(SERVICE_PORT_VARS.map(|name| (name, port.clone())));
+    let service_vars: Vec<EnvVar> = ours
+        .map(|(name, value)| EnvVar {
+            name: name.to_owned(),
+            value: Some(value),
+            value_from: None,
+        })
+        .collect();
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for container in containers {
+        set_service_vars(container, &service_vars);
+    }
+    let alias = HostAlias {
+        ip: address.ip().to_string(),
+        hostnames: Some(CONSUMER_API_ALIASES.map(str::to_owned).to_vec()),
+    };
+    let aliases = spec.host_aliases.get_or_insert_with(Vec::new);
+    aliases.retain(|existing| *existing != alias);
+    aliases.push(alias);
+}
+
+/// Replaces `container`'s entries of the service variables by `vars`,
+/// first, so that later entries may refer to them.
+fn set_service_vars(container: &mut Container, vars: &[EnvVar]) {
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.retain(|existing| !vars.iter().any(|var| var.name == existing.name));
+    env.splice(0..0, vars.iter().cloned());
+}
 
 /// One token a pod's volumes need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,6 +508,132 @@ mod tests {
         let mut pod = original.clone();
         assert!(redirect_token_volumes(&mut pod, "s").is_empty());
         assert_eq!(pod, original);
+    }
+
+    fn env_of(container: &serde_json::Value) -> Vec<(String, String)> {
+        container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|var| {
+                (
+                    var["name"].as_str().unwrap_or_default().to_owned(),
+                    var["value"].as_str().unwrap_or("<from>").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn pointing_at_the_consumer_api_replaces_the_service_variables_everywhere() {
+        let mut pod = spec(json!({
+            "initContainers": [{"name": "wait"}],
+            "containers": [
+                {"name": "app", "env": [
+                    {"name": "MODE", "value": "prod"},
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": "10.96.0.1"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": "443"},
+                    {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST)"},
+                ]},
+                {"name": "sidecar"},
+            ],
+            "hostAliases": [{"ip": "198.18.0.99", "hostnames": ["cache"]}],
+        }));
+        let address = parse_consumer_api_address("198.18.0.10:6443").expect("address");
+        point_at_consumer_api(&mut pod, address);
+        // Twice gives the same: nothing piles up.
+        point_at_consumer_api(&mut pod, address);
+        let pod = serde_json::to_value(&pod).expect("json");
+        let ours = [
+            ("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
+            ("KUBERNETES_SERVICE_PORT", "6443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+        ];
+        let mut app = ours.to_vec();
+        app.extend([
+            ("MODE", "prod"),
+            ("API", "https://$(KUBERNETES_SERVICE_HOST)"),
+        ]);
+        assert_eq!(env_of(&pod["containers"][0]), owned(&app));
+        assert_eq!(env_of(&pod["containers"][1]), owned(&ours));
+        assert_eq!(env_of(&pod["initContainers"][0]), owned(&ours));
+        assert_eq!(
+            pod["hostAliases"],
+            json!([
+                {"ip": "198.18.0.99", "hostnames": ["cache"]},
+                {"ip": "198.18.0.10", "hostnames": ["kubernetes.default.svc", "kubernetes.default", "kubernetes"]},
+            ])
+        );
+    }
+
+    #[test]
+    fn only_pods_with_a_consumer_token_are_pointed_at_the_consumer_api_and_only_when_known() {
+        let with_token = spec(json!({
+            "containers": [{"name": "app", "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "10.96.0.1"}]}],
+            "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token"}},
+            ]}}],
+        }));
+        let without_token = spec(json!({
+            "containers": [{"name": "app"}],
+            "volumes": [{"name": "data", "configMap": {"name": "settings"}}],
+        }));
+        let address = parse_consumer_api_address("198.18.0.10:6443").ok();
+
+        let mut pointed = with_token.clone();
+        assert_eq!(redirect_to_consumer(&mut pointed, "s", address).len(), 1);
+        let pointed = serde_json::to_value(&pointed).expect("json");
+        assert_eq!(
+            env_of(&pointed["containers"][0])[0],
+            owned(&[("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")])[0]
+        );
+        assert_eq!(pointed["hostAliases"][0]["ip"], "198.18.0.10");
+
+        // Without the address: the volumes only, as before.
+        let mut volumes_only = with_token.clone();
+        let mut expected = with_token;
+        redirect_token_volumes(&mut expected, "s");
+        assert_eq!(redirect_to_consumer(&mut volumes_only, "s", None).len(), 1);
+        assert_eq!(volumes_only, expected);
+
+        // No token: the pod talks to no API of ours and stays as it is.
+        let mut untouched = without_token.clone();
+        assert!(redirect_to_consumer(&mut untouched, "s", address).is_empty());
+        assert_eq!(untouched, without_token);
+    }
+
+    #[test]
+    fn an_ipv6_consumer_api_is_aliased_by_its_bare_address() {
+        let mut pod = spec(json!({"containers": [{"name": "app"}]}));
+        point_at_consumer_api(
+            &mut pod,
+            parse_consumer_api_address("[fd00::10]:443").expect("address"),
+        );
+        let pod = serde_json::to_value(&pod).expect("json");
+        assert_eq!(pod["hostAliases"][0]["ip"], "fd00::10");
+        assert_eq!(pod["containers"][0]["env"][1]["value"], "443");
+    }
+
+    #[test]
+    fn a_consumer_api_address_must_be_ip_and_port() {
+        for bad in [
+            "kubernetes.default.svc:443",
+            "198.18.0.10",
+            "198.18.0.10:0",
+            "198.18.0.10:https",
+            "fd00::10:443",
+            "",
+        ] {
+            let error = parse_consumer_api_address(bad).expect_err(bad);
+            assert!(error.to_string().contains("IP:PORT"), "{error}");
+        }
     }
 
     #[test]
