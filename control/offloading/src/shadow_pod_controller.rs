@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     api::{DeleteParams, PostParams},
@@ -254,11 +254,13 @@ async fn reconcile(shadow: Arc<ShadowPod>, context: Arc<Context>) -> Result<Acti
     let api = Api::<ShadowPod>::namespaced(context.client.clone(), &namespace);
     // Until the pod cache holds the API server's pods, "no pod" could be
     // stale; the other caches were waited for before the controller started.
-    context
-        .pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Waiting("the pod cache stopped".into()))?;
+    // Looked at, not awaited: with many reconciles waiting at once, only one
+    // was woken when the cache filled, and the others hung for good.
+    match context.pods.wait_until_ready().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return Err(Error::Waiting("the pod cache stopped".into())),
+        None => return Ok(Action::requeue(Duration::from_millis(100))),
+    }
     finalizer(&api, names::finalizer::SHADOW_POD, shadow, |event| async {
         match event {
             Event::Apply(shadow) => {
