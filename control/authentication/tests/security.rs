@@ -332,10 +332,17 @@ async fn a_revoked_tenant_is_detected_and_the_peering_converges_again() {
         .delete("cluster-a", &Default::default())
         .await
         .expect("delete tenant");
-    eventually("the old identity is refused", STEP, || async {
-        own(old.clone()).list(&ListParams::default()).await.is_err()
+    // Asked without pause: the consumer handshakes again as soon as it sees
+    // the refusal, and the new Tenant's RBAC names the same user, so the
+    // refusal lasts only as long as that handshake (a 50 ms poll could miss it).
+    let refused = tokio::time::timeout(STEP, async {
+        while own(old.clone()).list(&ListParams::default()).await.is_ok() {}
     })
     .await;
+    assert!(
+        refused.is_ok(),
+        "timed out waiting for: the old identity is refused"
+    );
     // The consumer notices, handshakes again (B still expects it), and the
     // same objects converge: a new Tenant, RBAC, and the slice again.
     eventually("a new Tenant, ready", STEP, || async {
